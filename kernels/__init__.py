@@ -1,0 +1,16 @@
+"""Fused kernels from hidden states to token log-probs, entropy and KL (installed as lorarlhf.kernels).
+
+The LM head is applied chunk by chunk over tokens, so the full [N, V] logits never exist at once, in forward
+or backward (backward recomputes each chunk). Today every device uses the chunked PyTorch path; Triton
+kernels for CUDA will sit beside it behind the same functions.
+
+    fused_linear_logprobs  log p(target) per token, optionally with the entropy of each row
+    token_kl               per-token KL estimators k1 / k2 / k3 from sampled-token log-probs
+    fused_linear_kl        exact full-vocabulary KL(policy || reference) per token
+"""
+
+from .linear_kl import fused_linear_kl
+from .logprobs import fused_linear_logprobs
+from .token_kl import token_kl
+
+__all__ = ["fused_linear_logprobs", "token_kl", "fused_linear_kl"]

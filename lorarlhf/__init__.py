@@ -1,0 +1,24 @@
+"""lorarlhf: RLHF on one GPU with one frozen 4-bit base model and a LoRA adapter per role.
+
+Public names are imported on first use, so `import lorarlhf` stays light and
+touches neither CUDA nor transformers until a model is built.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "HydraModel": "lorarlhf.hydra",
+    "LoraSettings": "lorarlhf.lora",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    if name == "kernels":
+        return import_module("lorarlhf.kernels")
+    raise AttributeError(f"module 'lorarlhf' has no attribute {name!r}")

@@ -1,0 +1,371 @@
+"""The Hydra: one frozen (4-bit) base model carrying a LoRA adapter per RLHF role.
+
+Classic PPO-RLHF holds four models (actor, critic, reward, reference). Here the
+base weights exist once; each role is a peft LoRA adapter on that same base,
+plus a scalar head where the role needs one, and the reference is the base with
+adapters off (or with the frozen `sft` adapter when an SFT stage ran). Switching
+roles is a pointer change, done in exactly one place: `HydraModel.role`.
+
+Forward passes stop at the hidden states. Token log-probs come from the hidden
+states and the LM-head weight through `lorarlhf.kernels`, so the (tokens x vocab)
+logits are never built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+from torch import nn
+
+from lorarlhf.checkpoint import load_hydra, save_hydra
+from lorarlhf.heads import HEAD_ROLES, ScalarHead, gather_last_token
+from lorarlhf.kernels import fused_linear_logprobs
+from lorarlhf.loading import (
+    check_quantize,
+    check_source,
+    load_base_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from lorarlhf.lora import LoraSettings
+from lorarlhf.memory import parameter_bytes
+from lorarlhf.tokenization import TokenizedBatch, encode_prompt_response, encode_prompts_left_padded
+
+ADAPTER_ROLES = ("sft", "actor", "critic", "reward")
+ROLES = ("reference", *ADAPTER_ROLES)
+DEFAULT_ROLES = ("actor", "critic", "reward")
+
+
+def check_role(role: str, available: tuple[str, ...]) -> None:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+    if role not in available:
+        raise ValueError(f"role {role!r} has no adapter on this model; its roles are {available}")
+
+
+class HydraModel(nn.Module):
+    """One frozen base, a LoRA adapter per role, fp32 heads for the critic and reward roles.
+
+    Build with `HydraModel.from_pretrained(...)` or reload a saved run with `HydraModel.load(dir)`.
+    """
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        tokenizer,
+        *,
+        source: str,
+        quantize: str | None,
+        lora: LoraSettings,
+        roles: tuple[str, ...] = DEFAULT_ROLES,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        roles = _check_roles(roles)
+        self.source = source
+        self.quantize = quantize
+        self.lora = lora
+        self.tokenizer = tokenizer
+        self.base_bytes = parameter_bytes(base_model.parameters())
+        if gradient_checkpointing:
+            # Non-reentrant checkpointing needs no grad-requiring inputs (so no input-grad hook), and
+            # its context_fn lets the recomputation in backward run under the role of the forward.
+            base_model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": self._checkpoint_contexts}
+            )
+        # No prepare_model_for_kbit_training: it upcasts the embeddings and LM head to fp32, which for a
+        # 128k-vocab 8B model costs 2 GB on a 24 GB card; the frozen weights stay in the compute dtype.
+        self.peft = get_peft_model(base_model, lora.peft_config(), adapter_name=roles[0])
+        for role in roles[1:]:
+            self.peft.add_adapter(role, lora.peft_config())
+        hidden_size = self.causal_lm.get_output_embeddings().weight.shape[1]
+        self.heads = nn.ModuleDict({role: ScalarHead(hidden_size) for role in HEAD_ROLES})
+        self.heads.to(self.device)
+        self._adapter_groups: dict[str, list[nn.Parameter]] | None = None
+        self._role = "reference"
+        self._apply_role("reference")
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        quantize: str | None = "nf4",
+        lora_r: int = 16,
+        lora_alpha: float = 32,
+        target_modules: str | list[str] = "all-linear",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        lora_dropout: float = 0.0,
+        roles: tuple[str, ...] = DEFAULT_ROLES,
+        gradient_checkpointing: bool = False,
+    ) -> HydraModel:
+        """Load a causal LM (hub id or local directory), freeze it, and put an adapter on it per role.
+
+        quantize: "nf4" (4-bit NF4, double quant, via bitsandbytes) or None (keep `dtype`).
+        device: None picks CUDA when available, else CPU. dtype: compute dtype; None picks
+        bf16 on GPUs that have it, fp16 on older ones (T4), fp32 on CPU.
+        roles: the adapter roles to create, from "sft", "actor", "critic", "reward".
+        """
+        quantize = check_quantize(quantize)
+        source = check_source(name_or_path)
+        lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
+        roles = _check_roles(roles)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        base = load_base_model(source, quantize=quantize, device=device, dtype=dtype)
+        tokenizer = load_tokenizer(source)
+        return cls(
+            base,
+            tokenizer,
+            source=source,
+            quantize=quantize,
+            lora=lora,
+            roles=roles,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+
+    @classmethod
+    def load(cls, output_dir: str | os.PathLike, *, base: str | None = None, device=None) -> HydraModel:
+        """Reload a run written by `save`; `base` overrides the recorded base model location."""
+        return load_hydra(cls, Path(output_dir), base=base, device=device)
+
+    def save(self, output_dir: str | os.PathLike) -> Path:
+        """Adapters and heads as safetensors plus a JSON manifest; the base is referenced, not copied."""
+        return save_hydra(self, Path(output_dir))
+
+    def add_role(self, role: str) -> None:
+        """Add a fresh adapter for `role` (e.g. "sft" before an SFT stage)."""
+        if role not in ADAPTER_ROLES:
+            raise ValueError(f"cannot add role {role!r}; adapter roles are {ADAPTER_ROLES}")
+        if role in self.adapters:
+            raise ValueError(f"role {role!r} already has an adapter")
+        self.peft.add_adapter(role, self.lora.peft_config())
+        self._adapter_groups = None
+        self._apply_role(self._role)  # peft marks new adapters trainable; restore the role's own state
+
+    # ----------------------------------------------------------------- roles
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The transformers causal LM, with the LoRA layers injected in place."""
+        return self.peft.base_model.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.causal_lm.get_output_embeddings().weight.device
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return tuple(name for name in ADAPTER_ROLES if name in self.peft.peft_config)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return ("reference", *self.adapters)
+
+    @property
+    def active_role(self) -> str:
+        return self._role
+
+    def adapter_for(self, role: str) -> str | None:
+        """The adapter a role runs with; None means the bare base."""
+        if role == "reference":
+            return "sft" if "sft" in self.adapters else None
+        return role
+
+    @contextmanager
+    def role(self, role: str) -> Iterator[HydraModel]:
+        """Run the enclosed code as `role`, and restore the previous role however the block exits."""
+        check_role(role, self.roles)
+        previous = self._role
+        self._apply_role(role)
+        try:
+            yield self
+        finally:
+            self._apply_role(previous)
+
+    def _apply_role(self, role: str) -> None:
+        """The only place adapters are switched.
+
+        Every adapter and head keeps requires_grad=True whatever the role: only the active
+        adapter takes part in a forward pass, so gradients reach it alone, and a loss built
+        under one role can still be backpropagated after the context has switched back
+        (PPO sums an actor loss and a critic loss). peft's set_adapter would freeze the
+        others, and a parameter frozen after the graph was built silently gets no gradient.
+        The reference never trains: its forward passes run without autograd.
+        """
+        adapter = self.adapter_for(role)
+        tuner = self.peft.base_model
+        if adapter is None:
+            tuner.disable_adapter_layers()
+        else:
+            tuner.enable_adapter_layers()
+            self.peft.set_adapter(adapter)
+        for params in self._adapter_parameters().values():
+            for param in params:
+                param.requires_grad_(True)
+        self.heads.requires_grad_(True)
+        self._role = role
+
+    def _checkpoint_contexts(self):
+        """(forward, recompute) contexts for a checkpointed segment: recompute as the forward's role.
+
+        Backward runs after the role context has exited (and PPO backpropagates actor and critic
+        losses together), so without this the recomputed activations would use the wrong adapter.
+        """
+        return nullcontext(), self.role(self._role)
+
+    def _adapter_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """LoRA parameters grouped by adapter, read from peft's names (`...lora_A.<adapter>.weight`)."""
+        if self._adapter_groups is not None:
+            return self._adapter_groups
+        groups: dict[str, list[nn.Parameter]] = {name: [] for name in self.adapters}
+        for name, param in self.peft.named_parameters():
+            parts = name.split(".")
+            for i, part in enumerate(parts[:-1]):
+                if part.startswith("lora_") and parts[i + 1] in groups:
+                    groups[parts[i + 1]].append(param)
+                    break
+        self._adapter_groups = groups
+        return groups
+
+    def trainable_parameters(self, role: str) -> list[nn.Parameter]:
+        """What an optimizer for `role` updates: its adapter's LoRA weights and its head."""
+        check_role(role, self.roles)
+        if role == "reference":
+            return []
+        params = list(self._adapter_parameters()[role])
+        if role in self.heads:
+            params += list(self.heads[role].parameters())
+        return params
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes of the shared base and of each role's own weights (adapter + head)."""
+        report = {"base": self.base_bytes}
+        for role in self.adapters:
+            report[role] = parameter_bytes(self.trainable_parameters(role))
+        return report
+
+    # ----------------------------------------------------------------- forward passes
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, role: str | None = None):
+        """Final-layer hidden states (B, T, H) as `role`; the LM head is never applied here."""
+        with self._as(role):
+            body = self.causal_lm.base_model  # the decoder stack without the LM head
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self._role != "reference"):
+                output = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return output.last_hidden_state
+
+    def token_logprobs(
+        self,
+        batch: TokenizedBatch,
+        *,
+        role: str | None = None,
+        temperature: float = 1.0,
+        return_entropy: bool = False,
+    ):
+        """log p(token_t | tokens_<t) at every response position, 0 elsewhere: (B, T) float32.
+
+        With return_entropy, also the entropy of the full next-token distribution there.
+        """
+        hidden = self.hidden_states(batch.input_ids, batch.attention_mask, role=role)  # (B, T, H)
+        scored = batch.response_mask[:, 1:]  # (B, T-1): token t is predicted from position t-1
+        lm_head = self.causal_lm.get_output_embeddings()
+        result = fused_linear_logprobs(
+            hidden[:, :-1][scored],  # (N, H), only the scored positions
+            lm_head.weight,
+            batch.input_ids[:, 1:][scored],  # (N,)
+            bias=lm_head.bias,
+            temperature=temperature,
+            return_entropy=return_entropy,
+        )
+        outputs = result if return_entropy else (result,)
+        # Place the N values back at their (B, T) positions; position 0 is never predicted.
+        placed = tuple(F.pad(_scatter(scored, values), (1, 0)) for values in outputs)
+        return placed if return_entropy else placed[0]
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Critic values per token (B, T): the expected return after each prefix."""
+        with self.role("critic"):
+            hidden = self.hidden_states(input_ids, attention_mask)
+            return self.heads["critic"](hidden)
+
+    def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Reward per sequence (B,), read at each row's last real token."""
+        with self.role("reward"):
+            hidden = self.hidden_states(input_ids, attention_mask)
+            return self.heads["reward"](gather_last_token(hidden, attention_mask))
+
+    # ----------------------------------------------------------------- text in, text out
+
+    def encode(self, prompts: list[str], responses: list[str], *, max_length: int | None = None) -> TokenizedBatch:
+        """Tokenize prompt/response pairs by the rule every method shares, on this model's device."""
+        return encode_prompt_response(self.tokenizer, prompts, responses, max_length=max_length).to(self.device)
+
+    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """Reward-role score of each (prompt, response): (B,) float32."""
+        batch = self.encode(prompts, responses)
+        return self.rewards(batch.input_ids, batch.attention_mask)
+
+    def sequence_logprobs(self, prompts: list[str], responses: list[str], *, role: str = "actor") -> torch.Tensor:
+        """log p(response | prompt) under `role`, summed over response tokens (EOS included): (B,)."""
+        batch = self.encode(prompts, responses)
+        return self.token_logprobs(batch, role=role).sum(dim=1)
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[str], *, max_new_tokens: int = 64, role: str = "actor", **sampling
+    ) -> list[str]:
+        """Complete each prompt as `role`. `sampling` goes to transformers' generate
+        (do_sample, temperature, top_p, top_k, ...); without it the model's generation config applies."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+        input_ids, attention_mask = encode_prompts_left_padded(self.tokenizer, prompts)
+        was_training = self.training
+        self.eval()  # the KV cache is off in training mode under gradient checkpointing
+        try:
+            with self.role(role):
+                output = self.causal_lm.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    **sampling,
+                )
+        finally:
+            self.train(was_training)
+        return self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+
+    @contextmanager
+    def _as(self, role: str | None):
+        if role is None:
+            yield
+        else:
+            with self.role(role):
+                yield
+
+
+def _scatter(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Inverse of `tensor[mask]`: a zero tensor shaped like `mask` holding `values` where it is True."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+
+def _check_roles(roles) -> tuple[str, ...]:
+    roles = (roles,) if isinstance(roles, str) else tuple(roles)
+    unknown = [role for role in roles if role not in ADAPTER_ROLES]
+    if unknown or not roles or len(set(roles)) != len(roles):
+        raise ValueError(f"roles={roles!r} must be distinct names from {ADAPTER_ROLES}")
+    return roles
+
+
+__all__ = ["ADAPTER_ROLES", "DEFAULT_ROLES", "ROLES", "HydraModel"]

@@ -1,0 +1,150 @@
+"""Loading the frozen base model: device and precision choice, 4-bit NF4 quantization.
+
+QLoRA (Dettmers et al. 2023) recipe: NF4 weights with double quantization, the
+matmuls run in a 16-bit compute dtype. bf16 where the GPU has it, fp16 on older
+cards (a Colab T4 has no bf16), fp32 on CPU where half-precision matmuls are slow
+and inexact. Embeddings and the LM head stay unquantized (bitsandbytes skips the
+output embedding), which is what the fused log-prob kernels read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+QUANTIZE_CHOICES = ("nf4", None)
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None means the first CUDA GPU when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine; use 'cpu'")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The compute dtype: given, or the best the device supports."""
+    if dtype is None:
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if isinstance(dtype, str):
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPE_NAMES)} or None (auto)")
+        return DTYPE_NAMES[dtype]
+    if dtype not in DTYPE_NAMES.values():
+        raise ValueError(f"dtype={dtype} is not supported; choose one of {sorted(DTYPE_NAMES)} or None (auto)")
+    return dtype
+
+
+def check_quantize(quantize: str | None) -> str | None:
+    if isinstance(quantize, str) and quantize.lower() == "none":
+        return None
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize={quantize!r} is not supported; choose one of {QUANTIZE_CHOICES}")
+    return quantize
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    """A hub id is 'name' or 'org/name'; anything else that is not on disk was meant as a path."""
+    return (
+        os.path.isabs(name_or_path)
+        or name_or_path.startswith((".", "~"))
+        or name_or_path.count("/") > 1
+        or "\\" in name_or_path
+    )
+
+
+def check_source(name_or_path: str | os.PathLike) -> str:
+    """Fail early, naming the path, when a local model directory is missing or incomplete."""
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(f"name_or_path must be a hub id or a local directory, not {type(name_or_path).__name__}")
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"model path {text!r} is a file; pass the directory that holds config.json")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {text!r} has no config.json; is it a transformers model?")
+        return str(path)
+    if isinstance(name_or_path, os.PathLike) or _looks_like_path(text):
+        raise FileNotFoundError(f"model path {text!r} does not exist")
+    return text
+
+
+def bnb_config(compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_base_model(
+    name_or_path: str, *, quantize: str | None, device: torch.device, dtype: torch.dtype
+) -> PreTrainedModel:
+    """The causal LM, frozen, on `device`, NF4-quantized when asked; errors name the model."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except OSError as error:
+        raise OSError(
+            f"could not load a model config from {name_or_path!r}: it is not a local directory and could not be "
+            f"fetched from the Hugging Face Hub ({error.__class__.__name__}: {error})"
+        ) from error
+    kwargs = {"dtype": dtype}
+    if quantize == "nf4":
+        kwargs["quantization_config"] = bnb_config(dtype)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error):
+            raise ValueError(
+                f"model {name_or_path!r} (model_type={config.model_type!r}) is not a causal language model: "
+                "lorarlhf needs a model with an LM head (AutoModelForCausalLM)"
+            ) from error
+        raise
+    if quantize is None:
+        model.to(device)
+    else:
+        _keep_cpu_4bit_differentiable(model)
+    if model.get_output_embeddings() is None:
+        raise ValueError(f"model {name_or_path!r} (model_type={config.model_type!r}) has no LM head")
+    model.requires_grad_(False)
+    return model
+
+
+def _keep_cpu_4bit_differentiable(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking CPU 4-bit weights into its inference-only layout.
+
+    On CPUs with AVX512-BF16, a Linear4bit in eval mode repacks its weight on the first
+    no-grad call, after which every call, with autograd on or not, goes through a kernel
+    without a backward: LoRA gradients behind that layer would silently vanish. The flag
+    is per module instance, so only this model is affected.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_tokenizer(name_or_path: str):
+    """The model's tokenizer, with a pad token (EOS when the model has none) for batching."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

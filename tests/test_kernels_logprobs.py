@@ -1,0 +1,326 @@
+"""fused_linear_logprobs against the full-logits float64 reference: values, gradients, memory, validation."""
+
+import pytest
+import torch
+from lorarlhf.kernels import fused_linear_logprobs
+from lorarlhf.kernels._common import LOGITS_CHUNK_BYTES, chunk_rows
+from lorarlhf.kernels.logprobs import LinearLogprobsFunction, logprobs_reference
+from torch.utils._python_dispatch import TorchDispatchMode
+
+IGNORE = -100
+
+# The kernel computes in float32 whatever the input dtype, so its float32 outputs match the float64 reference
+# (run on the same, already-rounded inputs) to float32 accuracy for every input dtype. Gradients come back in
+# the input dtype, so they also carry that dtype's rounding: rtol is the dtype's machine epsilon (2^-7 for
+# bfloat16, 2^-10 for float16), i.e. twice the worst rounding error; atol covers float32 noise near zero.
+OUT_TOL = dict(atol=1e-5, rtol=1e-5)
+GRAD_TOL = {
+    torch.float32: dict(atol=1e-5, rtol=1e-4),
+    torch.bfloat16: dict(atol=1e-5, rtol=2**-7),
+    torch.float16: dict(atol=1e-5, rtol=2**-10),
+}
+
+# (N, H, V, rows per chunk or None for the memory-budget rule, which gives a single chunk at these sizes)
+SHAPES = [(37, 19, 131, None), (37, 19, 131, 8), (5, 8, 7, None), (64, 16, 50, 3)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    # The shapes here are tiny, so intra-op threads only add OpenMP barriers, and those stall for seconds when
+    # the CPU is shared with other jobs. One thread keeps the file fast and its timing stable; restored after.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_inputs(n, h, v, dtype=torch.float32, bias=True, seed=0, ignore_every=5):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen).to(dtype)
+    # 1/sqrt(H) scale keeps the logits O(1)-O(10) like a trained head: softmaxes neither uniform nor one-hot
+    weight = (torch.randn(v, h, generator=gen) * 2 / h**0.5).to(dtype)
+    b = torch.randn(v, generator=gen).to(dtype) if bias else None
+    targets = torch.randint(0, v, (n,), generator=gen)
+    targets[::ignore_every] = IGNORE
+    grad_logp = torch.randn(n, generator=gen)
+    grad_ent = torch.randn(n, generator=gen)
+    return hidden, weight, b, targets, grad_logp, grad_ent
+
+
+def leaves(*tensors, dtype=None):
+    return [None if t is None else t.detach().to(dtype or t.dtype).requires_grad_() for t in tensors]
+
+
+def reference_with_grads(hidden, weight, bias, targets, temperature, grad_logp, grad_ent):
+    """float64 reference outputs and the gradients of sum(grad_logp * logp + grad_ent * entropy)."""
+    h, w, b = leaves(hidden, weight, bias, dtype=torch.float64)
+    logp, ent = logprobs_reference(h, w, targets, b, temperature)
+    loss = (logp * grad_logp.double()).sum() + (ent * grad_ent.double()).sum()
+    inputs = [t for t in (h, w, b) if t is not None]
+    grads = list(torch.autograd.grad(loss, inputs)) + ([None] if b is None else [])
+    return logp, ent, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_reference_values_and_grads(shape, temperature, with_bias, dtype):
+    n, h_dim, v, rows = shape
+    hidden, weight, bias, targets, g_lp, g_ent = make_inputs(n, h_dim, v, dtype, with_bias)
+    h, w, b = leaves(hidden, weight, bias)
+
+    logp, ent = fused_linear_logprobs(
+        h, w, targets, bias=b, temperature=temperature, return_entropy=True, _chunk_rows=rows
+    )
+    loss = (logp * g_lp).sum() + (ent * g_ent).sum()
+    loss.backward()
+
+    ref_logp, ref_ent, (ref_gh, ref_gw, ref_gb) = reference_with_grads(
+        hidden, weight, bias, targets, temperature, g_lp, g_ent
+    )
+    assert logp.dtype == ent.dtype == torch.float32
+    assert logp.shape == ent.shape == (n,)
+    torch.testing.assert_close(logp.double(), ref_logp, **OUT_TOL)
+    torch.testing.assert_close(ent.double(), ref_ent, **OUT_TOL)
+    for got, ref, leaf in ((h.grad, ref_gh, h), (w.grad, ref_gw, w), (None if b is None else b.grad, ref_gb, b)):
+        if leaf is None:
+            continue
+        assert got.dtype == dtype  # gradients come back in the input dtype
+        torch.testing.assert_close(got.double(), ref, **GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("return_entropy", [False, True])
+def test_logprobs_only_and_entropy_only_gradients(return_entropy):
+    # One output unused: its gradient arrives as None and the kernel must handle the other one alone.
+    hidden, weight, bias, targets, g_lp, g_ent = make_inputs(37, 19, 131, seed=1)
+    h, w, b = leaves(hidden, weight, bias)
+    out = fused_linear_logprobs(h, w, targets, bias=b, temperature=0.7, return_entropy=return_entropy, _chunk_rows=6)
+    if return_entropy:
+        loss = (out[1] * g_ent).sum()  # entropy only
+        g_lp = torch.zeros_like(g_lp)
+    else:
+        assert isinstance(out, torch.Tensor)
+        loss = (out * g_lp).sum()  # log-probs only
+        g_ent = torch.zeros_like(g_ent)
+    loss.backward()
+    _, _, (ref_gh, ref_gw, ref_gb) = reference_with_grads(hidden, weight, bias, targets, 0.7, g_lp, g_ent)
+    for got, ref in ((h.grad, ref_gh), (w.grad, ref_gw), (b.grad, ref_gb)):
+        torch.testing.assert_close(got.double(), ref, **GRAD_TOL[torch.float32])
+
+
+def test_ignored_rows_give_zero_output_and_exactly_zero_gradient():
+    hidden, weight, bias, targets, g_lp, g_ent = make_inputs(37, 19, 131, ignore_every=3)
+    targets[1] = -1  # any negative id is ignored, not only -100
+    ignored = targets < 0
+    # Even a non-finite upstream gradient on an ignored row must not leak into anything.
+    g_lp[ignored] = float("inf")
+    g_ent[ignored] = float("nan")
+    h, w, b = leaves(hidden, weight, bias)
+
+    logp, ent = fused_linear_logprobs(h, w, targets, bias=b, return_entropy=True, _chunk_rows=4)
+    gh, gw, gb = torch.autograd.grad((logp, ent), (h, w, b), grad_outputs=(g_lp, g_ent))
+
+    assert torch.equal(logp[ignored], torch.zeros(int(ignored.sum())))
+    assert torch.equal(ent[ignored], torch.zeros(int(ignored.sum())))
+    assert torch.equal(gh[ignored], torch.zeros_like(gh[ignored]))
+    assert torch.isfinite(gw).all() and torch.isfinite(gb).all()
+    # The kept rows are unaffected by the ignored ones.
+    keep = ~ignored
+    g_lp[ignored], g_ent[ignored] = 0.0, 0.0
+    ref_logp, ref_ent, (ref_gh, ref_gw, ref_gb) = reference_with_grads(hidden, weight, bias, targets, 1.0, g_lp, g_ent)
+    assert (ent[keep] > 0).all()
+    torch.testing.assert_close(logp.double(), ref_logp, **OUT_TOL)
+    torch.testing.assert_close(gh.double(), ref_gh, **GRAD_TOL[torch.float32])
+    torch.testing.assert_close(gw.double(), ref_gw, **GRAD_TOL[torch.float32])
+
+
+def test_all_rows_ignored():
+    hidden, weight, _, _, _, _ = make_inputs(6, 8, 7, bias=False)
+    h, w = leaves(hidden, weight)
+    targets = torch.full((6,), IGNORE)
+    logp = fused_linear_logprobs(h, w, targets)
+    logp.sum().backward()
+    assert torch.equal(logp, torch.zeros(6))
+    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+
+
+class ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor any aten op produces while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_weight_gets_no_weight_grad(dtype):
+    n, h_dim, v = 37, 19, 131
+    hidden, weight, bias, targets, g_lp, g_ent = make_inputs(n, h_dim, v, dtype, bias=False)
+    (h,) = leaves(hidden)
+    logp, ent = fused_linear_logprobs(h, weight, targets, return_entropy=True, _chunk_rows=8)
+    with ShapeRecorder() as rec:
+        torch.autograd.backward((logp, ent), (g_lp, g_ent))
+    assert weight.grad is None
+    # The [V, H] weight-gradient accumulator is never built (a float32 head is used as is; a bfloat16 one is
+    # upcast once, which is the only [V, H] tensor then).
+    assert rec.shapes.count((v, h_dim)) == (0 if dtype == torch.float32 else 1)
+    _, _, (ref_gh, _, _) = reference_with_grads(hidden, weight, None, targets, 1.0, g_lp, g_ent)
+    torch.testing.assert_close(h.grad.double(), ref_gh, **GRAD_TOL[dtype])
+
+
+def test_autocast_region_does_not_lower_precision():
+    # Under autocast the matmuls would silently run in bfloat16 (~0.1 error on a log-prob); the kernel opts out.
+    hidden, weight, bias, targets, g_lp, g_ent = make_inputs(37, 19, 131, seed=2)
+    h, w, b = leaves(hidden, weight, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, ent = fused_linear_logprobs(h, w, targets, bias=b, return_entropy=True, _chunk_rows=8)
+        torch.autograd.backward((logp, ent), (g_lp, g_ent))
+    ref_logp, ref_ent, (ref_gh, ref_gw, ref_gb) = reference_with_grads(hidden, weight, bias, targets, 1.0, g_lp, g_ent)
+    torch.testing.assert_close(logp.double(), ref_logp, **OUT_TOL)
+    torch.testing.assert_close(ent.double(), ref_ent, **OUT_TOL)
+    for got, ref in ((h.grad, ref_gh), (w.grad, ref_gw), (b.grad, ref_gb)):
+        torch.testing.assert_close(got.double(), ref, **GRAD_TOL[torch.float32])
+
+
+def test_no_grad_needed_returns_plain_tensors():
+    hidden, weight, bias, targets, _, _ = make_inputs(5, 8, 7)
+    logp, ent = fused_linear_logprobs(hidden, weight, targets, bias=bias, return_entropy=True)
+    assert not logp.requires_grad and not ent.requires_grad
+    with torch.no_grad():
+        h = hidden.clone().requires_grad_()
+        assert not fused_linear_logprobs(h, weight, targets).requires_grad
+
+
+def test_memory_never_builds_full_logits_and_saves_only_inputs_and_row_stats():
+    n, h_dim, v, rows = 64, 8, 50, 3  # N*V = 3200 dwarfs every legitimate tensor below
+    hidden, weight, bias, targets, g_lp, g_ent = make_inputs(n, h_dim, v)
+    h, w, b = leaves(hidden, weight, bias)
+
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ShapeRecorder() as fwd:
+        logp, ent = fused_linear_logprobs(h, w, targets, bias=b, return_entropy=True, _chunk_rows=rows)
+    with ShapeRecorder() as bwd:
+        torch.autograd.backward((logp, ent), (g_lp, g_ent))
+
+    # Largest tensors allowed: one (rows, V) logits tile, the [V, H] weight (gradient) and the [N, H] hidden
+    # (gradient). Nothing the size of the [N, V] logits, in either pass.
+    limit = max(rows * v, v * h_dim, n * h_dim)
+    assert limit < n * v
+    for rec in (fwd, bwd):
+        assert rec.shapes, "the recorder saw no ops"
+        assert max(torch.Size(s).numel() for s in rec.shapes) <= limit
+        # Every [*, V] tensor is a logits tile of at most `rows` rows, or the [H, V] view weight.T.
+        assert all(s[0] in range(rows + 1) or s[0] == h_dim for s in rec.shapes if len(s) == 2 and s[1] == v)
+
+    # Saved for backward: the inputs themselves (same storage, no copies) plus O(N) per-row stats.
+    input_ptrs = {t.data_ptr() for t in (h, w, b, targets)}
+    inputs_saved = [t for t in saved if t.data_ptr() in input_ptrs]
+    stats_saved = [t for t in saved if t.data_ptr() not in input_ptrs]
+    assert len(inputs_saved) == 4
+    assert stats_saved and all(t.shape == (n,) for t in stats_saved)
+    assert sum(t.numel() for t in saved) == (n * h_dim + v * h_dim + v + n) + n * len(stats_saved)
+
+
+def test_chunk_size_rule():
+    # rows = budget // (V * 4 bytes of float32 logits), at least 1
+    assert LOGITS_CHUNK_BYTES == 32 * 2**20
+    assert chunk_rows(151_936, torch.float32) == 55
+    assert chunk_rows(32_000, torch.float32) == 262
+    assert chunk_rows(32_000, torch.float64) == 131
+    assert chunk_rows(10**8, torch.float32) == 1
+    assert chunk_rows(151_936, torch.float32, override=4) == 4
+    with pytest.raises(ValueError, match="_chunk_rows must be an int >= 1"):
+        chunk_rows(100, torch.float32, override=0)
+
+
+def test_result_does_not_depend_on_chunking():
+    hidden, weight, bias, targets, _, _ = make_inputs(37, 19, 131)
+    outs = [
+        fused_linear_logprobs(hidden, weight, targets, bias=bias, return_entropy=True, _chunk_rows=r)
+        for r in (None, 1, 7, 37, 1000)
+    ]
+    for logp, ent in outs[1:]:
+        torch.testing.assert_close(logp, outs[0][0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(ent, outs[0][1], atol=1e-6, rtol=1e-6)
+
+
+def test_empty_batch():
+    _, weight, bias, _, _, _ = make_inputs(1, 8, 7)
+    h = torch.zeros(0, 8, requires_grad=True)
+    w, b = leaves(weight, bias)
+    logp, ent = fused_linear_logprobs(h, w, torch.zeros(0, dtype=torch.long), bias=b, return_entropy=True)
+    assert logp.shape == ent.shape == (0,) and logp.dtype == torch.float32
+    (logp.sum() + ent.sum()).backward()
+    assert h.grad.shape == (0, 8)
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_int32_targets_accepted():
+    hidden, weight, _, targets, _, _ = make_inputs(5, 8, 7, bias=False)
+    torch.testing.assert_close(
+        fused_linear_logprobs(hidden, weight, targets.int()), fused_linear_logprobs(hidden, weight, targets)
+    )
+
+
+@pytest.mark.parametrize("return_entropy", [False, True])
+def test_gradcheck_float64(return_entropy):
+    hidden, weight, bias, targets, _, _ = make_inputs(6, 4, 5, ignore_every=4)
+    h, w, b = leaves(hidden, weight, bias, dtype=torch.float64)
+
+    def fn(h, w, b):
+        return fused_linear_logprobs(
+            h, w, targets, bias=b, temperature=0.7, return_entropy=return_entropy, _chunk_rows=4
+        )
+
+    assert torch.autograd.gradcheck(fn, (h, w, b))
+    # The Function itself, called directly (the public wrapper adds only checks).
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: LinearLogprobsFunction.apply(h, w, targets, b, 1.3, return_entropy, 2), (h, w, b)
+    )
+
+
+def _bad(**overrides):
+    hidden, weight, bias, targets, _, _ = make_inputs(5, 8, 7)
+    args = dict(hidden=hidden, weight=weight, targets=targets, bias=bias, temperature=1.0)
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (dict(hidden=torch.randn(5, 8, 1)), r"hidden must be 2-D \[N, H\], got shape \(5, 8, 1\)"),
+        (dict(hidden=torch.ones(5, 8, dtype=torch.long)), r"hidden must have a floating dtype"),
+        (dict(weight=torch.randn(7)), r"weight must be 2-D \[V, H\]"),
+        (dict(weight=torch.randn(7, 9)), r"weight must have shape \[V, H\] with H = 8"),
+        (dict(targets=torch.zeros(5, 1, dtype=torch.long)), r"targets must be 1-D with shape \[N\] = \[5\]"),
+        (dict(targets=torch.zeros(4, dtype=torch.long)), r"targets must be 1-D with shape \[N\] = \[5\]"),
+        (dict(targets=torch.zeros(5)), r"targets must have an integer dtype"),
+        (dict(targets=torch.zeros(5, dtype=torch.bool)), r"targets must have an integer dtype"),
+        (dict(targets=torch.tensor([0, 1, 7, 2, 3])), r"targets must be < V = 7 .*got 7"),
+        (dict(bias=torch.randn(8)), r"bias must have shape \[V\] = \[7\]"),
+        (dict(temperature=0.0), r"temperature must be a finite number > 0, got 0.0"),
+        (dict(temperature=-1.0), r"temperature must be a finite number > 0"),
+        (dict(temperature=float("inf")), r"temperature must be a finite number > 0"),
+        (dict(temperature=float("nan")), r"temperature must be a finite number > 0"),
+    ],
+)
+def test_validation_messages(overrides, match):
+    args = _bad(**overrides)
+    with pytest.raises(ValueError, match=match):
+        fused_linear_logprobs(
+            args["hidden"], args["weight"], args["targets"], bias=args["bias"], temperature=args["temperature"]
+        )
