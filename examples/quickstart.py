@@ -1,7 +1,7 @@
 """Build a Hydra (one frozen NF4 base, a LoRA adapter per role) and use every role once.
 
-    python examples/quickstart.py                 # a tiny model built locally: runs on a CPU, no download
-    python examples/quickstart.py Qwen/Qwen2.5-0.5B-Instruct   # any causal LM on the Hub or on disk
+python examples/quickstart.py                 # a tiny model built locally: runs on a CPU, no download
+python examples/quickstart.py Qwen/Qwen2.5-0.5B-Instruct   # any causal LM on the Hub or on disk
 """
 
 import sys

@@ -159,8 +159,10 @@ def check_base_matches(saved: dict, causal_lm, source: str) -> None:
     found = base_fingerprint(causal_lm)
     for field in (*ARCHITECTURE_FIELDS, "embedding_sha256"):
         if field in saved and saved[field] != found[field]:
-            what = "its embedding weights differ" if field == "embedding_sha256" else (
-                f"{field} is {found[field]!r}, the run's base has {saved[field]!r}"
+            what = (
+                "its embedding weights differ"
+                if field == "embedding_sha256"
+                else (f"{field} is {found[field]!r}, the run's base has {saved[field]!r}")
             )
             raise ValueError(
                 f"base model {source!r} does not match the base this run was trained on "

@@ -322,9 +322,7 @@ class HydraModel(nn.Module):
         return self.token_logprobs(batch, role=role).sum(dim=1)
 
     @torch.no_grad()
-    def generate(
-        self, prompts: list[str], *, max_new_tokens: int = 64, role: str = "actor", **sampling
-    ) -> list[str]:
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 64, role: str = "actor", **sampling) -> list[str]:
         """Complete each prompt as `role`. `sampling` goes to transformers' generate
         (do_sample, temperature, top_p, top_k, ...); without it the model's generation config applies."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:

@@ -1,0 +1,95 @@
+"""Bad input to the Hydra constructor gets an error that names the value and the allowed choices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import T5Config
+
+from lorarlhf import HydraModel
+from lorarlhf.loading import check_source, resolve_dtype
+
+
+def test_unsupported_quantize_lists_the_choices(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"quantize='int4' is not supported; choose one of \('nf4', None\)"):
+        HydraModel.from_pretrained(tiny_model_dir, quantize="int4")
+
+
+def test_missing_path_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"model path '{tmp_path}/nope' does not exist"):
+        HydraModel.from_pretrained(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        HydraModel.from_pretrained(tmp_path / "nope")  # a Path is always a path, never a hub id
+
+
+def test_directory_without_config_and_file_instead_of_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        HydraModel.from_pretrained(tmp_path)
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="is a file; pass the directory that holds config.json"):
+        HydraModel.from_pretrained(tmp_path / "weights.safetensors")
+
+
+def test_hub_ids_pass_through_to_the_hub():
+    assert check_source("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert check_source("gpt2") == "gpt2"
+
+
+def test_model_without_an_lm_head_is_refused(tmp_path):
+    T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=32).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type='t5'\) is not a causal language model.*LM head"):
+        HydraModel.from_pretrained(tmp_path, quantize=None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lora_r": 0}, r"lora_r=0 must be a positive integer"),
+        ({"lora_r": 2.5}, r"lora_r=2.5 must be a positive integer"),
+        ({"lora_alpha": -1}, r"lora_alpha=-1 must be a positive number"),
+        ({"lora_dropout": 1.0}, r"lora_dropout=1.0 must be in \[0, 1\)"),
+        ({"target_modules": []}, r"target_modules=\(\) must be 'all-linear' or a non-empty list"),
+        ({"target_modules": "attention"}, r"target_modules='attention' must be 'all-linear'"),
+        ({"roles": ("actor", "judge")}, r"roles=\('actor', 'judge'\) must be distinct names from"),
+        ({"roles": ("actor", "actor")}, r"must be distinct names"),
+        ({"dtype": "float8"}, r"dtype='float8' is not supported; choose one of \['bfloat16', 'float16', 'float32'\]"),
+        ({"device": "tpu:0:1"}, r"device='tpu:0:1' is not a torch device"),
+    ],
+)
+def test_bad_options_name_the_value_and_the_choices(tiny_model_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HydraModel.from_pretrained(tiny_model_dir, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_requested_without_cuda(tiny_model_dir):
+    with pytest.raises(ValueError, match="CUDA is not available on this machine; use 'cpu'"):
+        HydraModel.from_pretrained(tiny_model_dir, device="cuda")
+
+
+def test_compute_dtype_defaults_follow_the_device():
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype(torch.float16, torch.device("cpu")) == torch.float16
+
+
+def test_selected_target_modules_and_roles(tiny_model_dir):
+    hydra = HydraModel.from_pretrained(
+        tiny_model_dir, quantize=None, lora_r=2, target_modules=["q_proj", "v_proj"], roles=("actor",)
+    )
+    assert hydra.roles == ("reference", "actor")
+    names = {n for n, _ in hydra.peft.named_parameters() if "lora_A" in n}
+    assert names and all(".q_proj." in n or ".v_proj." in n for n in names)
+    with pytest.raises(ValueError, match="role 'critic' has no adapter on this model"):
+        hydra.sequence_logprobs(["a"], ["b"], role="critic")
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(tmp_path):
+    from lorarlhf.tiny import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "m")
+    config = (path / "tokenizer_config.json").read_text()
+    (path / "tokenizer_config.json").write_text(config.replace('"pad_token": "<pad>"', '"pad_token": null'))
+    hydra = HydraModel.from_pretrained(path, quantize=None)
+    assert hydra.tokenizer.pad_token == hydra.tokenizer.eos_token
+    assert hydra.score(["a", "longer prompt"], ["b", "c"]).shape == (2,)
