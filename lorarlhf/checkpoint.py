@@ -179,7 +179,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} cannot be read ({error}); the file is damaged or truncated") from error
 
 
-def load_hydra(cls, output_dir: Path, *, base: str | None, device):
+def load_hydra(cls, output_dir: Path, *, base: str | None, device, gradient_checkpointing: bool = False):
     """Rebuild a saved Hydra on its base model (or on `base`, which must be the same weights)."""
     manifest = read_manifest(output_dir)
     source = check_source(base if base is not None else manifest["base"]["name_or_path"])
@@ -199,6 +199,7 @@ def load_hydra(cls, output_dir: Path, *, base: str | None, device):
             r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], target_modules=lora["target_modules"]
         ),
         roles=tuple(manifest["roles"]),
+        gradient_checkpointing=gradient_checkpointing,
     )
     for role in hydra.adapters:
         path = output_dir / ADAPTERS / role / ADAPTER_WEIGHTS

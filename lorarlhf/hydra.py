@@ -31,6 +31,7 @@ from lorarlhf.loading import (
     check_source,
     load_base_model,
     load_tokenizer,
+    logit_scale,
     resolve_device,
     resolve_dtype,
 )
@@ -73,13 +74,16 @@ class HydraModel(nn.Module):
         self.quantize = quantize
         self.lora = lora
         self.tokenizer = tokenizer
+        self.logit_scale = logit_scale(base_model.config)
         self.base_bytes = parameter_bytes(base_model.parameters())
         if gradient_checkpointing:
             # Non-reentrant checkpointing needs no grad-requiring inputs (so no input-grad hook), and
             # its context_fn lets the recomputation in backward run under the role of the forward.
-            base_model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": self._checkpoint_contexts}
-            )
+            kwargs = {"use_reentrant": False, "context_fn": self._checkpoint_contexts}
+            if hasattr(base_model, "activation_checkpointing_enable"):  # the name from transformers 5.2x on
+                base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         # No prepare_model_for_kbit_training: it upcasts the embeddings and LM head to fp32, which for a
         # 128k-vocab 8B model costs 2 GB on a 24 GB card; the frozen weights stay in the compute dtype.
         self.peft = get_peft_model(base_model, lora.peft_config(), adapter_name=roles[0])
@@ -135,9 +139,18 @@ class HydraModel(nn.Module):
         )
 
     @classmethod
-    def load(cls, output_dir: str | os.PathLike, *, base: str | None = None, device=None) -> HydraModel:
+    def load(
+        cls,
+        output_dir: str | os.PathLike,
+        *,
+        base: str | None = None,
+        device: str | torch.device | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> HydraModel:
         """Reload a run written by `save`; `base` overrides the recorded base model location."""
-        return load_hydra(cls, Path(output_dir), base=base, device=device)
+        return load_hydra(
+            cls, Path(output_dir), base=base, device=device, gradient_checkpointing=gradient_checkpointing
+        )
 
     def save(self, output_dir: str | os.PathLike) -> Path:
         """Adapters and heads as safetensors plus a JSON manifest; the base is referenced, not copied."""
@@ -285,7 +298,7 @@ class HydraModel(nn.Module):
             lm_head.weight,
             batch.input_ids[:, 1:][scored],  # (N,)
             bias=lm_head.bias,
-            temperature=temperature,
+            temperature=temperature / self.logit_scale,
             return_entropy=return_entropy,
         )
         outputs = result if return_entropy else (result,)

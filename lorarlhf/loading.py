@@ -104,10 +104,10 @@ def load_base_model(
             f"could not load a model config from {name_or_path!r}: it is not a local directory and could not be "
             f"fetched from the Hugging Face Hub ({error.__class__.__name__}: {error})"
         ) from error
-    kwargs = {"dtype": dtype}
+    logit_scale(config)  # refuse an unsupported LM head before loading any weights
+    kwargs = {"dtype": dtype, "device_map": {"": device}}
     if quantize == "nf4":
         kwargs["quantization_config"] = bnb_config(dtype)
-        kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)
     except ValueError as error:
@@ -117,14 +117,28 @@ def load_base_model(
                 "lorarlhf needs a model with an LM head (AutoModelForCausalLM)"
             ) from error
         raise
-    if quantize is None:
-        model.to(device)
-    else:
+    if quantize is not None:
         _keep_cpu_4bit_differentiable(model)
     if model.get_output_embeddings() is None:
         raise ValueError(f"model {name_or_path!r} (model_type={config.model_type!r}) has no LM head")
     model.requires_grad_(False)
     return model
+
+
+def logit_scale(config) -> float:
+    """The factor some architectures apply to the LM head's output before the softmax.
+
+    The fused kernels start from hidden states and the LM-head weight, so a rescale
+    (Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`) is folded
+    into the temperature. A soft-cap (tanh) is not linear and cannot be folded: refused.
+    """
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        raise ValueError(
+            f"model_type={config.model_type!r} soft-caps its logits (final_logit_softcapping="
+            f"{config.final_logit_softcapping}), which lorarlhf's fused log-prob kernels do not support"
+        )
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    return scale / float(getattr(config, "logits_scaling", None) or 1.0)
 
 
 def _keep_cpu_4bit_differentiable(model: PreTrainedModel) -> None:

@@ -311,3 +311,34 @@ def test_gradient_checkpointing_recomputes_under_each_loss_own_role(tiny_model_d
         grads.append(torch.cat([p.grad.flatten() for r in ("actor", "critic") for p in hydra.trainable_parameters(r)]))
     assert (grads[0] != 0).float().mean() > 0.9
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- architectures that rescale logits
+
+
+def test_rescaled_lm_head_folds_into_the_temperature(tmp_path, pairs):
+    """Granite divides its logits by logits_scaling after the LM head: log-probs must still match transformers."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    from lorarlhf.tiny import build_tiny_tokenizer, tiny_llama_config
+
+    fields = tiny_llama_config().to_dict()
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    config = GraniteConfig(**{k: fields[k] for k in keys}, num_key_value_heads=2, logits_scaling=4.0)
+    GraniteForCausalLM(config).save_pretrained(tmp_path)
+    build_tiny_tokenizer().save_pretrained(tmp_path)
+    hydra = build(tmp_path, quantize=None)
+    assert hydra.logit_scale == 0.25
+    batch = hydra.encode(*pairs)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    torch.testing.assert_close(hydra.token_logprobs(batch, role="reference"), plain_logprobs(plain, batch))
+
+
+def test_soft_capped_logits_are_refused(tmp_path):
+    from transformers import Gemma2Config
+
+    Gemma2Config(
+        vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, head_dim=16
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type='gemma2' soft-caps its logits"):
+        build(tmp_path, quantize=None)
