@@ -1,16 +1,58 @@
-"""Shared pieces of the chunked LM-head kernels: the chunk-size rule, the compute dtype and argument checks.
+"""Shared pieces of the chunked LM-head kernels: backend choice, chunk size, logits in fp32, argument checks.
 
-Kept in one place so the PyTorch path here and the Triton path that will sit beside it size their tiles and
-reject bad arguments in exactly the same way.
+Every kernel runs the same loop on every device: a chunk of rows goes through the LM head as one matmul
+(cuBLAS on a GPU) into a (rows, V) float32 tile, and a row kernel reduces the tile. The row kernel is Triton
+on CUDA (and on CPU tensors under TRITON_INTERPRET=1, which is how CI tests it) and plain PyTorch otherwise.
+Sharing the loop keeps the two backends' memory behaviour identical by construction.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+
+BACKENDS = ("triton", "torch")
+_forced_backend: str | None = None
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """TRITON_INTERPRET=1 runs @triton.jit kernels in Python on CPU tensors (read once, at kernel definition)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def backend_for(device: torch.device) -> str:
+    """'triton' on CUDA, and on CPU when the Triton interpreter is on; 'torch' otherwise."""
+    if _forced_backend is not None:
+        return _forced_backend
+    if triton_available() and (device.type == "cuda" or (device.type == "cpu" and interpreting())):
+        return "triton"
+    return "torch"
+
+
+@contextmanager
+def force_backend(name: str):
+    """Run the enclosed kernels on one backend (tests and benchmarks compare them side by side)."""
+    global _forced_backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "triton" and not triton_available():
+        raise RuntimeError("the triton backend was requested but triton is not installed")
+    previous, _forced_backend = _forced_backend, name
+    try:
+        yield
+    finally:
+        _forced_backend = previous
+
 
 # Bytes of logits one chunk may hold. A chunk is a (rows, V) tile of logits in the compute dtype (float32, or
 # float64 when the inputs are float64), so
@@ -46,13 +88,49 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
 
 
 def chunk_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float, dtype: torch.dtype
 ) -> torch.Tensor:
-    """(hidden @ weight.T + bias) / temperature for one chunk; all operands already in the compute dtype."""
-    logits = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)  # (rows, V)
+    """(hidden @ weight.T + bias) / temperature for one chunk of rows, as a (rows, V) tile in `dtype`.
+
+    A 16-bit head stays 16-bit: the matmul reads it as is and writes float32 logits (cuBLAS accumulates in
+    float32 anyway), so no float32 copy of the [V, H] weight is ever made.
+    """
+    if weight.dtype == dtype:
+        logits = hidden.to(dtype) @ weight.T  # (rows, V)
+    else:
+        logits = matmul_float32_out(hidden.to(weight.dtype), weight.T)  # (rows, V)
+    if bias is not None:
+        logits += bias.to(dtype)
     if temperature != 1.0:
         logits.div_(temperature)  # in place: no second (rows, V) buffer
     return logits
+
+
+_MM_OUT_DTYPE: dict[str, bool] = {}
+
+
+def matmul_float32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for 16-bit operands with a float32 result.
+
+    torch.mm(..., out_dtype=float32) keeps the float32 accumulator on CUDA. Where that overload is missing
+    (CPU, older torch) the CPU path upcasts the operands and CUDA rounds through 16-bit, like the peers do.
+    """
+    device = a.device.type
+    if _MM_OUT_DTYPE.get(device, True):
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE[device] = False
+    if device == "cpu":
+        return a.float() @ b.float()
+    return (a @ b).float()
+
+
+def matmul_into(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a (float32 row gradients) @ b (a weight) read in b's precision, accumulated and returned in `dtype`."""
+    if b.dtype == dtype:
+        return a.to(dtype) @ b
+    return matmul_float32_out(a.to(b.dtype), b).to(dtype)
 
 
 def check_floating(name: str, t: torch.Tensor) -> None:

@@ -3,8 +3,11 @@
 The sampled-token estimators in token_kl are cheap but noisy. The exact KL needs both models' full
 distributions at every token: two [N, V] logit tensors through the naive path. Both models share the LM
 head here (LoRA roles on one frozen base), so this runs the head on both hidden states chunk by chunk over
-tokens, reduces each pair of (rows, V) tiles to one number per row, and recomputes the tiles in backward
-from the saved inputs and per-row log-sum-exps.
+tokens and reduces each pair of (rows, V) float32 tiles to one number per row with a row kernel.
+
+As in logprobs.py, the upstream gradient is one number per row, so forward also computes
+W^T dKL/dz (and W^T dKL/dy when the reference side wants a gradient) from the tiles it holds, and backward
+is a per-row scaling; only a trainable LM head recomputes the tiles.
 """
 
 from __future__ import annotations
@@ -13,13 +16,21 @@ import torch
 
 from ._common import (
     autocast_off,
+    backend_for,
     check_hidden_weight,
     check_temperature,
     chunk_logits,
     chunk_rows,
     compute_dtype,
+    matmul_into,
     row_chunks,
 )
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton is a Linux-only dependency; elsewhere the torch row kernels serve every device
+    triton = None
 
 
 def linear_kl_reference(
@@ -33,6 +44,126 @@ def linear_kl_reference(
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
+# --------------------------------------------------------------------------- Triton row kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _kl_stats_kernel(z_ptr, y_ptr, stride, lse_z_ptr, lse_y_ptr, kl_ptr, V, BLOCK_V: tl.constexpr):
+        """Row -> lse(z), lse(y) (one online pass), then KL = sum p (log p - log q) (second pass).
+
+        Summing p (log p - log q) term by term, rather than E_p[z - y] - lse(z) + lse(y), keeps a small KL
+        accurate: no difference of two O(|z|) numbers.
+        """
+        row = tl.program_id(0).to(tl.int64)
+        z_row = z_ptr + row * stride
+        y_row = y_ptr + row * stride
+        m_z = tl.full((), float("-inf"), tl.float32)
+        m_y = tl.full((), float("-inf"), tl.float32)
+        s_z = tl.zeros((), tl.float32)
+        s_y = tl.zeros((), tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            valid = cols < V
+            z = tl.load(z_row + cols, mask=valid, other=float("-inf"))
+            y = tl.load(y_row + cols, mask=valid, other=float("-inf"))
+            new_z = tl.maximum(m_z, tl.max(z, 0))
+            new_y = tl.maximum(m_y, tl.max(y, 0))
+            s_z = s_z * tl.exp(m_z - new_z) + tl.sum(tl.exp(z - new_z), 0)
+            s_y = s_y * tl.exp(m_y - new_y) + tl.sum(tl.exp(y - new_y), 0)
+            m_z, m_y = new_z, new_y
+        lse_z = m_z + tl.log(s_z)
+        lse_y = m_y + tl.log(s_y)
+        kl = tl.zeros((), tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            valid = cols < V
+            logp = tl.load(z_row + cols, mask=valid, other=float("-inf")) - lse_z  # p = 0 off the end
+            logq = tl.load(y_row + cols, mask=valid, other=0.0) - lse_y  # finite: no -inf - -inf
+            p = tl.exp(logp)
+            kl += tl.sum(tl.where(p > 0, logp - logq, 0.0) * p, 0)
+        tl.store(lse_z_ptr + row, lse_z)
+        tl.store(lse_y_ptr + row, lse_y)
+        tl.store(kl_ptr + row, kl)
+
+    @triton.jit
+    def _kl_dlogits_kernel(
+        z_ptr, y_ptr, stride, lse_z_ptr, lse_y_ptr, kl_ptr, g_ptr, scale, V,
+        LOAD_G: tl.constexpr, WRITE_Z: tl.constexpr, WRITE_Y: tl.constexpr, BLOCK_V: tl.constexpr,
+    ):  # fmt: skip
+        """In place: z <- scale g p (log p - log q - KL), y <- scale g (q - p) (each on request)."""
+        row = tl.program_id(0).to(tl.int64)
+        lse_z = tl.load(lse_z_ptr + row)
+        lse_y = tl.load(lse_y_ptr + row)
+        kl = tl.load(kl_ptr + row)
+        g = scale
+        if LOAD_G:
+            g = tl.load(g_ptr + row).to(tl.float32) * scale
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            valid = cols < V
+            logp = tl.load(z_ptr + row * stride + cols, mask=valid, other=float("-inf")) - lse_z
+            logq = tl.load(y_ptr + row * stride + cols, mask=valid, other=0.0) - lse_y
+            p = tl.exp(logp)
+            if WRITE_Z:
+                dz = g * tl.where(p > 0, logp - logq - kl, 0.0) * p
+                tl.store(z_ptr + row * stride + cols, dz, mask=valid)
+            if WRITE_Y:
+                tl.store(y_ptr + row * stride + cols, g * (tl.exp(logq) - p), mask=valid)
+
+
+def _block_v(vocab: int) -> int:
+    # 1024 float32 columns of each of the two rows per step (8 KiB in flight), as in logprobs.py.
+    return min(1024, triton.next_power_of_2(vocab))
+
+
+# --------------------------------------------------------------------------- row ops, one per backend
+
+
+def _stats_torch(z, y):
+    lse_z, lse_y = torch.logsumexp(z, dim=-1), torch.logsumexp(y, dim=-1)  # (rows,)
+    logp, logq = z - lse_z[:, None], y - lse_y[:, None]  # (rows, V)
+    p = logp.exp()
+    kl = (torch.where(p > 0, logp - logq, 0.0) * p).sum(-1)
+    return lse_z, lse_y, kl
+
+
+def _stats_triton(z, y):
+    rows, vocab = z.shape
+    lse_z, lse_y, kl = (torch.empty(rows, dtype=torch.float32, device=z.device) for _ in range(3))
+    if rows:
+        _kl_stats_kernel[(rows,)](z, y, z.stride(0), lse_z, lse_y, kl, vocab, BLOCK_V=_block_v(vocab))
+    return lse_z, lse_y, kl
+
+
+def _dlogits_torch(z, y, lse_z, lse_y, kl, g, scale, write_z, write_y):
+    """Same contract as _kl_dlogits_kernel: overwrites z and/or y with the KL's logit gradients."""
+    g = torch.as_tensor(g, dtype=z.dtype, device=z.device).expand(z.shape[0])[:, None] * scale  # (rows, 1)
+    logp, logq = z - lse_z[:, None], y - lse_y[:, None]  # (rows, V)
+    p = logp.exp()
+    if write_y:
+        y.copy_(g * (logq.exp() - p))
+    if write_z:
+        z.copy_(g * torch.where(p > 0, logp - logq - kl[:, None], 0.0) * p)
+
+
+def _dlogits_triton(z, y, lse_z, lse_y, kl, g, scale, write_z, write_y):
+    rows, vocab = z.shape
+    if not rows:
+        return
+    load_g = isinstance(g, torch.Tensor)
+    _kl_dlogits_kernel[(rows,)](
+        z, y, z.stride(0), lse_z, lse_y, kl, g if load_g else kl, float(scale), vocab,
+        LOAD_G=load_g, WRITE_Z=write_z, WRITE_Y=write_y, BLOCK_V=_block_v(vocab),
+    )  # fmt: skip
+
+
+ROW_OPS = {"torch": (_stats_torch, _dlogits_torch), "triton": (_stats_triton, _dlogits_triton)}
+
+
+# --------------------------------------------------------------------------- autograd
+
+
 class LinearKLFunction(torch.autograd.Function):
     """Chunked KL(p || q) per row, p = softmax(W h / T) (policy), q = softmax(W r / T) (reference).
 
@@ -43,81 +174,66 @@ class LinearKLFunction(torch.autograd.Function):
     Backward, with upstream g = dL/dKL of that row:
         dKL/dz_k = p_k (log p_k - log q_k - KL)
         dKL/dy_k = q_k - p_k
-        dL/dh = W^T (g dKL/dz) / T,   dL/dr = W^T (g dKL/dy) / T
-        dL/dW = sum_rows [(g dKL/dz) h^T + (g dKL/dy) r^T] / T
+        dL/dh = g [W^T dKL/dz / T],   dL/dr = g [W^T dKL/dy / T]      (brackets computed in forward)
+        dL/dW = sum_rows g [dKL/dz h^T + dKL/dy r^T] / T               (tiles recomputed)
 
-    Saved for backward: the inputs, lse(z) [N], lse(y) [N] and KL [N]; the logits are recomputed.
     Computed in float32 (float64 for float64 inputs); gradients come back in the input dtypes.
     """
 
     @staticmethod
-    def forward(ctx, hidden, ref_hidden, weight, temperature, rows):
+    def forward(ctx, hidden, ref_hidden, weight, temperature, rows, backend, grad_hidden, grad_ref):
+        stats, dlogits = ROW_OPS[backend]
         dtype = compute_dtype(hidden, ref_hidden, weight)
         n = hidden.shape[0]
-        w = weight.to(dtype)  # (V, H)
-        lse_p = torch.empty(n, dtype=dtype, device=hidden.device)
-        lse_q = torch.empty(n, dtype=dtype, device=hidden.device)
-        kl = torch.empty(n, dtype=dtype, device=hidden.device)
+        w = weight if backend == "triton" or weight.dtype == dtype else weight.to(dtype)  # CPU: upcast once
+        lse_z, lse_y, kl = (torch.empty(n, dtype=dtype, device=hidden.device) for _ in range(3))
+        dkl_dh = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden else None  # (N, H)
+        dkl_dr = hidden.new_empty(hidden.shape, dtype=dtype) if grad_ref else None  # (N, H)
         with autocast_off(hidden.device):
             for s, e in row_chunks(n, rows):
-                logp = chunk_logits(hidden[s:e].to(dtype), w, None, temperature)  # (rows, V)
-                logq = chunk_logits(ref_hidden[s:e].to(dtype), w, None, temperature)  # (rows, V)
-                lse_p[s:e] = lp = torch.logsumexp(logp, dim=-1)
-                lse_q[s:e] = lq = torch.logsumexp(logq, dim=-1)
-                logp.sub_(lp[:, None])
-                logq.sub_(lq[:, None])
-                p = logp.exp()  # (rows, V)
-                kl[s:e] = (p * logp.sub_(logq)).sum(-1)
-                del logp, logq, p
+                z = chunk_logits(hidden[s:e], w, None, temperature, dtype)  # (rows, V)
+                y = chunk_logits(ref_hidden[s:e], w, None, temperature, dtype)  # (rows, V)
+                lse_z[s:e], lse_y[s:e], kl[s:e] = stats(z, y)
+                if grad_hidden or grad_ref:
+                    dlogits(z, y, lse_z[s:e], lse_y[s:e], kl[s:e], 1.0, 1.0 / temperature, grad_hidden, grad_ref)
+                    if grad_hidden:
+                        dkl_dh[s:e] = matmul_into(z, w, dtype)  # (rows, V) @ (V, H)
+                    if grad_ref:
+                        dkl_dr[s:e] = matmul_into(y, w, dtype)
+                del z, y
 
-        ctx.save_for_backward(hidden, ref_hidden, weight, lse_p, lse_q, kl)
-        ctx.temperature, ctx.rows = temperature, rows
+        ctx.save_for_backward(hidden, ref_hidden, weight, lse_z, lse_y, kl, dkl_dh, dkl_dr)
+        ctx.temperature, ctx.rows, ctx.backend = temperature, rows, backend
         return kl
 
     @staticmethod
     def backward(ctx, grad_kl):
-        hidden, ref_hidden, weight, lse_p, lse_q, kl = ctx.saved_tensors
+        hidden, ref_hidden, weight, lse_z, lse_y, kl, dkl_dh, dkl_dr = ctx.saved_tensors
         need_h, need_r, need_w = ctx.needs_input_grad[:3]
-        if not (need_h or need_r or need_w):
-            return None, None, None, None, None
+        g = grad_kl.to(kl.dtype)  # (N,)
+        grad_h = (g[:, None] * dkl_dh).to(hidden.dtype) if need_h else None
+        grad_r = (g[:, None] * dkl_dr).to(ref_hidden.dtype) if need_r else None
+        grad_w = None
+        if need_w:
+            grad_w = _recompute_head_grad(ctx, hidden, ref_hidden, weight, lse_z, lse_y, kl, g)
+        return grad_h, grad_r, grad_w, None, None, None, None, None
 
-        dtype, temperature = kl.dtype, ctx.temperature
-        g = grad_kl.to(dtype) / temperature  # (N,); folds the 1/T of both logit chains into the upstream
-        w = weight.to(dtype)  # (V, H)
-        grad_h = torch.empty_like(hidden) if need_h else None  # (N, H)
-        grad_r = torch.empty_like(ref_hidden) if need_r else None  # (N, H)
-        grad_w = torch.zeros_like(w) if need_w else None  # (V, H)
-        with autocast_off(hidden.device):
-            for s, e in row_chunks(hidden.shape[0], ctx.rows):
-                h, r = hidden[s:e].to(dtype), ref_hidden[s:e].to(dtype)  # (rows, H)
-                logp = chunk_logits(h, w, None, temperature).sub_(lse_p[s:e, None])  # (rows, V)
-                logq = chunk_logits(r, w, None, temperature).sub_(lse_q[s:e, None])  # (rows, V)
-                p = logp.exp()
-                g_c = g[s:e, None]  # (rows, 1)
-                # Reference side: dy = g (q - p), in a fresh buffer since p is still needed for dz
-                if need_r or need_w:
-                    dy = logq.exp().sub_(p).mul_(g_c)  # (rows, V)
-                    if need_r:
-                        grad_r[s:e] = dy @ w
-                    if need_w:
-                        grad_w.addmm_(dy.T, r)
-                    del dy
-                if need_h or need_w:
-                    # dz = g p (log p - log q - KL), in place over the log p buffer
-                    dz = logp.sub_(logq).sub_(kl[s:e, None]).mul_(p).mul_(g_c)  # (rows, V)
-                    if need_h:
-                        grad_h[s:e] = dz @ w
-                    if need_w:
-                        grad_w.addmm_(dz.T, h)
-                del logp, logq, p
 
-        return (
-            grad_h,
-            grad_r,
-            None if grad_w is None else grad_w.to(weight.dtype),
-            None,
-            None,
-        )
+def _recompute_head_grad(ctx, hidden, ref_hidden, weight, lse_z, lse_y, kl, g):
+    """dL/dW for a trainable LM head: both tiles recomputed per chunk, turned into gradients in place."""
+    dlogits = ROW_OPS[ctx.backend][1]
+    dtype = kl.dtype
+    w = weight if ctx.backend == "triton" or weight.dtype == dtype else weight.to(dtype)
+    grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device)  # (V, H)
+    with autocast_off(hidden.device):
+        for s, e in row_chunks(hidden.shape[0], ctx.rows):
+            z = chunk_logits(hidden[s:e], w, None, ctx.temperature, dtype)  # (rows, V)
+            y = chunk_logits(ref_hidden[s:e], w, None, ctx.temperature, dtype)
+            dlogits(z, y, lse_z[s:e], lse_y[s:e], kl[s:e], g[s:e], 1.0 / ctx.temperature, True, True)
+            grad_w.addmm_(z.T, hidden[s:e].to(dtype))  # (V, rows) @ (rows, H)
+            grad_w.addmm_(y.T, ref_hidden[s:e].to(dtype))
+            del z, y
+    return grad_w.to(weight.dtype)
 
 
 def fused_linear_kl(
@@ -149,7 +265,17 @@ def fused_linear_kl(
         )
     check_temperature(temperature)
 
-    rows = chunk_rows(weight.shape[0], compute_dtype(hidden, ref_hidden, weight), _chunk_rows)
-    # Dispatch point: CUDA tensors will go to a Triton Function here once it exists. Today every device
-    # uses the chunked PyTorch path.
-    return LinearKLFunction.apply(hidden, ref_hidden, weight, float(temperature), rows)
+    dtype = compute_dtype(hidden, ref_hidden, weight)
+    rows = chunk_rows(weight.shape[0], dtype, _chunk_rows)
+    backend = "torch" if dtype == torch.float64 else backend_for(hidden.device)  # row kernels are float32
+    grad_on = torch.is_grad_enabled()
+    return LinearKLFunction.apply(
+        hidden,
+        ref_hidden,
+        weight,
+        float(temperature),
+        rows,
+        backend,
+        grad_on and hidden.requires_grad,
+        grad_on and ref_hidden.requires_grad,
+    )

@@ -1,11 +1,17 @@
 """Fused LM head -> per-token log-probs (and entropy), without the [N, V] logits.
 
 RLHF scores every generated token under the policy, the old policy and the reference model. The plain
-``log_softmax(hidden @ W.T)[targets]`` builds fp32 logits for all N tokens at once: N = 16k tokens with
-V = 152k is ~10 GB, and autograd keeps it (plus the softmax) alive until backward. Here the LM head runs
-chunk by chunk over tokens: a (rows, V) tile is computed, reduced to per-row numbers and freed. Backward
-saves only the inputs and the per-row log-sum-exp and recomputes each tile, trading one extra matmul per
-chunk for O(N) instead of O(N * V) memory.
+``log_softmax(hidden @ W.T)[targets]`` builds float32 logits for all N tokens at once: 8 x 1024 tokens with
+Llama-3's 128,256-word vocabulary is 3.9 GiB, and autograd keeps it (and the softmax) alive until backward.
+Here the LM head runs chunk by chunk over tokens: a (rows, V) float32 tile is computed, reduced by a row
+kernel with an online log-sum-exp over vocabulary tiles, and freed.
+
+Backward costs no matmul for the hidden states. The gradient of a row's log-prob and entropy w.r.t. its
+logits is g (onehot - p) - e p (log p + H), where the upstream gradients g and e are ONE NUMBER PER ROW. So
+the forward pass, while the tile is in hand, also computes (onehot - p) @ W and -p (log p + H) @ W, and
+backward only scales those [N, H] rows by g and e. Two matmuls in all (three with entropy) instead of the
+usual forward + recompute + backward three (five). Only a trainable LM head (rare under LoRA) needs a
+recomputation, for its [V, H] gradient.
 """
 
 from __future__ import annotations
@@ -14,14 +20,25 @@ import torch
 
 from ._common import (
     autocast_off,
+    backend_for,
     check_floating,
     check_hidden_weight,
     check_temperature,
     chunk_logits,
     chunk_rows,
     compute_dtype,
+    matmul_into,
     row_chunks,
 )
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton is a Linux-only dependency; elsewhere the torch row kernels serve every device
+    triton = None
+
+# Row-kernel modes for the per-row coefficients g (of d logp) and e (of d entropy).
+ZERO, ONE, LOAD = 0, 1, 2
 
 
 def logprobs_reference(
@@ -44,6 +61,155 @@ def logprobs_reference(
     return torch.where(ignore, zero, logp), torch.where(ignore, zero, entropy)
 
 
+# --------------------------------------------------------------------------- Triton row kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _stats_kernel(
+        z_ptr, z_stride, targets_ptr, lse_ptr, logp_ptr, entropy_ptr, V,
+        WITH_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr,
+    ):  # fmt: skip
+        """One row of logits -> lse, log p(target), entropy, in one pass with an online log-sum-exp.
+
+        m is the running max, s = sum exp(z - m), u = sum exp(z - m) (z - m). The entropy is
+        log s - u / s: both terms are O(log V), so no cancellation of two O(|z|) numbers.
+        """
+        row = tl.program_id(0).to(tl.int64)
+        z_row = z_ptr + row * z_stride
+        m = tl.full((), float("-inf"), tl.float32)
+        s = tl.zeros((), tl.float32)
+        u = tl.zeros((), tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            z = tl.load(z_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(z, 0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a fully masked prefix stays s = 0
+            scale = tl.exp(m - m_safe)
+            p = tl.exp(z - m_safe)  # unnormalised, 0 on masked columns
+            if WITH_ENTROPY:
+                # where() before multiplying: both branches are evaluated, and 0 * -inf would be NaN
+                shift = tl.where(s > 0, m - m_safe, 0.0) * s
+                u = scale * (u + shift) + tl.sum(tl.where(p > 0, z - m_safe, 0.0) * p, 0)
+            s = s * scale + tl.sum(p, 0)
+            m = m_new
+        lse = m + tl.log(s)
+        target = tl.load(targets_ptr + row)
+        ignore = target < 0
+        z_target = tl.load(z_row + tl.maximum(target, 0)).to(tl.float32)
+        tl.store(lse_ptr + row, lse)
+        tl.store(logp_ptr + row, tl.where(ignore, 0.0, z_target - lse))
+        if WITH_ENTROPY:
+            tl.store(entropy_ptr + row, tl.where(ignore, 0.0, tl.log(s) - u / s))
+
+    @triton.jit
+    def _dlogits_kernel(
+        z_ptr, z_stride, out_ptr, out_stride, targets_ptr, lse_ptr, entropy_ptr, g_ptr, e_ptr, scale, V,
+        G_MODE: tl.constexpr, E_MODE: tl.constexpr, BLOCK_V: tl.constexpr,
+    ):  # fmt: skip
+        """out = scale * (g (onehot - p) - e p (log p + H)) for one row; out may be the logits buffer itself."""
+        row = tl.program_id(0).to(tl.int64)
+        target = tl.load(targets_ptr + row)
+        keep = target >= 0
+        lse = tl.load(lse_ptr + row)
+        g = 0.0
+        if G_MODE == 1:
+            g = 1.0
+        if G_MODE == 2:
+            g = tl.load(g_ptr + row).to(tl.float32)
+        e = 0.0
+        entropy = 0.0
+        if E_MODE != 0:
+            entropy = tl.load(entropy_ptr + row)
+            e = 1.0
+        if E_MODE == 2:
+            e = tl.load(e_ptr + row).to(tl.float32)
+        g = tl.where(keep, g * scale, 0.0)  # where, not *: an inf upstream on an ignored row still gives 0
+        e = tl.where(keep, e * scale, 0.0)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            valid = cols < V
+            logp = tl.load(z_ptr + row * z_stride + cols, mask=valid, other=float("-inf")).to(tl.float32) - lse
+            p = tl.exp(logp)
+            grad = -g * p
+            if E_MODE != 0:
+                grad -= e * tl.where(p > 0, logp + entropy, 0.0) * p
+            grad = tl.where(cols == target, grad + g, grad)
+            tl.store(out_ptr + row * out_stride + cols, grad, mask=valid)
+
+
+def _block_v(vocab: int) -> int:
+    # 1024 float32 columns per step: 4 KiB per row in flight, enough to stream at full bandwidth without
+    # spilling registers; smaller vocabularies (tests) take the next power of two.
+    return min(1024, triton.next_power_of_2(vocab))
+
+
+# --------------------------------------------------------------------------- row ops, one per backend
+
+
+def _stats_torch(z, targets, with_entropy):
+    lse = torch.logsumexp(z, dim=-1)  # (rows,)
+    logp = z.gather(1, targets.clamp_min(0)[:, None]).squeeze(1) - lse
+    entropy = None
+    if with_entropy:
+        logp_all = z - lse[:, None]  # (rows, V)
+        entropy = -torch.where(logp_all > float("-inf"), logp_all.exp() * logp_all, 0.0).sum(-1)
+    ignore = targets < 0
+    return lse, logp.masked_fill(ignore, 0.0), None if entropy is None else entropy.masked_fill(ignore, 0.0)
+
+
+def _stats_triton(z, targets, with_entropy):
+    rows, vocab = z.shape
+    lse, logp = (torch.empty(rows, dtype=torch.float32, device=z.device) for _ in range(2))
+    entropy = torch.empty(rows, dtype=torch.float32, device=z.device) if with_entropy else lse
+    if rows:
+        _stats_kernel[(rows,)](
+            z, z.stride(0), targets, lse, logp, entropy, vocab, WITH_ENTROPY=with_entropy, BLOCK_V=_block_v(vocab)
+        )
+    return lse, logp, entropy if with_entropy else None
+
+
+def _dlogits_torch(z, out, targets, lse, entropy, g, e, scale):
+    """Same contract as _dlogits_kernel; g and e are None (zero), 1.0, or per-row tensors."""
+    keep = targets >= 0
+    logp = z - lse[:, None]  # (rows, V)
+    p = logp.exp()
+    g_rows = _row_coefficient(g, keep, scale, z.dtype)  # (rows, 1)
+    grad = -g_rows * p
+    if e is not None:
+        e_rows = _row_coefficient(e, keep, scale, z.dtype)
+        grad -= e_rows * torch.where(p > 0, logp + entropy[:, None], 0.0) * p
+    grad.scatter_add_(1, targets.clamp_min(0)[:, None], g_rows)
+    out.copy_(grad)
+
+
+def _row_coefficient(c, keep, scale, dtype):
+    """(rows, 1): the per-row coefficient times scale, 0 on ignored rows and when c is None."""
+    if c is None:
+        return torch.zeros(keep.shape[0], 1, dtype=dtype, device=keep.device)
+    c = torch.as_tensor(c, dtype=dtype, device=keep.device).expand(keep.shape)
+    return torch.where(keep, c * scale, 0.0)[:, None]
+
+
+def _dlogits_triton(z, out, targets, lse, entropy, g, e, scale):
+    rows, vocab = z.shape
+    if not rows:
+        return
+    modes = [ZERO if c is None else ONE if isinstance(c, float) else LOAD for c in (g, e)]
+    g_ptr = g if modes[0] == LOAD else lse  # any tensor: the kernel never reads it in the other modes
+    e_ptr = e if modes[1] == LOAD else lse
+    _dlogits_kernel[(rows,)](
+        z, z.stride(0), out, out.stride(0), targets, lse, entropy if entropy is not None else lse, g_ptr, e_ptr,
+        float(scale), vocab, G_MODE=modes[0], E_MODE=modes[1], BLOCK_V=_block_v(vocab),
+    )  # fmt: skip
+
+
+ROW_OPS = {"torch": (_stats_torch, _dlogits_torch), "triton": (_stats_triton, _dlogits_triton)}
+
+
+# --------------------------------------------------------------------------- autograd
+
+
 class LinearLogprobsFunction(torch.autograd.Function):
     """Chunked log-probs and entropy of the targets under softmax((hidden @ W.T + b) / T).
 
@@ -55,102 +221,102 @@ class LinearLogprobsFunction(torch.autograd.Function):
 
     Backward, with upstream g = dL/dlogp and e = dL/dH of that row (any values, either may be absent):
         dL/dz_k = g (1[k = t] - p_k)  -  e p_k (log p_k + H)
-        dL/dh   = W^T (dL/dz) / T
+        dL/dh   = W^T (dL/dz) / T  =  g [W^T (onehot - p) / T]  +  e [W^T (-p (log p + H)) / T]
         dL/dW   = sum_rows (dL/dz) h^T / T
         dL/db   = sum_rows (dL/dz) / T
+    The two bracketed [N, H] terms do not depend on g or e, so forward computes them from the tile it
+    already holds and backward is a per-row scaling. dL/dW and dL/db recompute the tiles.
 
     Rows with t < 0 are ignored: logp = H = 0 and dL/dz = 0, so they send no gradient anywhere.
-    Saved for backward: the inputs, lse [N] and H [N]; each chunk's logits are recomputed, never stored.
     Everything is computed in float32 (float64 for float64 inputs); gradients come back in the input dtypes.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, bias, temperature, return_entropy, rows):
+    def forward(ctx, hidden, weight, targets, bias, temperature, return_entropy, rows, backend, grad_hidden):
+        stats, dlogits = ROW_OPS[backend]
         dtype = compute_dtype(hidden, weight, bias)
         n = hidden.shape[0]
-        w = weight.to(dtype)  # (V, H); a no-op for a float32 head
-        b = None if bias is None else bias.to(dtype)
-        tgt = targets.clamp_min(0)  # ignored rows read column 0, then get masked to 0
-
+        w = weight if backend == "triton" or weight.dtype == dtype else weight.to(dtype)  # CPU: upcast once
         lse = torch.empty(n, dtype=dtype, device=hidden.device)
         logp = torch.empty(n, dtype=dtype, device=hidden.device)
         entropy = torch.empty(n, dtype=dtype, device=hidden.device) if return_entropy else None
+        # d logp / dh and d H / dh per row, before the upstream scaling: (N, H), kept in float32 because
+        # backward sums g * one + e * other, and two 16-bit roundings would not survive that cancellation.
+        dlogp_dh = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden else None
+        dent_dh = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden and return_entropy else None
         with autocast_off(hidden.device):
             for s, e in row_chunks(n, rows):
-                z = chunk_logits(hidden[s:e].to(dtype), w, b, temperature)  # (rows, V)
-                lse_c = torch.logsumexp(z, dim=-1)  # (rows,)
-                lse[s:e] = lse_c
-                logp[s:e] = z.gather(1, tgt[s:e, None]).squeeze(1) - lse_c
+                z = chunk_logits(hidden[s:e], w, bias, temperature, dtype)  # (rows, V)
+                lse[s:e], logp[s:e], ent = stats(z, targets[s:e], return_entropy)
                 if return_entropy:
-                    z.sub_(lse_c[:, None])  # log p, in place over the logits
-                    entropy[s:e] = -(z.exp() * z).sum(-1)
+                    entropy[s:e] = ent
+                if grad_hidden:
+                    if return_entropy:  # before the in-place write below consumes the logits
+                        d_ent = torch.empty_like(z)
+                        dlogits(z, d_ent, targets[s:e], lse[s:e], entropy[s:e], None, 1.0, 1.0 / temperature)
+                        dent_dh[s:e] = matmul_into(d_ent, w, dtype)  # (rows, V) @ (V, H)
+                        del d_ent
+                    dlogits(z, z, targets[s:e], lse[s:e], None, 1.0, None, 1.0 / temperature)
+                    dlogp_dh[s:e] = matmul_into(z, w, dtype)  # (rows, V) @ (V, H)
                 del z  # free the tile before the next one is allocated
 
-        ignore = targets < 0
-        logp.masked_fill_(ignore, 0.0)
-        if return_entropy:
-            entropy.masked_fill_(ignore, 0.0)
-
-        ctx.save_for_backward(hidden, weight, targets, bias, lse, entropy)
-        ctx.temperature = temperature
-        ctx.rows = rows
+        ctx.save_for_backward(hidden, weight, targets, bias, lse, entropy, dlogp_dh, dent_dh)
+        ctx.temperature, ctx.rows, ctx.backend = temperature, rows, backend
         # An output nobody used arrives in backward as None instead of a tensor of zeros: skip its work.
         ctx.set_materialize_grads(False)
         return (logp, entropy) if return_entropy else logp
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy=None):
-        hidden, weight, targets, bias, lse, entropy = ctx.saved_tensors
+        hidden, weight, targets, bias, lse, entropy, dlogp_dh, dent_dh = ctx.saved_tensors
         need_h, need_w, _, need_b = ctx.needs_input_grad[:4]
-        none = (None,) * 7
-        if (grad_logp is None and grad_entropy is None) or not (need_h or need_w or need_b):
+        none = (None,) * 9
+        if grad_logp is None and grad_entropy is None:
             return none
-
-        dtype, temperature = lse.dtype, ctx.temperature
         keep = targets >= 0
         # where, not multiply: an inf/nan upstream gradient on an ignored row must still give exactly 0.
-        g = None if grad_logp is None else torch.where(keep, grad_logp.to(dtype), 0.0)  # (N,)
-        eg = None if grad_entropy is None else torch.where(keep, grad_entropy.to(dtype), 0.0)  # (N,)
-        tgt = targets.clamp_min(0)
-        w = weight.to(dtype)  # (V, H)
-        b = None if bias is None else bias.to(dtype)
+        g = None if grad_logp is None else torch.where(keep, grad_logp.to(lse.dtype), 0.0)  # (N,)
+        e = None if grad_entropy is None else torch.where(keep, grad_entropy.to(lse.dtype), 0.0)  # (N,)
 
-        grad_h = torch.empty_like(hidden) if need_h else None  # (N, H) in hidden's dtype
-        grad_w = torch.zeros_like(w) if need_w else None  # (V, H) accumulated in the compute dtype
-        grad_b = torch.zeros_like(b) if need_b else None  # (V,)
-        with autocast_off(hidden.device):
-            for s, e in row_chunks(hidden.shape[0], ctx.rows):
-                h = hidden[s:e].to(dtype)  # (rows, H)
-                logp = chunk_logits(h, w, b, temperature).sub_(lse[s:e, None])  # (rows, V) log p, recomputed
-                p = logp.exp()  # (rows, V)
-                # dz = dL/dz, built in place over the two (rows, V) buffers we already hold.
-                if eg is not None:
-                    dz = logp.add_(entropy[s:e, None]).mul_(p).mul_(-eg[s:e, None])  # -e p (log p + H)
-                    if g is not None:
-                        dz.sub_(p.mul_(g[s:e, None]))  # - g p
-                else:
-                    dz = p.mul_(-g[s:e, None])  # - g p
-                if g is not None:
-                    dz.scatter_add_(1, tgt[s:e, None], g[s:e, None])  # + g at the target column
-                if temperature != 1.0:
-                    dz.div_(temperature)  # chain through z = (W h + b) / T
-                if need_h:
-                    grad_h[s:e] = dz @ w  # (rows, V) @ (V, H)
-                if need_w:
-                    grad_w.addmm_(dz.T, h)  # (V, rows) @ (rows, H)
-                if need_b:
-                    grad_b += dz.sum(0)
-                del logp, p, dz
+        grad_h = None
+        if need_h:
+            grad_h = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)  # (N, H)
+            if g is not None:
+                grad_h += g[:, None] * dlogp_dh
+            if e is not None:
+                grad_h += e[:, None] * dent_dh
+            grad_h = grad_h.to(hidden.dtype)
 
-        return (
-            grad_h,
-            None if grad_w is None else grad_w.to(weight.dtype),
-            None,
-            None if grad_b is None else grad_b.to(bias.dtype),
-            None,
-            None,
-            None,
-        )
+        grad_w = grad_b = None
+        if need_w or need_b:
+            grad_w, grad_b = _recompute_head_grads(ctx, hidden, weight, targets, bias, lse, entropy, g, e)
+        return grad_h, grad_w, None, grad_b, None, None, None, None, None
+
+
+def _recompute_head_grads(ctx, hidden, weight, targets, bias, lse, entropy, g, e):
+    """dL/dW and dL/db for a trainable LM head: each tile's logits are recomputed, never stored."""
+    need_w, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[3]
+    dlogits = ROW_OPS[ctx.backend][1]
+    dtype = lse.dtype
+    w = weight if ctx.backend == "triton" or weight.dtype == dtype else weight.to(dtype)
+    grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None  # (V, H)
+    grad_b = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_b else None  # (V,)
+    with autocast_off(hidden.device):
+        for s, end in row_chunks(hidden.shape[0], ctx.rows):
+            z = chunk_logits(hidden[s:end], w, bias, ctx.temperature, dtype)  # (rows, V)
+            g_c = None if g is None else g[s:end]
+            e_c = None if e is None else e[s:end]
+            ent = None if entropy is None else entropy[s:end]
+            dlogits(z, z, targets[s:end], lse[s:end], ent, g_c, e_c, 1.0 / ctx.temperature)  # dL/dz in place
+            if need_w:
+                grad_w.addmm_(z.T, hidden[s:end].to(dtype))  # (V, rows) @ (rows, H)
+            if need_b:
+                grad_b += z.sum(0)
+            del z
+    return (
+        None if grad_w is None else grad_w.to(weight.dtype),
+        None if grad_b is None else grad_b.to(bias.dtype),
+    )
 
 
 def fused_linear_logprobs(
@@ -171,7 +337,8 @@ def fused_linear_logprobs(
         targets: [N] integer token ids; a negative id (e.g. -100) marks a row to ignore.
         bias: optional [V] LM-head bias.
         temperature: logits are divided by it before the softmax; finite and > 0.
-        return_entropy: also return the entropy -sum p log p of each row.
+        return_entropy: also return the entropy -sum p log p of each row. Ask only when it is used:
+            with autograd on it costs one more matmul.
         _chunk_rows: private, for tests: rows per chunk instead of the memory-budget rule.
 
     Returns:
@@ -201,8 +368,18 @@ def fused_linear_logprobs(
         raise ValueError(f"targets must be < V = {vocab} (negative ids are ignored), got {top}")
 
     rows = chunk_rows(vocab, compute_dtype(hidden, weight, bias), _chunk_rows)
-    # Dispatch point: CUDA tensors will go to a Triton Function here once it exists. Today every device
-    # uses the chunked PyTorch path.
+    backend = backend_for(hidden.device)
+    if compute_dtype(hidden, weight, bias) == torch.float64:
+        backend = "torch"  # the row kernels are float32; float64 is for gradcheck
+    grad_hidden = torch.is_grad_enabled() and hidden.requires_grad
     return LinearLogprobsFunction.apply(
-        hidden, weight, targets.long(), bias, float(temperature), bool(return_entropy), rows
+        hidden,
+        weight,
+        targets.long().contiguous(),
+        bias,
+        float(temperature),
+        bool(return_entropy),
+        rows,
+        backend,
+        grad_hidden,
     )

@@ -54,3 +54,26 @@ def _base_checksum(hydra) -> str:
         if state is not None:
             digest.update(state.absmax.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+BACKEND_DEVICES = [("torch", "cpu"), ("triton", "cpu"), ("torch", "cuda"), ("triton", "cuda")]
+
+
+@pytest.fixture(params=BACKEND_DEVICES, ids=[f"{b}-{d}" for b, d in BACKEND_DEVICES])
+def backend_device(request):
+    """Each kernel test runs on the chunked PyTorch row ops and on the Triton row kernels, per device.
+
+    Triton runs on CUDA, and on CPU tensors when TRITON_INTERPRET=1 was set before the kernels were
+    imported (CI's second test run).
+    """
+    from lorarlhf.kernels._common import force_backend, interpreting, triton_available
+
+    backend, device = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if backend == "triton" and not triton_available():
+        pytest.skip("triton is not installed")
+    if backend == "triton" and (device == "cpu") != interpreting():
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1, and on CUDA only without it")
+    with force_backend(backend):
+        yield backend, torch.device(device)

@@ -5,31 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import GRAD_TOL, OUT_TOL, ShapeRecorder, assert_grad_close, rel_err, shape_checks_apply
 from lorarlhf.kernels import fused_linear_kl, token_kl
 from lorarlhf.kernels.linear_kl import LinearKLFunction, linear_kl_reference
 from lorarlhf.kernels.token_kl import token_kl_reference
-from torch.utils._python_dispatch import TorchDispatchMode
 
-# Outputs are computed in float32 for every input dtype, so they match the float64 reference (on the same
-# rounded inputs) to float32 accuracy; gradients come back in the input dtype and carry its rounding, hence
-# rtol = that dtype's machine epsilon. See tests/test_kernels_logprobs.py for the same table.
-OUT_TOL = dict(atol=1e-5, rtol=1e-5)
-GRAD_TOL = {
-    torch.float32: dict(atol=1e-5, rtol=1e-4),
-    torch.bfloat16: dict(atol=1e-5, rtol=2**-7),
-    torch.float16: dict(atol=1e-5, rtol=2**-10),
-}
 ESTIMATORS = ["k1", "k2", "k3"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    # The shapes here are tiny, so intra-op threads only add OpenMP barriers, and those stall for seconds when
-    # the CPU is shared with other jobs. One thread keeps the file fast and its timing stable; restored after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- token_kl
@@ -119,17 +100,17 @@ def test_token_kl_validation():
 # ---------------------------------------------------------------- fused_linear_kl
 
 # (N, H, V, rows per chunk or None for the memory-budget rule)
-SHAPES = [(37, 19, 131, None), (37, 19, 131, 8), (5, 8, 7, None), (64, 16, 50, 3)]
+SHAPES = [(37, 19, 131, None), (37, 19, 131, 8), (5, 8, 7, None), (64, 16, 50, 3), (1, 12, 1271, None)]
 
 
-def make_kl_inputs(n, h, v, dtype=torch.float32, seed=0):
+def make_kl_inputs(n, h, v, dtype=torch.float32, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, h, generator=gen)
     # The reference is a nearby model, as in RLHF: same tokens, perturbed hidden states.
     ref_hidden = hidden + 0.5 * torch.randn(n, h, generator=gen)
     weight = torch.randn(v, h, generator=gen) * 2 / h**0.5
     upstream = torch.randn(n, generator=gen)
-    return hidden.to(dtype), ref_hidden.to(dtype), weight.to(dtype), upstream
+    return tuple(t.to(device) for t in (hidden.to(dtype), ref_hidden.to(dtype), weight.to(dtype), upstream))
 
 
 def kl_div_reference(hidden, ref_hidden, weight, temperature):
@@ -143,9 +124,10 @@ def kl_div_reference(hidden, ref_hidden, weight, temperature):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_linear_kl_matches_reference_values_and_grads(shape, temperature, dtype):
+def test_linear_kl_matches_reference_values_and_grads(backend_device, shape, temperature, dtype):
+    _, device = backend_device
     n, h_dim, v, rows = shape
-    hidden, ref_hidden, weight, upstream = make_kl_inputs(n, h_dim, v, dtype)
+    hidden, ref_hidden, weight, upstream = make_kl_inputs(n, h_dim, v, dtype, device=device)
     h, r, w = (t.clone().requires_grad_() for t in (hidden, ref_hidden, weight))
 
     kl = fused_linear_kl(h, r, w, temperature=temperature, _chunk_rows=rows)
@@ -160,32 +142,66 @@ def test_linear_kl_matches_reference_values_and_grads(shape, temperature, dtype)
     torch.testing.assert_close(kl.double(), expected, **OUT_TOL)
     for got, ref in ((h.grad, e_h), (r.grad, e_r), (w.grad, e_w)):
         assert got.dtype == dtype
-        torch.testing.assert_close(got.double(), ref, **GRAD_TOL[dtype])
+        assert_grad_close(got, ref, dtype)
 
 
-def test_linear_kl_nonnegative_and_zero_for_identical_models():
-    hidden, ref_hidden, weight, _ = make_kl_inputs(64, 16, 50, seed=3)
+def test_linear_kl_nonnegative_and_zero_for_identical_models(backend_device):
+    _, device = backend_device
+    hidden, ref_hidden, weight, _ = make_kl_inputs(64, 16, 50, seed=3, device=device)
     kl = fused_linear_kl(hidden, ref_hidden, weight, temperature=0.7, _chunk_rows=5)
     assert (kl > 0).all()  # distinct distributions: strictly positive
     h = hidden.clone().requires_grad_()
     same = fused_linear_kl(h, hidden, weight, _chunk_rows=5)
-    assert torch.equal(same, torch.zeros(64))
+    assert torch.equal(same, torch.zeros(64, device=device))
     # KL is at its minimum there, so the gradient w.r.t. the policy vanishes too.
-    (g,) = torch.autograd.grad(same, h, torch.randn(64))
+    (g,) = torch.autograd.grad(same, h, torch.randn(64, device=device))
     assert torch.equal(g, torch.zeros_like(g))
 
 
-def test_linear_kl_only_policy_trainable():
+def test_linear_kl_only_policy_trainable(backend_device):
     # The usual RLHF case: frozen head, reference hidden states computed under no_grad.
-    hidden, ref_hidden, weight, upstream = make_kl_inputs(37, 19, 131, seed=4)
+    _, device = backend_device
+    hidden, ref_hidden, weight, upstream = make_kl_inputs(37, 19, 131, seed=4, device=device)
     h = hidden.clone().requires_grad_()
-    with TorchShapeRecorder() as rec:
-        fused_linear_kl(h, ref_hidden, weight, _chunk_rows=8).backward(upstream)
+    kl = fused_linear_kl(h, ref_hidden, weight, _chunk_rows=8)
+    with ShapeRecorder() as rec:
+        kl.backward(upstream)
     assert weight.grad is None and ref_hidden.grad is None
-    assert (131, 19) not in rec.shapes  # no [V, H] weight-gradient accumulator
+    # Backward is a per-row scaling of what forward prepared: no [V, H] tensor, no (rows, V) tile.
+    assert not [shape for shape in rec.shapes if 131 in shape]
     h64 = hidden.double().requires_grad_()
     (e_h,) = torch.autograd.grad(kl_div_reference(h64, ref_hidden, weight, 1.0), h64, upstream.double())
     torch.testing.assert_close(h.grad.double(), e_h, **GRAD_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("vocab", [32003, 50257])
+def test_linear_kl_real_vocabulary_sizes(backend_device, vocab):
+    _, device = backend_device
+    hidden, ref_hidden, weight, upstream = make_kl_inputs(3, 8, vocab, seed=7, device=device)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    kl = fused_linear_kl(h, ref_hidden, w, temperature=0.9)
+    kl.backward(upstream)
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    expected = kl_div_reference(h64, ref_hidden, w64, 0.9)
+    e_h, e_w = torch.autograd.grad(expected, (h64, w64), upstream.double())
+    assert rel_err(kl, expected) <= 1e-5
+    assert rel_err(h.grad, e_h) <= 1e-5 and rel_err(w.grad, e_w) <= 1e-5
+
+
+def test_linear_kl_backends_agree(backend_device):
+    from lorarlhf.kernels._common import force_backend
+
+    backend, device = backend_device
+    hidden, ref_hidden, weight, upstream = make_kl_inputs(37, 19, 131, seed=8, device=device)
+    results = []
+    for name in ("torch", backend):
+        with force_backend(name):
+            h, r, w = (t.clone().requires_grad_() for t in (hidden, ref_hidden, weight))
+            kl = fused_linear_kl(h, r, w, temperature=0.8, _chunk_rows=6)
+            kl.backward(upstream)
+            results.append((kl, h.grad, r.grad, w.grad))
+    for got, ref in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, atol=2e-6, rtol=2e-6)
 
 
 def test_linear_kl_autocast_region_does_not_lower_precision():
@@ -206,37 +222,24 @@ def test_linear_kl_gradcheck_float64():
     hidden, ref_hidden, weight, _ = make_kl_inputs(6, 4, 5, seed=5)
     args = tuple(t.double().requires_grad_() for t in (hidden, ref_hidden, weight))
     assert torch.autograd.gradcheck(lambda h, r, w: fused_linear_kl(h, r, w, temperature=0.7, _chunk_rows=4), args)
-    assert torch.autograd.gradcheck(lambda h, r, w: LinearKLFunction.apply(h, r, w, 1.3, 2), args)
+    assert torch.autograd.gradcheck(lambda h, r, w: LinearKLFunction.apply(h, r, w, 1.3, 2, "torch", True, True), args)
 
 
-def test_linear_kl_empty_batch():
-    _, _, weight, _ = make_kl_inputs(1, 8, 7)
-    h = torch.zeros(0, 8, requires_grad=True)
+def test_linear_kl_empty_batch(backend_device):
+    _, device = backend_device
+    _, _, weight, _ = make_kl_inputs(1, 8, 7, device=device)
+    h = torch.zeros(0, 8, requires_grad=True, device=device)
     w = weight.clone().requires_grad_()
-    kl = fused_linear_kl(h, torch.zeros(0, 8), w)
+    kl = fused_linear_kl(h, torch.zeros(0, 8, device=device), w)
     assert kl.shape == (0,)
     kl.sum().backward()
     assert h.grad.shape == (0, 8) and torch.equal(w.grad, torch.zeros_like(w))
 
 
-class TorchShapeRecorder(TorchDispatchMode):
-    """Records the shape of every tensor any aten op produces while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.shapes.append(tuple(t.shape))
-        return out
-
-
-def test_linear_kl_memory_never_builds_full_logits_and_saves_only_inputs_and_row_stats():
+def test_linear_kl_memory_never_builds_full_logits_and_saves_only_inputs_and_row_stats(backend_device):
+    backend, device = backend_device
     n, h_dim, v, rows = 64, 8, 50, 3
-    hidden, ref_hidden, weight, upstream = make_kl_inputs(n, h_dim, v)
+    hidden, ref_hidden, weight, upstream = make_kl_inputs(n, h_dim, v, device=device)
     h, r, w = (t.clone().requires_grad_() for t in (hidden, ref_hidden, weight))
 
     saved = []
@@ -245,22 +248,24 @@ def test_linear_kl_memory_never_builds_full_logits_and_saves_only_inputs_and_row
         saved.append(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), TorchShapeRecorder() as fwd:
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ShapeRecorder() as fwd:
         kl = fused_linear_kl(h, r, w, _chunk_rows=rows)
-    with TorchShapeRecorder() as bwd:
+    with ShapeRecorder() as bwd:
         kl.backward(upstream)
 
     limit = max(rows * v, v * h_dim, n * h_dim)
     assert limit < n * v
-    for rec in (fwd, bwd):
+    for rec in (fwd, bwd) if shape_checks_apply(backend) else ():
         assert rec.shapes
         assert max(torch.Size(s).numel() for s in rec.shapes) <= limit
         assert all(s[0] in range(rows + 1) or s[0] == h_dim for s in rec.shapes if len(s) == 2 and s[1] == v)
 
     input_ptrs = {t.data_ptr() for t in (h, r, w)}
     assert sum(t.data_ptr() in input_ptrs for t in saved) == 3
-    stats = [t for t in saved if t.data_ptr() not in input_ptrs]
-    assert len(stats) == 3 and all(t.shape == (n,) for t in stats)  # lse(p), lse(q), KL
+    others = [t for t in saved if t.data_ptr() not in input_ptrs]
+    stats = [t for t in others if t.shape == (n,)]  # lse(p), lse(q), KL
+    prepared = [t for t in others if t.shape == (n, h_dim)]  # W^T dKL/dz and W^T dKL/dy, per row
+    assert len(stats) == 3 and len(prepared) == 2 and len(others) == 5
 
 
 @pytest.mark.parametrize(
