@@ -9,8 +9,14 @@ kernels for CUDA will sit beside it behind the same functions.
     fused_linear_kl        exact full-vocabulary KL(policy || reference) per token
 """
 
-from .linear_kl import fused_linear_kl
-from .logprobs import fused_linear_logprobs
-from .token_kl import token_kl
-
 __all__ = ["fused_linear_logprobs", "token_kl", "fused_linear_kl"]
+
+# Run from the repository root, this folder is also importable as a top-level `kernels`, the name of the
+# Hugging Face hub-kernels package that transformers and bitsandbytes probe for. Under that name it
+# defines nothing, so their `from kernels import get_kernel` fails the way a missing package does.
+if __name__ == "lorarlhf.kernels":
+    from .linear_kl import fused_linear_kl
+    from .logprobs import fused_linear_logprobs
+    from .token_kl import token_kl
+else:
+    __all__ = []

@@ -2,7 +2,7 @@
 
 Layout of a saved run (other files in the directory are left alone):
 
-    hydra.json                      manifest: base model and its fingerprint, quantization, LoRA, roles, versions
+    hydra.json                      manifest: base and its fingerprint, quantization, dtype, LoRA, roles, versions
     heads.safetensors               critic and reward heads
     adapters/<role>/                one standard PEFT adapter directory per role
         adapter_model.safetensors   (loadable by peft.PeftModel.from_pretrained(base, dir))
@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import struct
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -26,8 +26,10 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers.utils import cached_file
 
 from lorarlhf.loading import (
+    DTYPE_NAMES,
     check_quantize,
     check_source,
     load_base_model,
@@ -54,22 +56,44 @@ ARCHITECTURE_FIELDS = (
     "num_attention_heads",
     "num_key_value_heads",
 )
-FINGERPRINT_ROWS = 256
+SAMPLE_BYTES = 64
 
 
-def base_fingerprint(causal_lm) -> dict:
-    """What identifies a base: its architecture numbers, and a hash of sampled embedding rows.
+def weights_fingerprint(source: str) -> str | None:
+    """A hash of the base checkpoint as stored: every tensor's name, dtype and shape, and 3 x 64 bytes of it.
 
-    Embeddings are never quantized, so the hash is the same for an NF4 and a 16-bit load
-    of the same weights; rows are cast to bf16 first so fp32 and bf16 loads agree too.
-    Sampling FINGERPRINT_ROWS rows keeps it under a millisecond for a 128k vocabulary.
+    Read from the safetensors files, not from the loaded model, so it is the same whatever dtype or
+    quantization the base is loaded with, and a changed weight anywhere (a merged LoRA, a fine-tune)
+    changes it. A few seeks per tensor: milliseconds even for an 8B checkpoint. None when the base has no
+    safetensors files (then only the architecture is checked).
     """
+    try:
+        model_dir = Path(cached_file(source, "config.json")).parent
+    except OSError:
+        return None
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+            for name in sorted(key for key in header if key != "__metadata__"):
+                info = header[name]
+                digest.update(f"{name}:{info['dtype']}:{info['shape']}".encode())
+                start, end = info["data_offsets"]
+                for offset in sorted({start, (start + end) // 2, max(start, end - SAMPLE_BYTES)}):
+                    f.seek(8 + header_size + offset)
+                    digest.update(f.read(min(SAMPLE_BYTES, end - offset)))
+    return digest.hexdigest()
+
+
+def base_fingerprint(causal_lm, source: str) -> dict:
+    """What identifies a base: its architecture numbers and its stored weights."""
     config = causal_lm.config
     fingerprint = {field: getattr(config, field, None) for field in ARCHITECTURE_FIELDS}
-    embedding = causal_lm.get_input_embeddings().weight.detach()
-    rows = torch.linspace(0, embedding.shape[0] - 1, min(FINGERPRINT_ROWS, embedding.shape[0])).long()
-    sample = embedding[rows.to(embedding.device)].to(device="cpu", dtype=torch.bfloat16).contiguous()
-    fingerprint["embedding_sha256"] = hashlib.sha256(sample.view(torch.int16).numpy().tobytes()).hexdigest()
+    fingerprint["weights_sha256"] = weights_fingerprint(source)
     return fingerprint
 
 
@@ -84,21 +108,31 @@ def _versions() -> dict[str, str | None]:
 
 
 def save_hydra(hydra, output_dir: Path) -> Path:
-    """Write `hydra` into `output_dir`, replacing only a previous save's own files."""
+    """Write `hydra` into `output_dir`, replacing only a previous save's own files, all or nothing."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not (output_dir / MANIFEST).exists():
+    if (output_dir / MANIFEST).exists():
+        try:
+            read_manifest(output_dir)
+        except ValueError as error:
+            raise FileExistsError(
+                f"{output_dir / MANIFEST} exists but is not a lorarlhf run's manifest ({error}); "
+                "refusing to overwrite it: choose another output directory"
+            ) from error
+    else:
         clashing = [name for name in OWNED if (output_dir / name).exists()]
         if clashing:
             raise FileExistsError(
                 f"{output_dir} already holds {clashing} but is not a saved lorarlhf run (no {MANIFEST}); "
                 "refusing to overwrite them: choose another output directory"
             )
+    weights = hydra.causal_lm.get_output_embeddings().weight
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "base": {"name_or_path": hydra.source, **base_fingerprint(hydra.causal_lm)},
+        "base": {"name_or_path": hydra.source, **base_fingerprint(hydra.causal_lm, hydra.source)},
         "quantize": hydra.quantize,
-        "dtype": str(hydra.causal_lm.get_output_embeddings().weight.dtype).removeprefix("torch."),
+        "dtype": str(weights.dtype).removeprefix("torch."),
+        "device": weights.device.type,
         "lora": {
             "r": hydra.lora.r,
             "alpha": hydra.lora.alpha,
@@ -113,22 +147,43 @@ def save_hydra(hydra, output_dir: Path) -> Path:
     }
     with tempfile.TemporaryDirectory(prefix=".hydra-save-", dir=output_dir) as staging:
         staging = Path(staging)
+        new, old = staging / "new", staging / "old"
         for role in hydra.adapters:
-            adapter_dir = staging / ADAPTERS / role
+            adapter_dir = new / ADAPTERS / role
             adapter_dir.mkdir(parents=True)
             state = get_peft_model_state_dict(hydra.peft, adapter_name=role)
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, adapter_dir / ADAPTER_WEIGHTS)
             hydra.peft.peft_config[role].save_pretrained(adapter_dir)
-        heads = {k: v.detach().contiguous().cpu() for k, v in hydra.heads.state_dict().items()}
-        save_file(heads, staging / HEADS)
-        hydra.tokenizer.save_pretrained(staging / TOKENIZER)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for name in OWNED:  # manifest last: it is what marks the directory as a complete run
-            target = output_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(staging / name, target)
+        save_file({k: v.detach().contiguous().cpu() for k, v in hydra.heads.state_dict().items()}, new / HEADS)
+        hydra.tokenizer.save_pretrained(new / TOKENIZER)
+        (new / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap_in(output_dir, new, old)
     return output_dir
+
+
+def _swap_in(output_dir: Path, new: Path, old: Path) -> None:
+    """Move the previous save aside (manifest first), the new one in (manifest last); undo on failure.
+
+    Every step is a rename within one directory. Until the new manifest lands the directory holds no
+    manifest, so a crash midway leaves something `load` refuses, never a mixed run.
+    """
+    old.mkdir()
+    order = (MANIFEST, HEADS, ADAPTERS, TOKENIZER)  # the manifest goes first when leaving, last when arriving
+    moved_out, moved_in = [], []
+    try:
+        for name in order:
+            if (output_dir / name).exists():
+                os.replace(output_dir / name, old / name)
+                moved_out.append(name)
+        for name in reversed(order):
+            os.replace(new / name, output_dir / name)
+            moved_in.append(name)
+    except OSError:
+        for name in moved_in:
+            os.replace(output_dir / name, new / name)
+        for name in reversed(moved_out):
+            os.replace(old / name, output_dir / name)
+        raise
 
 
 def read_manifest(output_dir: Path) -> dict:
@@ -156,18 +211,18 @@ def read_manifest(output_dir: Path) -> dict:
 
 def check_base_matches(saved: dict, causal_lm, source: str) -> None:
     """Refuse a base that is not the one the adapters were trained on, naming what differs."""
-    found = base_fingerprint(causal_lm)
-    for field in (*ARCHITECTURE_FIELDS, "embedding_sha256"):
-        if field in saved and saved[field] != found[field]:
-            what = (
-                "its embedding weights differ"
-                if field == "embedding_sha256"
-                else (f"{field} is {found[field]!r}, the run's base has {saved[field]!r}")
-            )
-            raise ValueError(
-                f"base model {source!r} does not match the base this run was trained on "
-                f"({saved.get('name_or_path')!r}): {what}"
-            )
+    found = base_fingerprint(causal_lm, source)
+    for field in (*ARCHITECTURE_FIELDS, "weights_sha256"):
+        if saved.get(field) is None or found[field] is None or saved[field] == found[field]:
+            continue
+        if field == "weights_sha256":
+            what = "its stored weights differ"
+        else:
+            what = f"{field} is {found[field]!r}, the run's base has {saved[field]!r}"
+        raise ValueError(
+            f"base model {source!r} does not match the base this run was trained on "
+            f"({saved.get('name_or_path')!r}): {what}"
+        )
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -179,13 +234,18 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} cannot be read ({error}); the file is damaged or truncated") from error
 
 
-def load_hydra(cls, output_dir: Path, *, base: str | None, device, gradient_checkpointing: bool = False):
-    """Rebuild a saved Hydra on its base model (or on `base`, which must be the same weights)."""
+def load_hydra(cls, output_dir: Path, *, base: str | None, device, dtype=None, gradient_checkpointing: bool = False):
+    """Rebuild a saved Hydra on its base model (or on `base`, which must be the same weights).
+
+    dtype None: the run's own compute dtype when loaded on the same kind of device, else the device's default.
+    """
     manifest = read_manifest(output_dir)
     source = check_source(base if base is not None else manifest["base"]["name_or_path"])
     quantize = check_quantize(manifest["quantize"])
     device = resolve_device(device)
-    causal_lm = load_base_model(source, quantize=quantize, device=device, dtype=resolve_dtype(None, device))
+    if dtype is None and manifest.get("device") == device.type and manifest.get("dtype") in DTYPE_NAMES:
+        dtype = manifest["dtype"]
+    causal_lm = load_base_model(source, quantize=quantize, device=device, dtype=resolve_dtype(dtype, device))
     check_base_matches(manifest["base"], causal_lm, source)
     tokenizer_dir = output_dir / TOKENIZER
     tokenizer = load_tokenizer(str(tokenizer_dir) if tokenizer_dir.is_dir() else source)

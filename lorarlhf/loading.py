@@ -37,7 +37,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is None:
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 arrived with Ampere (compute capability 8). is_bf16_supported() also counts
+        # emulation, which says yes on a T4, where bf16 matmuls are slow.
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     if isinstance(dtype, str):
         if dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPE_NAMES)} or None (auto)")
@@ -76,7 +78,7 @@ def check_source(name_or_path: str | os.PathLike) -> str:
             raise NotADirectoryError(f"model path {text!r} is a file; pass the directory that holds config.json")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model directory {text!r} has no config.json; is it a transformers model?")
-        return str(path)
+        return str(path.resolve())  # absolute: a saved run must find its base from any working directory
     if isinstance(name_or_path, os.PathLike) or _looks_like_path(text):
         raise FileNotFoundError(f"model path {text!r} does not exist")
     return text
@@ -119,8 +121,6 @@ def load_base_model(
         raise
     if quantize is not None:
         _keep_cpu_4bit_differentiable(model)
-    if model.get_output_embeddings() is None:
-        raise ValueError(f"model {name_or_path!r} (model_type={config.model_type!r}) has no LM head")
     model.requires_grad_(False)
     return model
 

@@ -91,8 +91,9 @@ def encode_prompt_response(
 def encode_prompts_left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts for batched generation, left-padded so every row's next token is at the same column.
 
-    Returns input_ids (B, P) and attention_mask (B, P). Same prompt tokens as
-    `encode_prompt_response`, so a generated answer scores on the tokens it was sampled from.
+    Returns input_ids (B, P) and attention_mask (B, P), with the same prompt tokens as
+    `encode_prompt_response`. (Decoded text does not always re-encode to the sampled response ids,
+    e.g. a byte sequence cut mid-character, so RL rollouts score the sampled ids themselves.)
     """
     prompts = _check_texts("prompts", prompts)
     if not prompts:

@@ -76,7 +76,49 @@ def test_saved_run_holds_no_pickle_and_a_readable_manifest(tiny_model_dir, tmp_p
     assert manifest["quantize"] == "nf4"
     assert manifest["lora"] == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
     assert manifest["roles"] == ["actor", "critic", "reward"]
-    assert manifest["versions"]["torch"] == torch.__version__.split("+")[0] or manifest["versions"]["torch"]
+    assert manifest["dtype"] == "float32" and manifest["device"] == "cpu"
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert len(manifest["base"]["weights_sha256"]) == 64
+
+
+def test_loading_a_run_never_unpickles(tiny_model_dir, tmp_path, monkeypatch):
+    import pickle
+
+    build(tiny_model_dir).save(tmp_path / "run")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a saved run must load without unpickling anything")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    assert HydraModel.load(tmp_path / "run").roles == ("reference", "actor", "critic", "reward")
+
+
+def test_relative_base_path_is_stored_absolute(tiny_model_dir, tmp_path, monkeypatch, pairs):
+    monkeypatch.chdir(tiny_model_dir.parent)
+    hydra = build(tiny_model_dir.name)
+    hydra.save(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    manifest = json.loads((tmp_path / "run" / "hydra.json").read_text())
+    assert manifest["base"]["name_or_path"] == str(tiny_model_dir.resolve())
+    with torch.no_grad():
+        assert torch.equal(HydraModel.load("run").score(*pairs), hydra.score(*pairs))
+
+
+def test_half_precision_run_reloads_in_its_dtype_or_another(tiny_model_dir, tmp_path, pairs):
+    hydra = HydraModel.from_pretrained(tiny_model_dir, quantize=None, dtype="bfloat16", lora_r=4, device="cpu")
+    train_every_role(hydra, pairs)
+    before = outputs(hydra, pairs)
+    hydra.save(tmp_path / "run")
+
+    same = HydraModel.load(tmp_path / "run")
+    assert same.causal_lm.get_output_embeddings().weight.dtype == torch.bfloat16
+    after = outputs(same, pairs)
+    for name in before:
+        assert torch.equal(after[name], before[name]), name
+    wider = HydraModel.load(tmp_path / "run", dtype="float32")  # the base fingerprint does not depend on dtype
+    assert wider.causal_lm.get_output_embeddings().weight.dtype == torch.float32
 
 
 def test_actor_adapter_is_a_standard_peft_directory(tiny_model_dir, pairs, tmp_path):
@@ -113,6 +155,43 @@ def test_saving_again_replaces_the_previous_save_and_keeps_other_files(tiny_mode
         torch.testing.assert_close(HydraModel.load(run).score(*pairs), second.score(*pairs), atol=0, rtol=0)
 
 
+def test_a_failed_save_leaves_the_previous_run_whole(tiny_model_dir, pairs, tmp_path, monkeypatch):
+    import lorarlhf.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    first = build(tiny_model_dir)
+    first.save(run)
+    with torch.no_grad():
+        expected = first.score(*pairs)
+    second = build(tiny_model_dir)
+    real_replace, calls = checkpoint.os.replace, []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 6:  # after the old run moved out and two new entries moved in
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        second.save(run)
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    assert len(calls) == 6 + 5  # 4 out, 2 in (the 2nd fails), then 1 back out and 4 back in
+    with torch.no_grad():
+        assert torch.equal(HydraModel.load(run).score(*pairs), expected)
+    assert sorted(p.name for p in run.iterdir()) == ["adapters", "heads.safetensors", "hydra.json", "tokenizer"]
+
+
+def test_save_refuses_a_foreign_manifest(tiny_model_dir, tmp_path):
+    (tmp_path / "hydra.json").write_text('{"project": "someone else\'s"}')
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="hydra.json exists but is not a lorarlhf run's manifest"):
+        build(tiny_model_dir).save(tmp_path)
+    assert (tmp_path / "tokenizer" / "mine.txt").read_text() == "keep"
+    assert "someone else" in (tmp_path / "hydra.json").read_text()
+
+
 def test_save_refuses_to_overwrite_files_that_are_not_a_run(tiny_model_dir, tmp_path):
     (tmp_path / "adapters").mkdir()
     (tmp_path / "adapters" / "precious.safetensors").write_bytes(b"user data")
@@ -139,8 +218,20 @@ def test_load_refuses_a_directory_that_is_not_a_run(tmp_path):
 
 def test_load_refuses_a_base_with_other_weights(tiny_model_dir, other_tiny_model_dir, tmp_path):
     build(tiny_model_dir).save(tmp_path / "run")
-    with pytest.raises(ValueError, match="does not match the base this run was trained on.*embedding weights differ"):
+    with pytest.raises(ValueError, match="does not match the base this run was trained on.*stored weights differ"):
         HydraModel.load(tmp_path / "run", base=str(other_tiny_model_dir))
+
+
+def test_load_refuses_a_base_changed_beyond_its_embeddings(tiny_model_dir, tmp_path):
+    """A merged LoRA or a fine-tune changes layer weights, not the embeddings: still caught."""
+    build(tiny_model_dir).save(tmp_path / "run")
+    changed = tmp_path / "changed"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(3)
+    model.save_pretrained(changed)
+    with pytest.raises(ValueError, match="stored weights differ"):
+        HydraModel.load(tmp_path / "run", base=str(changed))
 
 
 def test_load_refuses_a_base_with_another_shape_naming_the_field(tiny_model_dir, tmp_path):

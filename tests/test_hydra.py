@@ -291,12 +291,13 @@ def test_generation_restores_training_mode_and_role(tiny_model_dir):
         hydra.generate(["hi"], max_new_tokens=0)
 
 
-def test_gradient_checkpointing_recomputes_under_each_loss_own_role(tiny_model_dir, pairs):
+@pytest.mark.parametrize("quantize", [None, "nf4"])
+def test_gradient_checkpointing_recomputes_under_each_loss_own_role(tiny_model_dir, pairs, quantize):
     """Backward after the role contexts closed, two roles in one loss: same gradients as without checkpointing."""
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        hydra = build(tiny_model_dir, quantize=None, gradient_checkpointing=checkpointing)
+        hydra = build(tiny_model_dir, quantize=quantize, gradient_checkpointing=checkpointing)
         hydra.train()
         batch = hydra.encode(*pairs)
         for _ in range(2):  # the second pass sees nonzero LoRA B, so every adapter weight gets a gradient
@@ -342,3 +343,73 @@ def test_soft_capped_logits_are_refused(tmp_path):
     ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"model_type='gemma2' soft-caps its logits"):
         build(tmp_path, quantize=None)
+
+
+# --------------------------------------------------------------------------- padding, modes, devices
+
+
+@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False")  # GPT-2's Conv1D, handled by peft
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_left_padded_rows_score_like_unpadded_ones(tmp_path, architecture):
+    """Rollouts are left-padded: positions must count real tokens (rotary and absolute embeddings alike)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lorarlhf.tiny import build_tiny_tokenizer
+
+    if architecture == "gpt2":
+        GPT2LMHeadModel(GPT2Config(vocab_size=259, n_embd=32, n_layer=2, n_head=2)).save_pretrained(tmp_path)
+        build_tiny_tokenizer().save_pretrained(tmp_path)
+        path = tmp_path
+    else:
+        from lorarlhf.tiny import save_tiny_model
+
+        path = save_tiny_model(tmp_path)
+    hydra = build(path, quantize=None)
+    ids = torch.tensor([[1, 70, 71, 72, 73]])
+    padded = torch.tensor([[0, 0, 1, 70, 71, 72, 73]])
+    with torch.no_grad():
+        alone = hydra.rewards(ids, torch.ones_like(ids))
+        left = hydra.rewards(padded, (padded != 0).long())
+        h_alone = hydra.hidden_states(ids, torch.ones_like(ids), role="actor")
+        h_left = hydra.hidden_states(padded, (padded != 0).long(), role="actor")
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_left[:, 2:], h_alone, atol=1e-5, rtol=1e-5)
+
+
+def test_fresh_hydra_is_in_eval_mode_and_generation_restores_each_modules_mode(tiny_model_dir):
+    hydra = build(tiny_model_dir)
+    assert not any(module.training for module in hydra.modules())
+    hydra.heads.train()  # a mixed state, as a trainer may leave it
+    modes = {name: module.training for name, module in hydra.named_modules()}
+    hydra.generate(["hi"], max_new_tokens=2, do_sample=False)
+    assert {name: module.training for name, module in hydra.named_modules()} == modes
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16)])
+def test_gpu_compute_dtype_follows_the_card(monkeypatch, capability, expected):
+    """A T4 (sm_75) gets fp16: bf16 there is emulated. Ampere and newer get bf16."""
+    from lorarlhf.loading import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_dtype(None, torch.device("cuda")) == expected
+
+
+def test_role_switch_matches_peft_own_switch(tiny_model_dir, pairs):
+    """The fast switch sets the same adapter state peft's set_adapter / disable_adapter_layers would."""
+    hydra = build(tiny_model_dir, quantize=None)
+    optimizer = torch.optim.SGD(hydra.trainable_parameters("critic"), lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        hydra.sequence_logprobs(*pairs, role="critic").sum().backward()
+        optimizer.step()
+    batch = hydra.encode(*pairs)
+    with torch.no_grad():
+        ours = {role: hydra.token_logprobs(batch, role=role) for role in ("critic", "actor", "reference")}
+        hydra.peft.base_model.enable_adapter_layers()  # our switch left the reference (adapters off) active
+        hydra.peft.set_adapter("critic")
+        assert torch.equal(hydra.token_logprobs(batch), ours["critic"])
+        hydra.peft.set_adapter("actor")
+        assert torch.equal(hydra.token_logprobs(batch), ours["actor"])
+        with hydra.peft.disable_adapter():
+            assert torch.equal(hydra.token_logprobs(batch), ours["reference"])
+    assert not torch.equal(ours["critic"], ours["actor"])
