@@ -9,13 +9,13 @@ their LoRA adapter (and, for critic and reward, an H->1 head): the base exists o
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from device_info import device_name
 from transformers import LlamaForCausalLM
 
 from lorarlhf import HydraModel
@@ -59,7 +59,6 @@ def measure(name: str, overrides: dict, quantize: str | None, lora_r: int, devic
 
 def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    device_name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
     rows = []
     for name, overrides in SHAPES.items():
         for quantize in (None, "nf4"):
@@ -76,7 +75,7 @@ def main() -> None:
         json.dumps(
             {
                 "device": device,
-                "device_name": device_name,
+                "device_name": device_name(device),
                 "torch": torch.__version__,
                 "python": sys.version.split()[0],
                 "rows": rows,

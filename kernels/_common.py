@@ -127,9 +127,11 @@ def matmul_float32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def matmul_into(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a (float32 row gradients) @ b (a weight) read in b's precision, accumulated and returned in `dtype`."""
-    if b.dtype == dtype:
-        return a.to(dtype) @ b
+    """a (float32 row gradients) @ b (a weight) read in b's precision, returned in `dtype`."""
+    if b.dtype == a.dtype:
+        return (a @ b).to(dtype)
+    if dtype == b.dtype:
+        return a.to(b.dtype) @ b  # 16-bit in, 16-bit out: the result is wanted in 16 bits anyway
     return matmul_float32_out(a.to(b.dtype), b).to(dtype)
 
 

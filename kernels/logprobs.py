@@ -170,17 +170,23 @@ def _stats_triton(z, targets, with_entropy):
 
 
 def _dlogits_torch(z, out, targets, lse, entropy, g, e, scale):
-    """Same contract as _dlogits_kernel; g and e are None (zero), 1.0, or per-row tensors."""
+    """Same contract as _dlogits_kernel; g and e are None (zero), 1.0, or per-row tensors.
+
+    Works in `out` in place (it may be z itself), with one extra (rows, V) buffer only when e is given.
+    """
     keep = targets >= 0
-    logp = z - lse[:, None]  # (rows, V)
-    p = logp.exp()
     g_rows = _row_coefficient(g, keep, scale, z.dtype)  # (rows, 1)
-    grad = -g_rows * p
-    if e is not None:
-        e_rows = _row_coefficient(e, keep, scale, z.dtype)
-        grad -= e_rows * torch.where(p > 0, logp + entropy[:, None], 0.0) * p
-    grad.scatter_add_(1, targets.clamp_min(0)[:, None], g_rows)
-    out.copy_(grad)
+    if out is not z:
+        out.copy_(z)
+    out.sub_(lse[:, None])  # log p
+    if e is None:
+        out.exp_().mul_(-g_rows)  # -g p
+    else:
+        weighted = out + entropy[:, None]  # log p + H
+        out.exp_()  # p
+        weighted.mul_(out).masked_fill_(out == 0, 0.0)  # p (log p + H); 0 where p = 0, not 0 * -inf
+        out.mul_(-g_rows).sub_(weighted.mul_(_row_coefficient(e, keep, scale, z.dtype)))
+    out.scatter_add_(1, targets.clamp_min(0)[:, None], g_rows)  # + g at the target column
 
 
 def _row_coefficient(c, keep, scale, dtype):
@@ -240,10 +246,12 @@ class LinearLogprobsFunction(torch.autograd.Function):
         lse = torch.empty(n, dtype=dtype, device=hidden.device)
         logp = torch.empty(n, dtype=dtype, device=hidden.device)
         entropy = torch.empty(n, dtype=dtype, device=hidden.device) if return_entropy else None
-        # d logp / dh and d H / dh per row, before the upstream scaling: (N, H), kept in float32 because
-        # backward sums g * one + e * other, and two 16-bit roundings would not survive that cancellation.
-        dlogp_dh = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden else None
-        dent_dh = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden and return_entropy else None
+        # d logp / dh and d H / dh per row, before the upstream scaling: (N, H). Alone, d logp / dh is
+        # kept in hidden's dtype (the gradient is returned in it anyway); with entropy both are float32,
+        # because backward sums g * one + e * other and 16-bit roundings would not survive cancellation.
+        prepared = dtype if return_entropy else hidden.dtype
+        dlogp_dh = hidden.new_empty(hidden.shape, dtype=prepared) if grad_hidden else None
+        dent_dh = hidden.new_empty(hidden.shape, dtype=prepared) if grad_hidden and return_entropy else None
         with autocast_off(hidden.device):
             for s, e in row_chunks(n, rows):
                 z = chunk_logits(hidden[s:e], w, bias, temperature, dtype)  # (rows, V)
@@ -254,10 +262,10 @@ class LinearLogprobsFunction(torch.autograd.Function):
                     if return_entropy:  # before the in-place write below consumes the logits
                         d_ent = torch.empty_like(z)
                         dlogits(z, d_ent, targets[s:e], lse[s:e], entropy[s:e], None, 1.0, 1.0 / temperature)
-                        dent_dh[s:e] = matmul_into(d_ent, w, dtype)  # (rows, V) @ (V, H)
+                        dent_dh[s:e] = matmul_into(d_ent, w, prepared)  # (rows, V) @ (V, H)
                         del d_ent
                     dlogits(z, z, targets[s:e], lse[s:e], None, 1.0, None, 1.0 / temperature)
-                    dlogp_dh[s:e] = matmul_into(z, w, dtype)  # (rows, V) @ (V, H)
+                    dlogp_dh[s:e] = matmul_into(z, w, prepared)  # (rows, V) @ (V, H)
                 del z  # free the tile before the next one is allocated
 
         ctx.save_for_backward(hidden, weight, targets, bias, lse, entropy, dlogp_dh, dent_dh)

@@ -27,7 +27,7 @@ from torch import nn
 
 from lorarlhf.checkpoint import load_hydra, save_hydra
 from lorarlhf.heads import HEAD_ROLES, ScalarHead, gather_last_token
-from lorarlhf.kernels import fused_linear_logprobs
+from lorarlhf.kernels import fused_linear_kl, fused_linear_logprobs
 from lorarlhf.loading import (
     check_quantize,
     check_source,
@@ -338,6 +338,21 @@ class HydraModel(nn.Module):
         # Place the N values back at their (B, T) positions; position 0 is never predicted.
         placed = tuple(F.pad(_scatter(scored, values), (1, 0)) for values in outputs)
         return placed if return_entropy else placed[0]
+
+    def kl_to_reference(self, batch: TokenizedBatch, *, role: str = "actor", temperature: float = 1.0):
+        """Exact KL(role || reference) of the full next-token distributions at response positions: (B, T).
+
+        Position t holds the KL of the distributions that predict token t (0 elsewhere), like
+        `token_logprobs`. Differentiable w.r.t. the role's adapter; the reference side runs without autograd.
+        """
+        lm_head = self.causal_lm.get_output_embeddings()
+        if lm_head.bias is not None:
+            raise ValueError("kl_to_reference does not support an LM head with a bias; use token_logprobs + token_kl")
+        scored = batch.response_mask[:, 1:]  # (B, T-1)
+        hidden = self.hidden_states(batch.input_ids, batch.attention_mask, role=role)[:, :-1][scored]  # (N, H)
+        ref_hidden = self.hidden_states(batch.input_ids, batch.attention_mask, role="reference")[:, :-1][scored]
+        kl = fused_linear_kl(hidden, ref_hidden, lm_head.weight, temperature=temperature / self.logit_scale)
+        return F.pad(_scatter(scored, kl), (1, 0))
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Critic values per token (B, T): the expected return after each prefix."""

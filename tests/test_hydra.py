@@ -413,3 +413,28 @@ def test_role_switch_matches_peft_own_switch(tiny_model_dir, pairs):
         with hydra.peft.disable_adapter():
             assert torch.equal(hydra.token_logprobs(batch), ours["reference"])
     assert not torch.equal(ours["critic"], ours["actor"])
+
+
+def test_exact_kl_to_reference_matches_full_softmaxes(tiny_model_dir, pairs):
+    hydra = build(tiny_model_dir, quantize=None)
+    batch = hydra.encode(*pairs)
+    assert torch.equal(hydra.kl_to_reference(batch), torch.zeros(batch.input_ids.shape))  # untrained actor
+    optimizer = torch.optim.SGD(hydra.trainable_parameters("actor"), lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        (-hydra.sequence_logprobs(*pairs, role="actor").sum()).backward()
+        optimizer.step()
+
+    kl = hydra.kl_to_reference(batch, temperature=0.8)
+    with torch.no_grad():
+        logits = {}
+        for role in ("actor", "reference"):
+            with hydra.role(role):
+                logits[role] = hydra.causal_lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logp = torch.log_softmax(logits["actor"][:, :-1].double() / 0.8, -1)
+        logq = torch.log_softmax(logits["reference"][:, :-1].double() / 0.8, -1)
+        expected = F.pad((logp.exp() * (logp - logq)).sum(-1) * batch.response_mask[:, 1:], (1, 0)).float()
+    assert kl.requires_grad and (kl[batch.response_mask] > 0).all()
+    torch.testing.assert_close(kl, expected, atol=1e-6, rtol=1e-4)
+    kl.sum().backward()
+    assert all(p.grad is not None for p in hydra.trainable_parameters("actor"))
