@@ -124,6 +124,9 @@ class HydraModel(nn.Module):
         device: None picks CUDA when available, else CPU. dtype: compute dtype; None picks
         bf16 on GPUs that have it, fp16 on older ones (T4), fp32 on CPU.
         roles: the adapter roles to create, from "sft", "actor", "critic", "reward".
+        gradient_checkpointing: recompute activations in backward (in training mode, after `.train()`),
+            each segment under the role it ran with, trading compute for activation memory.
+        The model starts in eval mode, as transformers models do.
         """
         quantize = check_quantize(quantize)
         source = check_source(name_or_path)
