@@ -9,8 +9,12 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AlignResult": "lorarlhf.pipeline",
     "HydraModel": "lorarlhf.hydra",
     "LoraSettings": "lorarlhf.lora",
+    "PreferencePair": "lorarlhf.data",
+    "align": "lorarlhf.pipeline",
+    "load_preferences": "lorarlhf.data",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -19,6 +23,6 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
-    if name == "kernels":
-        return import_module("lorarlhf.kernels")
+    if name in ("kernels", "data"):
+        return import_module(f"lorarlhf.{name}")
     raise AttributeError(f"module 'lorarlhf' has no attribute {name!r}")

@@ -1,0 +1,92 @@
+"""Configuration shared by every method: the names `align(..., steps=50)` means the same way everywhere.
+
+Each method's config (e.g. reward_config.RewardConfig) is a dataclass extending `CommonConfig`; every field
+carries its help text as a docstring right under it, `__post_init__` validates with a message naming the
+allowed values, and `from_overrides` turns `align()` keyword arguments into a config, refusing unknown names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, fields
+
+from lorarlhf.loading import QUANTIZE_CHOICES
+
+
+@dataclass
+class CommonConfig:
+    steps: int = 200
+    """Optimizer steps."""
+    lr: float = 1e-4
+    """AdamW learning rate of the trained adapter and head."""
+    batch_size: int = 8
+    """Examples per optimizer step (pairs for the reward model)."""
+    seed: int = 0
+    """Seeds data order, the held-out split and adapter initialisation."""
+    quantize: str | None = "nf4"
+    """Base model quantization: "nf4" (4-bit, bitsandbytes) or None (keep the compute dtype)."""
+    lora_r: int = 16
+    """LoRA rank of every role's adapter."""
+    lora_alpha: float = 32
+    """LoRA scale numerator (update scaled by alpha / r)."""
+    max_length: int = 512
+    """Longest prompt + response in tokens; longer pairs are dropped and counted when the data is loaded."""
+    eval_fraction: float = 0.1
+    """Share of prompts held out for evaluation (split by prompt, so no prompt is on both sides)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (global L2 norm)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    def __post_init__(self):
+        _positive_int(self, "steps")
+        _positive_int(self, "batch_size")
+        _positive_int(self, "lora_r")
+        _positive_int(self, "max_length")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r} must be an integer")
+        _positive_number(self, "lr")
+        _positive_number(self, "lora_alpha")
+        _positive_number(self, "max_grad_norm")
+        if isinstance(self.quantize, str) and self.quantize.lower() == "none":
+            self.quantize = None
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"quantize={self.quantize!r} is not supported; choose one of {QUANTIZE_CHOICES}")
+        if not _is_number(self.eval_fraction) or not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction={self.eval_fraction!r} must be in [0, 1)")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+
+    @classmethod
+    def from_overrides(cls, method: str, overrides: dict):
+        """Build the config from keyword overrides; an unknown name is a TypeError naming close matches."""
+        names = [f.name for f in fields(cls)]
+        for name in overrides:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise TypeError(
+                    f"align() got an unknown option {name!r} for method={method!r}{hint} "
+                    f"Valid options: {', '.join(sorted(names))}"
+                )
+        return cls(**overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _positive_int(config, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _positive_number(config, name: str) -> None:
+    value = getattr(config, name)
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive number")

@@ -1,0 +1,118 @@
+"""`lorarlhf.align(model, data, method=...)`: the one call a user makes.
+
+It builds (or takes) the Hydra, loads the data, runs the method's stages, and writes the run to
+`output_dir`: the config, per-step metrics (metrics.jsonl), final metrics (metrics.json) and the Hydra
+(adapters + heads + manifest). Methods run today: "rm" (reward model). The RL and RL-free methods
+("ppo", "grpo", "dpo", "sft") are named here so a request for them gets a clear answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from lorarlhf.checkpoint import MANIFEST
+from lorarlhf.data import PreferencePair, load_preferences, split_eval
+from lorarlhf.hydra import HydraModel
+from lorarlhf.reward_config import RewardConfig
+from lorarlhf.reward_trainer import train_reward_model
+
+METHODS = ("ppo", "grpo", "dpo", "rm", "sft")
+AVAILABLE = {"rm": RewardConfig}
+
+
+@dataclass
+class AlignResult:
+    output_dir: Path
+    """Where the run was written."""
+    metrics: dict[str, float]
+    """Final metrics, e.g. rm/eval_accuracy, peak_memory_gb."""
+    model: HydraModel
+    """The trained Hydra, ready to score or generate."""
+
+
+def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, **overrides) -> AlignResult:
+    """Align `model` with the preferences in `data` by `method`; any config field can be overridden by name.
+
+    model: hub id, local path, or a HydraModel. data: a path (.jsonl/.json/.csv/.parquet), a hub dataset id,
+    a list of dicts or PreferencePairs, or a datasets.Dataset.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not a method; choose one of {METHODS}")
+    if method not in AVAILABLE:
+        raise NotImplementedError(
+            f"method={method!r} is not available in this version of lorarlhf; available: {tuple(AVAILABLE)}"
+        )
+    config = AVAILABLE[method].from_overrides(method, overrides)
+    if reward_fn is not None:
+        raise ValueError("reward_fn is for the RL methods (ppo, grpo); method='rm' learns the reward from data")
+    out = _prepare_output_dir(output_dir, method)
+
+    hydra = _hydra_for(model, config)
+    pairs = _pairs_from(data, hydra, config)
+    train_pairs, eval_pairs = split_eval(pairs, config.eval_fraction, seed=config.seed)
+    (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
+
+    with open(out / "metrics.jsonl", "w") as metrics_log:
+
+        def write(record):
+            metrics_log.write(json.dumps(record) + "\n")
+            metrics_log.flush()
+
+        run = train_reward_model(hydra, train_pairs, config, eval_pairs=eval_pairs, on_step=write)
+    metrics = {**run.metrics, "peak_memory_gb": peak_memory_gb(hydra.device)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    hydra.save(out)
+    return AlignResult(output_dir=out, metrics=metrics, model=hydra)
+
+
+def _hydra_for(model, config) -> HydraModel:
+    if isinstance(model, HydraModel):
+        return model
+    if not isinstance(model, str | os.PathLike):
+        raise TypeError(f"model must be a hub id, a local path or a HydraModel, not {type(model).__name__}")
+    torch.manual_seed(config.seed)  # adapter and head initialisation
+    return HydraModel.from_pretrained(
+        model, quantize=config.quantize, lora_r=config.lora_r, lora_alpha=config.lora_alpha
+    )
+
+
+def _pairs_from(data, hydra: HydraModel, config) -> list[PreferencePair]:
+    if isinstance(data, list) and data and all(isinstance(item, PreferencePair) for item in data):
+        return data
+    return load_preferences(
+        data,
+        aggregate=config.aggregate,
+        weight_rankings=config.weight_rankings,
+        score_margin=config.score_margin,
+        tokenizer=hydra.tokenizer,
+        max_length=config.max_length,
+    )
+
+
+def _prepare_output_dir(output_dir, method: str) -> Path:
+    """A new directory, or one that holds only a previous run: a user's other files are never overwritten."""
+    if output_dir is None:
+        output_dir = Path("lorarlhf-runs") / f"{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output_dir {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise FileExistsError(f"output_dir {out} is not empty and holds no lorarlhf run; choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process so far: CUDA allocations on a GPU, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux

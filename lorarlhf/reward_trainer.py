@@ -1,0 +1,230 @@
+"""The reward-model stage: train the Hydra's reward role (reward adapter + reward head) on preferences.
+
+InstructGPT (Ouyang et al. 2022, sec. 3.5): a scalar reward read at the last token of prompt + response,
+trained so that sigmoid(r_chosen - r_rejected) is the probability the chosen answer is preferred. Only the
+reward adapter and head train; the frozen base and the other roles' adapters are untouched. Options: margins
+and pair weights, reward centering, a Plackett-Luce listwise objective for rankings, and the prompt-aware
+utility of Song et al. (2023) against reward collapse (losses.py has the formulas).
+
+    for step in 1..steps:
+        batch   <- next shuffled pairs (or whole rankings, listwise)
+        rewards <- reward role on [chosen; rejected] in one forward pass
+        loss    <- Bradley-Terry (+ centering) | Plackett-Luce | prompt-aware utility
+        update  <- AdamW on the reward adapter + head, gradient norm clipped
+    evaluate on the held-out prompts: accuracy, margin, calibration (ECE), per-prompt reward spread
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from lorarlhf.data import PreferencePair
+from lorarlhf.losses import (
+    bradley_terry_loss,
+    plackett_luce_loss,
+    prompt_aware_utility_loss,
+    reward_centering_loss,
+)
+from lorarlhf.reward_config import RewardConfig
+
+log = logging.getLogger("lorarlhf.reward")
+
+
+@dataclass
+class Ranking:
+    """One prompt's responses, best first, rebuilt from the pairs of one source record."""
+
+    prompt: str
+    responses: list[str]
+
+
+@dataclass
+class RewardRun:
+    """What the stage returns: per-step training records and the final held-out metrics."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def train_reward_model(
+    hydra,
+    train_pairs: list[PreferencePair],
+    config: RewardConfig,
+    *,
+    eval_pairs: list[PreferencePair] | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> RewardRun:
+    """Train the reward role on `train_pairs`; evaluate on `eval_pairs` when given."""
+    if not train_pairs:
+        raise ValueError("no training pairs: the reward model needs at least one preference pair")
+    torch.manual_seed(config.seed)
+    units = rankings_of(train_pairs) if config.objective == "listwise" else list(train_pairs)
+    batches = _shuffled_batches(units, config.batch_size, random.Random(config.seed))
+    params = hydra.trainable_parameters("reward")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    run = RewardRun()
+
+    hydra.train()
+    try:
+        for step in tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress):
+            batch = next(batches)
+            if config.objective == "listwise":
+                rewards, lengths = ranking_rewards(hydra, batch, config.max_length)  # (G, K), (G,)
+                loss = plackett_luce_loss(rewards, lengths)
+                chosen, rejected = rewards[:, 0], rewards[:, 1]  # best vs second best, for the records
+            else:
+                chosen, rejected = pair_rewards(hydra, batch, config.max_length)  # (B,), (B,)
+                loss = _pairwise_loss(chosen, rejected, batch, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+
+            record = {
+                "step": step,
+                "rm/loss": loss.item(),
+                "rm/accuracy": (chosen > rejected).float().mean().item(),
+                "rm/margin": (chosen - rejected).mean().item(),
+                "rm/grad_norm": grad_norm.item(),
+            }
+            run.history.append(record)
+            if on_step is not None:
+                on_step(record)
+    finally:
+        hydra.eval()
+
+    if eval_pairs:
+        run.metrics.update(evaluate_reward_model(hydra, eval_pairs, config))
+    else:
+        log.warning("no held-out pairs (eval_fraction=%s): rm/eval_* metrics are not reported", config.eval_fraction)
+    run.metrics["rm/train_loss_last"] = run.history[-1]["rm/loss"]
+    return run
+
+
+def _pairwise_loss(chosen, rejected, pairs, config: RewardConfig) -> torch.Tensor:
+    weight = torch.tensor([p.weight for p in pairs], dtype=chosen.dtype, device=chosen.device)
+    margin = None
+    if any(p.margin is not None for p in pairs):
+        margin = torch.tensor([p.margin or 0.0 for p in pairs], dtype=chosen.dtype, device=chosen.device)
+    if config.utility == "prompt_aware":
+        closed = torch.tensor([p.utility == "closed" for p in pairs], device=chosen.device)
+        loss = prompt_aware_utility_loss(chosen, rejected, closed, margin=margin, weight=weight)
+    else:
+        loss = bradley_terry_loss(chosen, rejected, margin=margin, weight=weight)
+    if config.center_coef:
+        loss = loss + config.center_coef * reward_centering_loss(chosen, rejected)
+    return loss
+
+
+# --------------------------------------------------------------------------- rewards of pairs and rankings
+
+
+def pair_rewards(hydra, pairs: list[PreferencePair], max_length: int | None = None):
+    """Rewards of chosen and rejected, both from ONE forward pass over the stacked batch: (B,), (B,)."""
+    prompts = [p.prompt for p in pairs]
+    batch = hydra.encode(
+        prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs], max_length=max_length
+    )
+    rewards = hydra.rewards(batch.input_ids, batch.attention_mask)  # (2B,)
+    return rewards[: len(pairs)], rewards[len(pairs) :]
+
+
+def ranking_rewards(hydra, rankings: list[Ranking], max_length: int | None = None):
+    """Rewards of every response of every ranking, best first and right-padded: (G, K), lengths (G,)."""
+    prompts = [r.prompt for r in rankings for _ in r.responses]
+    responses = [text for r in rankings for text in r.responses]
+    batch = hydra.encode(prompts, responses, max_length=max_length)
+    flat = hydra.rewards(batch.input_ids, batch.attention_mask)  # (sum K,)
+    lengths = torch.tensor([len(r.responses) for r in rankings], device=flat.device)
+    width = int(lengths.max())
+    rewards = flat.new_zeros(len(rankings), width)
+    rows = torch.repeat_interleave(torch.arange(len(rankings), device=flat.device), lengths)
+    cols = torch.cat([torch.arange(int(k), device=flat.device) for k in lengths])
+    return rewards.index_put((rows, cols), flat), lengths
+
+
+def rankings_of(pairs: list[PreferencePair]) -> list[Ranking]:
+    """Group pairs by source record and order each record's responses by wins (a full ranking's order)."""
+    groups: dict[object, list[PreferencePair]] = defaultdict(list)
+    for i, pair in enumerate(pairs):
+        groups[("record", pair.group) if pair.group is not None else ("pair", i)].append(pair)
+    rankings = []
+    for members in groups.values():
+        wins: dict[str, int] = defaultdict(int)
+        for pair in members:
+            wins[pair.chosen] += 1
+            wins[pair.rejected] += 0
+        order = sorted(wins, key=lambda text: -wins[text])  # stable: ties keep first-seen order
+        rankings.append(Ranking(members[0].prompt, order))
+    return rankings
+
+
+def _shuffled_batches(units: list, batch_size: int, rng: random.Random) -> Iterator[list]:
+    """Endless batches: each epoch a fresh permutation, so every unit is seen once per epoch."""
+    while True:
+        order = list(range(len(units)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield [units[i] for i in order[start : start + batch_size]]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_reward_model(hydra, pairs: list[PreferencePair], config: RewardConfig) -> dict[str, float]:
+    """Held-out accuracy, mean margin, calibration and per-prompt reward spread."""
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), config.batch_size):
+        c, r = pair_rewards(hydra, pairs[start : start + config.batch_size], config.max_length)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+    margin = chosen - rejected
+    spreads = prompt_reward_spread(pairs, chosen, rejected)
+    spread = torch.tensor(list(spreads.values()))
+    return {
+        "rm/eval_accuracy": (margin > 0).float().mean().item(),
+        "rm/eval_margin": margin.mean().item(),
+        "rm/eval_ece": expected_calibration_error(torch.sigmoid(margin), bins=config.ece_bins),
+        "rm/eval_pairs": float(len(pairs)),
+        "rm/prompt_spread_mean": spread.mean().item(),
+        "rm/prompt_spread_std": spread.std().item() if len(spread) > 1 else 0.0,
+    }
+
+
+def expected_calibration_error(p_chosen: torch.Tensor, *, bins: int = 10) -> float:
+    """ECE of the model's preference probabilities against the labels (the chosen side is the truth).
+
+    Each pair is a prediction with confidence max(p, 1 - p), correct when p > 0.5; confidences fall in
+    [0.5, 1], cut into `bins` equal bins; ECE = sum over bins of |accuracy - mean confidence| x bin share.
+    """
+    confidence = torch.maximum(p_chosen, 1 - p_chosen)
+    correct = (p_chosen > 0.5).float()
+    edges = torch.linspace(0.5, 1.0, bins + 1)
+    index = torch.bucketize(confidence, edges[1:-1], right=True)  # 0..bins-1
+    ece = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            ece += members.float().mean().item() * abs(
+                correct[members].mean().item() - confidence[members].mean().item()
+            )
+    return ece
+
+
+def prompt_reward_spread(pairs, chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """Per prompt, max - min reward over its distinct responses: collapse shows as the same spread everywhere."""
+    rewards: dict[str, dict[str, float]] = defaultdict(dict)
+    for pair, c, r in zip(pairs, chosen.tolist(), rejected.tolist(), strict=True):
+        rewards[pair.prompt][pair.chosen] = c
+        rewards[pair.prompt][pair.rejected] = r
+    return {prompt: max(values.values()) - min(values.values()) for prompt, values in rewards.items()}
