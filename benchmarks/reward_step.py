@@ -5,7 +5,8 @@
 
 Both train a LoRA adapter (r 16, all linear layers) plus a scalar head on a randomly initialised
 Llama-shaped model saved to a temporary directory, with the same pairs, batch size and token length,
-unquantized (TRL's RewardTrainer loads a plain sequence-classification model). Each side runs in a fresh
+unquantized (TRL's RewardTrainer loads a plain sequence-classification model), with gradient
+checkpointing on (TRL's default, and lorarlhf's). Each side runs in a fresh
 process: seconds per step (median over the timed steps, after warm-up steps) and peak memory
 (max_memory_allocated on CUDA, peak RSS on CPU). TRL is optional (`pip install lorarlhf[bench]`).
 Raw rows go to benchmarks/results/reward_step-<device>.json.
@@ -70,7 +71,9 @@ def run_ours(model_dir, records, batch_size, steps, warmup, device):
     from lorarlhf.reward_config import RewardConfig
     from lorarlhf.reward_trainer import train_reward_model
 
-    hydra = HydraModel.from_pretrained(model_dir, quantize=None, lora_r=16, lora_alpha=32, device=device)
+    hydra = HydraModel.from_pretrained(
+        model_dir, quantize=None, lora_r=16, lora_alpha=32, device=device, gradient_checkpointing=True
+    )
     pairs = load_preferences(records)
     times = []
     last = [time.perf_counter()]

@@ -34,6 +34,8 @@ class CommonConfig:
     """Longest prompt + response in tokens; longer pairs are dropped and counted when the data is loaded."""
     eval_fraction: float = 0.1
     """Share of prompts held out for evaluation (split by prompt, so no prompt is on both sides)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in backward instead of keeping them: less memory, ~30% more compute."""
     max_grad_norm: float = 1.0
     """Gradient clipping threshold (global L2 norm)."""
     weight_decay: float = 0.0
@@ -55,6 +57,8 @@ class CommonConfig:
             raise ValueError(f"quantize={self.quantize!r} is not supported; choose one of {QUANTIZE_CHOICES}")
         if not _is_number(self.eval_fraction) or not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction={self.eval_fraction!r} must be in [0, 1)")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing={self.gradient_checkpointing!r} must be True or False")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
 

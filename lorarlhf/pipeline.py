@@ -80,7 +80,11 @@ def _hydra_for(model, config) -> HydraModel:
         raise TypeError(f"model must be a hub id, a local path or a HydraModel, not {type(model).__name__}")
     torch.manual_seed(config.seed)  # adapter and head initialisation
     return HydraModel.from_pretrained(
-        model, quantize=config.quantize, lora_r=config.lora_r, lora_alpha=config.lora_alpha
+        model,
+        quantize=config.quantize,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        gradient_checkpointing=config.gradient_checkpointing,
     )
 
 
