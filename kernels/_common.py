@@ -17,12 +17,24 @@ from contextlib import contextmanager
 
 import torch
 
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton is a Linux-only dependency; elsewhere the torch row kernels serve every device
+    triton = tl = None
+
 BACKENDS = ("triton", "torch")
 _forced_backend: str | None = None
 
 
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+def block_v(vocab: int) -> int:
+    """Vocabulary columns a row kernel handles per step: 1024 float32 values (4 KiB per row in flight) stream
+    at full bandwidth without spilling registers; a smaller vocabulary (tests) takes the next power of two."""
+    return min(1024, triton.next_power_of_2(vocab))
 
 
 def interpreting() -> bool:

@@ -17,6 +17,7 @@ import torch
 from ._common import (
     autocast_off,
     backend_for,
+    block_v,
     check_hidden_weight,
     check_temperature,
     chunk_logits,
@@ -24,13 +25,9 @@ from ._common import (
     compute_dtype,
     matmul_into,
     row_chunks,
+    tl,
+    triton,
 )
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # triton is a Linux-only dependency; elsewhere the torch row kernels serve every device
-    triton = None
 
 
 def linear_kl_reference(
@@ -112,11 +109,6 @@ if triton is not None:
                 tl.store(y_ptr + row * stride + cols, g * (tl.exp(logq) - p), mask=valid)
 
 
-def _block_v(vocab: int) -> int:
-    # 1024 float32 columns of each of the two rows per step (8 KiB in flight), as in logprobs.py.
-    return min(1024, triton.next_power_of_2(vocab))
-
-
 # --------------------------------------------------------------------------- row ops, one per backend
 
 
@@ -132,7 +124,7 @@ def _stats_triton(z, y):
     rows, vocab = z.shape
     lse_z, lse_y, kl = (torch.empty(rows, dtype=torch.float32, device=z.device) for _ in range(3))
     if rows:
-        _kl_stats_kernel[(rows,)](z, y, z.stride(0), lse_z, lse_y, kl, vocab, BLOCK_V=_block_v(vocab))
+        _kl_stats_kernel[(rows,)](z, y, z.stride(0), lse_z, lse_y, kl, vocab, BLOCK_V=block_v(vocab))
     return lse_z, lse_y, kl
 
 
@@ -154,7 +146,7 @@ def _dlogits_triton(z, y, lse_z, lse_y, kl, g, scale, write_z, write_y):
     load_g = isinstance(g, torch.Tensor)
     _kl_dlogits_kernel[(rows,)](
         z, y, z.stride(0), lse_z, lse_y, kl, g if load_g else kl, float(scale), vocab,
-        LOAD_G=load_g, WRITE_Z=write_z, WRITE_Y=write_y, BLOCK_V=_block_v(vocab),
+        LOAD_G=load_g, WRITE_Z=write_z, WRITE_Y=write_y, BLOCK_V=block_v(vocab),
     )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ import torch
 from ._common import (
     autocast_off,
     backend_for,
+    block_v,
     check_floating,
     check_hidden_weight,
     check_temperature,
@@ -29,13 +30,9 @@ from ._common import (
     compute_dtype,
     matmul_into,
     row_chunks,
+    tl,
+    triton,
 )
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # triton is a Linux-only dependency; elsewhere the torch row kernels serve every device
-    triton = None
 
 # Row-kernel modes for the per-row coefficients g (of d logp) and e (of d entropy).
 ZERO, ONE, LOAD = 0, 1, 2
@@ -138,12 +135,6 @@ if triton is not None:
             tl.store(out_ptr + row * out_stride + cols, grad, mask=valid)
 
 
-def _block_v(vocab: int) -> int:
-    # 1024 float32 columns per step: 4 KiB per row in flight, enough to stream at full bandwidth without
-    # spilling registers; smaller vocabularies (tests) take the next power of two.
-    return min(1024, triton.next_power_of_2(vocab))
-
-
 # --------------------------------------------------------------------------- row ops, one per backend
 
 
@@ -164,7 +155,7 @@ def _stats_triton(z, targets, with_entropy):
     entropy = torch.empty(rows, dtype=torch.float32, device=z.device) if with_entropy else lse
     if rows:
         _stats_kernel[(rows,)](
-            z, z.stride(0), targets, lse, logp, entropy, vocab, WITH_ENTROPY=with_entropy, BLOCK_V=_block_v(vocab)
+            z, z.stride(0), targets, lse, logp, entropy, vocab, WITH_ENTROPY=with_entropy, BLOCK_V=block_v(vocab)
         )
     return lse, logp, entropy if with_entropy else None
 
@@ -206,7 +197,7 @@ def _dlogits_triton(z, out, targets, lse, entropy, g, e, scale):
     e_ptr = e if modes[1] == LOAD else lse
     _dlogits_kernel[(rows,)](
         z, z.stride(0), out, out.stride(0), targets, lse, entropy if entropy is not None else lse, g_ptr, e_ptr,
-        float(scale), vocab, G_MODE=modes[0], E_MODE=modes[1], BLOCK_V=_block_v(vocab),
+        float(scale), vocab, G_MODE=modes[0], E_MODE=modes[1], BLOCK_V=block_v(vocab),
     )  # fmt: skip
 
 
