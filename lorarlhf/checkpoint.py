@@ -142,6 +142,7 @@ def save_hydra(hydra, output_dir: Path) -> Path:
             else list(hydra.lora.target_modules),
         },
         "roles": list(hydra.adapters),
+        "critic": hydra.critic_mode,
         "heads": sorted(hydra.heads.keys()),
         "versions": _versions(),
     }
@@ -260,6 +261,7 @@ def load_hydra(cls, output_dir: Path, *, base: str | None, device, dtype=None, g
         ),
         roles=tuple(manifest["roles"]),
         gradient_checkpointing=gradient_checkpointing,
+        critic=manifest.get("critic", "separate"),
     )
     for role in hydra.adapters:
         path = output_dir / ADAPTERS / role / ADAPTER_WEIGHTS

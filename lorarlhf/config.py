@@ -94,3 +94,63 @@ def _positive_number(config, name: str) -> None:
     value = getattr(config, name)
     if not _is_number(value) or value <= 0:
         raise ValueError(f"{name}={value!r} must be a positive number")
+
+
+ESTIMATORS = ("k1", "k3")
+REWARD_NORMALIZE = ("none", "batch")
+
+
+@dataclass
+class RLConfig(CommonConfig):
+    """Options shared by the RL methods (PPO, GRPO): sampling, rewards, KL, and the reward-model stage."""
+
+    batch_size: int = 8
+    """Prompts per rollout (GRPO samples group_size responses for each)."""
+    lr: float = 1e-5
+    """AdamW learning rate of the actor (and critic) adapters."""
+    max_new_tokens: int = 64
+    """Longest sampled response in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (and of the log-probs the losses use)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 keeps every token)."""
+    top_k: int = 0
+    """Top-k sampling (0 keeps every token)."""
+    kl_coef: float = 0.05
+    """Weight of the KL to the reference (PPO: in the per-token reward; GRPO: beta in the loss)."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the reward of a response that hit max_new_tokens without EOS (None: no penalty)."""
+    reward_normalize: str = "none"
+    """"none" or "batch" (whiten each rollout batch's rewards)."""
+    reward_clip: float | None = None
+    """Clip rewards to [-reward_clip, reward_clip] after normalisation (None: no clipping)."""
+    grad_accumulation: int = 1
+    """Micro-batches per minibatch: the same update with 1/grad_accumulation of the activation memory."""
+    max_skipped_steps: int = 3
+    """Rollouts in a row with a NaN/infinite reward or loss before the run stops with an error."""
+    rm_steps: int = 200
+    """Reward-model steps trained first when the data is preference pairs and no reward_fn is given."""
+    rm_lr: float = 1e-4
+    """Learning rate of that reward-model stage."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("max_new_tokens", "grad_accumulation", "max_skipped_steps", "rm_steps"):
+            _positive_int(self, name)
+        _positive_number(self, "rm_lr")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
+        if not _is_number(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature!r} must be > 0 for RL (log-probs need a softmax)")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
+        if not _is_number(self.kl_coef) or self.kl_coef < 0:
+            raise ValueError(f"kl_coef={self.kl_coef!r} must be >= 0")
+        if self.reward_normalize not in REWARD_NORMALIZE:
+            raise ValueError(
+                f"reward_normalize={self.reward_normalize!r} is not supported; choose one of {REWARD_NORMALIZE}"
+            )
+        for name in ("missing_eos_penalty", "reward_clip"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value < 0):
+                raise ValueError(f"{name}={value!r} must be None or a number >= 0")

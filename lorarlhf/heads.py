@@ -14,12 +14,16 @@ HEAD_ROLES = ("critic", "reward")
 
 
 class ScalarHead(nn.Module):
-    """Linear H -> 1 in fp32, initialised with std 1/sqrt(H+1) so outputs start O(1)."""
+    """Linear H -> 1 in fp32, weights drawn with std 1/(H+1) (as OpenRLHF does).
+
+    With normalised hidden states (|h| ~ sqrt(H)) the first outputs are O(1/sqrt(H)), near zero: a
+    critic that starts at V ~ 0 gives advantages ~ the reward itself instead of noise from a random head.
+    """
 
     def __init__(self, hidden_size: int):
         super().__init__()
         self.linear = nn.Linear(hidden_size, 1, dtype=torch.float32)
-        nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1))
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

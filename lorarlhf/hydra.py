@@ -44,6 +44,7 @@ from lorarlhf.tokenization import TokenizedBatch, encode_prompt_response, encode
 ADAPTER_ROLES = ("sft", "actor", "critic", "reward")
 ROLES = ("reference", *ADAPTER_ROLES)
 DEFAULT_ROLES = ("actor", "critic", "reward")
+CRITIC_MODES = ("separate", "shared")
 
 
 def check_role(role: str, available: tuple[str, ...]) -> None:
@@ -69,9 +70,17 @@ class HydraModel(nn.Module):
         lora: LoraSettings,
         roles: tuple[str, ...] = DEFAULT_ROLES,
         gradient_checkpointing: bool = False,
+        critic: str = "separate",
     ):
         super().__init__()
         roles = _check_roles(roles)
+        if critic not in CRITIC_MODES:
+            raise ValueError(f"critic={critic!r} is not supported; choose one of {CRITIC_MODES}")
+        if critic == "shared":  # the critic runs on the actor's adapter (joint Hydra): no adapter of its own
+            if "actor" not in roles:
+                raise ValueError("critic='shared' puts the value head on the actor adapter; roles must include 'actor'")
+            roles = tuple(role for role in roles if role != "critic")
+        self.critic_mode = critic
         self.source = source
         self.quantize = quantize
         self.lora = lora
@@ -117,6 +126,7 @@ class HydraModel(nn.Module):
         lora_dropout: float = 0.0,
         roles: tuple[str, ...] = DEFAULT_ROLES,
         gradient_checkpointing: bool = False,
+        critic: str = "separate",
     ) -> HydraModel:
         """Load a causal LM (hub id or local directory), freeze it, and put an adapter on it per role.
 
@@ -126,6 +136,7 @@ class HydraModel(nn.Module):
         roles: the adapter roles to create, from "sft", "actor", "critic", "reward".
         gradient_checkpointing: recompute activations in backward (in training mode, after `.train()`),
             each segment under the role it ran with, trading compute for activation memory.
+        critic: "separate" (its own adapter + value head) or "shared" (the actor's adapter + value head).
         The model starts in eval mode, as transformers models do.
         """
         quantize = check_quantize(quantize)
@@ -144,6 +155,7 @@ class HydraModel(nn.Module):
             lora=lora,
             roles=roles,
             gradient_checkpointing=gradient_checkpointing,
+            critic=critic,
         )
 
     @classmethod
@@ -203,7 +215,8 @@ class HydraModel(nn.Module):
 
     @property
     def roles(self) -> tuple[str, ...]:
-        return ("reference", *self.adapters)
+        shared = ("critic",) if self.critic_mode == "shared" else ()
+        return ("reference", *self.adapters, *shared)
 
     @property
     def active_role(self) -> str:
@@ -213,6 +226,8 @@ class HydraModel(nn.Module):
         """The adapter a role runs with; None means the bare base."""
         if role == "reference":
             return "sft" if "sft" in self.adapters else None
+        if role == "critic" and self.critic_mode == "shared":
+            return "actor"
         return role
 
     @contextmanager
@@ -287,7 +302,7 @@ class HydraModel(nn.Module):
         check_role(role, self.roles)
         if role == "reference":
             return []
-        params = list(self._adapter_parameters()[role])
+        params = list(self._adapter_parameters()[self.adapter_for(role)])
         if role in self.heads:
             params += list(self.heads[role].parameters())
         return params
@@ -297,6 +312,8 @@ class HydraModel(nn.Module):
         report = {"base": self.base_bytes}
         for role in self.adapters:
             report[role] = parameter_bytes(self.trainable_parameters(role))
+        if self.critic_mode == "shared":
+            report["critic"] = parameter_bytes(self.heads["critic"].parameters())  # its adapter is the actor's
         return report
 
     # ----------------------------------------------------------------- forward passes

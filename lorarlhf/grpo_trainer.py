@@ -1,0 +1,143 @@
+"""GRPO on the Hydra: no critic; each prompt's samples are each other's baseline.
+
+Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath, sec. 4.1): sample `group_size`
+responses per prompt, take each response's advantage as its reward standardised within its group (or only
+centred, as Dr. GRPO, Liu et al. 2025, argues), and maximise the clipped ratio objective with a k3 KL
+penalty to the reference inside the loss.
+
+    repeat until `steps` optimizer steps:
+        rollout    <- actor samples group_size responses per prompt          (generate)
+        scores     <- reward functions or the reward role                    (score)
+        advantages <- (score - group mean) / group std
+        ref_logp   <- the base with adapters off (or the frozen sft adapter) (reference)
+        old_logp   <- the actor before the update
+        for iteration in num_iterations, for minibatch:                      (train)
+            loss <- -min(ratio A, clip(ratio) A) + beta k3(actor || ref), averaged per sequence or per token
+            one AdamW step on the actor adapter
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from tqdm.auto import tqdm
+
+from lorarlhf.grpo_config import GRPOConfig
+from lorarlhf.rewards import reward_functions
+from lorarlhf.rl_loop import (
+    PhaseTimer,
+    PromptStream,
+    RLRun,
+    check_skips,
+    collect,
+    final_metrics,
+    mean_stats,
+    rollout_record,
+    rows_of,
+    sampling_of,
+)
+from lorarlhf.rl_losses import group_advantages, grpo_policy_loss
+
+log = logging.getLogger("lorarlhf.grpo")
+
+
+def train_grpo(hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None, on_step=None, progress=True) -> RLRun:
+    """Run GRPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role."""
+    functions = reward_functions(reward_fn)
+    if not functions and "reward" not in hydra.roles:
+        raise ValueError("GRPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")
+    torch.manual_seed(config.seed)
+    stream = PromptStream(prompts, config.seed)
+    sampling = sampling_of(config)
+    params = hydra.trainable_parameters("actor")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    run, steps, skipped_in_row, skipped = RLRun(), 0, 0, 0
+    bar = tqdm(total=config.steps, desc="grpo", disable=not progress)
+
+    while steps < config.steps:
+        timer = PhaseTimer()
+        samples, seeds = stream.next(config.batch_size, repeats=config.group_size)
+        rollout, scores = collect(hydra, samples, seeds, sampling, functions, config, timer)
+        if scores is None:
+            skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
+            check_skips(skipped_in_row, config.max_skipped_steps, "the reward was NaN or infinite")
+            continue
+        advantages = group_advantages(scores, config.group_size, scale_by_std=config.scale_rewards)  # (B*G,)
+        batch = rollout.batch()
+        mask = batch.response_mask  # (B*G, T)
+
+        with timer("reference"), torch.no_grad():
+            ref_logp = hydra.token_logprobs(batch, role="reference", temperature=config.temperature)
+            old_logp = hydra.token_logprobs(batch, role="actor", temperature=config.temperature)
+
+        hydra.train()
+        stats = []
+        with timer("train"):
+            for _ in range(config.num_iterations):
+                for minibatch in torch.randperm(len(samples)).chunk(config.num_minibatches):
+                    step_stats = _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp,
+                                         advantages, config)  # fmt: skip
+                    if step_stats is None:
+                        skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
+                        check_skips(skipped_in_row, config.max_skipped_steps, "the loss or its gradient was not finite")
+                        continue
+                    skipped_in_row = 0
+                    stats.append(step_stats)
+                    steps += 1
+                    bar.update(1)
+                    if steps >= config.steps:
+                        break
+                if steps >= config.steps:
+                    break
+        hydra.eval()
+
+        sequence_kl = ((old_logp - ref_logp) * mask).sum(dim=1).mean().item()  # k1, per sequence
+        record = {
+            "step": steps,
+            **rollout_record(rollout, scores, timer),
+            "rl/kl": sequence_kl,
+            "rl/advantage_abs": advantages.abs().mean().item(),
+            **mean_stats(stats),
+        }
+        run.history.append(record)
+        bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{sequence_kl:.3f}")
+        if on_step is not None:
+            on_step(record)
+    bar.close()
+    run.metrics = {**final_metrics(run.history), "rl/skipped_steps": float(skipped)}
+    return run
+
+
+def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp, advantages, config):
+    """One optimizer step on a minibatch, in grad_accumulation micro-batches; None if it was not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    micro_batches = minibatch.chunk(config.grad_accumulation)
+    for rows in micro_batches:
+        logp = hydra.token_logprobs(rows_of(batch, rows), role="actor", temperature=config.temperature)
+        loss, loss_stats = grpo_policy_loss(
+            logp,
+            old_logp[rows],
+            ref_logp[rows],
+            advantages[rows],
+            mask[rows],
+            clip=config.clip,
+            beta=config.kl_coef,
+            loss_type=config.loss_type,
+        )
+        if not torch.isfinite(loss):
+            log.warning("skipping an update: the GRPO loss is %s", loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        (loss / len(micro_batches)).backward()
+        parts = {"rl/loss": loss.item(), **{f"rl/{k}": v for k, v in loss_stats.items()}}
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + value / len(micro_batches)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    if not torch.isfinite(grad_norm):
+        log.warning("skipping an update: the gradient norm is %s", grad_norm.item())
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    return {**totals, "rl/grad_norm": grad_norm.item()}

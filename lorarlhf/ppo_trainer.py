@@ -1,0 +1,191 @@
+"""PPO-RLHF on the Hydra: actor and critic are adapters on one frozen base, the reference is that base.
+
+Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences") and InstructGPT (Ouyang et al.
+2022): the reward of a response is the reward model's (or a function's) score at its last token, minus a
+per-token KL penalty against the reference; GAE turns it into advantages with the critic's values; the
+actor and critic are updated with PPO's clipped objectives (Schulman et al. 2017).
+
+    repeat until `steps` optimizer steps:
+        rollout    <- actor samples responses to a batch of prompts          (generate)
+        scores     <- reward role or reward functions on the sampled tokens   (score)
+        ref_logp   <- the base with adapters off (or the frozen sft adapter)  (reference)
+        old_logp, old_values <- actor and critic before the update
+        rewards    <- -kl_coef * KL(old || ref) per token, + score at the last token
+        advantages, returns <- GAE(rewards, old_values); whiten advantages
+        for epoch in ppo_epochs, for minibatch:                               (train)
+            loss <- clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy
+            one AdamW step on the actor and critic adapters and the value head
+        adapt kl_coef toward the target KL (optional)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lorarlhf.kernels import token_kl
+from lorarlhf.ppo_config import PPOConfig
+from lorarlhf.rewards import reward_functions
+from lorarlhf.rl_loop import (
+    PhaseTimer,
+    PromptStream,
+    RLRun,
+    check_skips,
+    collect,
+    final_metrics,
+    last_token_scores,
+    mean_stats,
+    rollout_record,
+    rows_of,
+    sampling_of,
+    unique_params,
+)
+from lorarlhf.rl_losses import (
+    AdaptiveKLController,
+    FixedKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_bonus,
+    explained_variance,
+    gae,
+    masked_mean,
+    masked_whiten,
+)
+from lorarlhf.tokenization import TokenizedBatch
+
+log = logging.getLogger("lorarlhf.ppo")
+
+
+def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, on_step=None, progress=True) -> RLRun:
+    """Run PPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role."""
+    functions = reward_functions(reward_fn)
+    if not functions and "reward" not in hydra.roles:
+        raise ValueError("PPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")
+    if "critic" not in hydra.roles:
+        raise ValueError("PPO needs a critic role: build the Hydra with a 'critic' adapter or critic='shared'")
+    torch.manual_seed(config.seed)
+    stream = PromptStream(prompts, config.seed)
+    sampling = sampling_of(config)
+    kl_control = (
+        AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        if config.adaptive_kl
+        else FixedKLController(config.kl_coef)
+    )
+    params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    run, steps, skipped_in_row, skipped = RLRun(), 0, 0, 0
+    bar = tqdm(total=config.steps, desc="ppo", disable=not progress)
+
+    while steps < config.steps:
+        timer = PhaseTimer()
+        batch_prompts, seeds = stream.next(config.batch_size)
+        rollout, scores = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer)
+        if scores is None:
+            skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
+            check_skips(skipped_in_row, config.max_skipped_steps, "the reward was NaN or infinite")
+            continue
+        batch = rollout.batch()
+        mask = batch.response_mask  # (B, T): the sampled tokens
+
+        with timer("reference"), torch.no_grad():
+            ref_logp = hydra.token_logprobs(batch, role="reference", temperature=config.temperature)  # (B, T)
+            old_logp, old_entropy = hydra.token_logprobs(
+                batch, role="actor", temperature=config.temperature, return_entropy=True
+            )
+            old_values = state_values(hydra, batch)  # (B, T)
+
+        kl = token_kl(old_logp, ref_logp, estimator=config.kl_estimator) * mask  # (B, T)
+        rewards = -kl_control.value * kl + last_token_scores(scores, mask)  # (B, T)
+        advantages, returns = gae(rewards, old_values, mask, gamma=config.gamma, lam=config.lam)
+        if config.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        hydra.train()
+        stats, stop = [], False
+        with timer("train"):
+            for _ in range(config.ppo_epochs):
+                order = torch.randperm(len(batch_prompts))
+                for minibatch in order.chunk(config.num_minibatches):
+                    step_stats = _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values,
+                                         advantages, returns, config)  # fmt: skip
+                    if step_stats is None:  # non-finite loss or gradient: nothing was applied
+                        skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
+                        check_skips(skipped_in_row, config.max_skipped_steps, "the loss or its gradient was not finite")
+                        continue
+                    skipped_in_row = 0
+                    stats.append(step_stats)
+                    steps += 1
+                    bar.update(1)
+                    if config.target_kl is not None and step_stats["rl/approx_kl"] > 1.5 * config.target_kl:
+                        stop = True  # the policy moved too far from the rollout's: collect a fresh batch
+                    if stop or steps >= config.steps:
+                        break
+                if stop or steps >= config.steps:
+                    break
+        hydra.eval()
+
+        sequence_kl = kl.sum(dim=1).mean().item()  # mean per-sequence KL to the reference
+        kl_control.update(sequence_kl, len(batch_prompts))
+        record = {
+            "step": steps,
+            **rollout_record(rollout, scores, timer),
+            "rl/kl": sequence_kl,
+            "rl/kl_coef": kl_control.value,
+            "rl/entropy": masked_mean(old_entropy, mask).item(),
+            "rl/explained_variance": explained_variance(old_values, returns, mask),
+            **mean_stats(stats),
+        }
+        run.history.append(record)
+        bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{sequence_kl:.3f}")
+        if on_step is not None:
+            on_step(record)
+    bar.close()
+    run.metrics = {**final_metrics(run.history), "rl/skipped_steps": float(skipped)}
+    return run
+
+
+def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values, advantages, returns, config):
+    """One optimizer step on a minibatch, in grad_accumulation micro-batches; None if it was not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    micro_batches = minibatch.chunk(config.grad_accumulation)
+    for rows in micro_batches:
+        sub = rows_of(batch, rows)
+        if config.ent_coef > 0:  # the entropy's gradient costs one more matmul: only when it is in the loss
+            logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature, return_entropy=True)
+        else:
+            logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature), None
+        values = state_values(hydra, sub)
+        pg_loss, pg_stats = clipped_policy_loss(logp, old_logp[rows], advantages[rows], mask[rows], clip=config.clip)
+        vf_loss = clipped_value_loss(values, old_values[rows], returns[rows], mask[rows], clip=config.value_clip)
+        loss = pg_loss + config.vf_coef * vf_loss
+        if entropy is not None:
+            loss = loss - config.ent_coef * entropy_bonus(entropy, mask[rows])
+        if not torch.isfinite(loss):
+            log.warning("skipping an update: the PPO loss is %s", loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        (loss / len(micro_batches)).backward()
+        parts = {
+            "rl/policy_loss": pg_loss.item(),
+            "rl/value_loss": vf_loss.item(),
+            **{f"rl/{k}": v for k, v in pg_stats.items()},
+        }
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + value / len(micro_batches)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    if not torch.isfinite(grad_norm):
+        log.warning("skipping an update: the gradient norm is %s", grad_norm.item())
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    return {**totals, "rl/grad_norm": grad_norm.item()}
+
+
+def state_values(hydra, batch: TokenizedBatch) -> torch.Tensor:
+    """V(s_t) for the token at t: the critic read at position t - 1, the state the token was chosen in."""
+    values = hydra.values(batch.input_ids, batch.attention_mask)  # (B, T): after each token
+    return F.pad(values[:, :-1], (1, 0))

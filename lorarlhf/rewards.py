@@ -1,0 +1,90 @@
+"""Scoring rollouts: the reward role, programmatic reward functions, or a weighted mix, then shaping.
+
+A reward function is `fn(prompts: list[str], responses: list[str]) -> list[float]`. The reward role scores
+the sampled token ids themselves. Shaping follows common RLHF practice: a penalty for responses cut off
+before EOS (TRL's missing_eos_penalty), optional batch normalisation and clipping. A NaN or infinite reward
+is never passed on: `NonFiniteReward` names the function and the sample, and the trainer skips that step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from lorarlhf.rollout import Rollout
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+NORMALIZE = ("none", "batch")
+
+
+class NonFiniteReward(ValueError):
+    """A reward that is NaN or infinite, named by its source and sample index."""
+
+
+def reward_functions(reward_fn) -> list[tuple[RewardFn, float]]:
+    """Accept one function, a list of functions (equal weights) or a list of (function, weight) pairs."""
+    if reward_fn is None:
+        return []
+    items = [reward_fn] if callable(reward_fn) else list(reward_fn)
+    weighted = []
+    for i, item in enumerate(items):
+        fn, weight = item if isinstance(item, tuple) else (item, 1.0)
+        if not callable(fn):
+            raise TypeError(f"reward_fn[{i}] is {type(fn).__name__}, not a function(prompts, responses)")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+            raise TypeError(f"reward_fn[{i}] has weight {weight!r}; weights are finite numbers")
+        weighted.append((fn, float(weight)))
+    if not weighted:
+        raise ValueError("reward_fn is an empty list; pass at least one reward function")
+    return weighted
+
+
+@torch.no_grad()
+def score_rollout(
+    hydra,
+    rollout: Rollout,
+    functions: list[tuple[RewardFn, float]],
+    *,
+    missing_eos_penalty: float | None = None,
+    normalize: str = "none",
+    clip: float | None = None,
+) -> torch.Tensor:
+    """Reward per response (B,) float32: weighted reward functions, or the reward role when there are none."""
+    if functions:
+        total = torch.zeros(len(rollout.responses))
+        for fn, weight in functions:
+            total += weight * _call(fn, rollout.prompts, rollout.responses)
+        rewards = total.to(hydra.device)
+    else:
+        batch = rollout.batch()
+        rewards = hydra.rewards(batch.input_ids, batch.attention_mask).float()
+        _check_finite(rewards, "the reward model")
+    if missing_eos_penalty:
+        rewards = rewards - missing_eos_penalty * (~rollout.finished).float()
+    if normalize == "batch" and rewards.numel() > 1:
+        rewards = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+    if clip is not None:
+        rewards = rewards.clamp(-clip, clip)
+    return rewards
+
+
+def _call(fn: RewardFn, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    name = getattr(fn, "__name__", repr(fn))
+    values = fn(prompts, responses)
+    try:
+        values = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"reward function {name} must return a list of numbers ({error})") from error
+    if values.numel() != len(responses):
+        raise ValueError(f"reward function {name} returned {values.numel()} rewards for {len(responses)} responses")
+    _check_finite(values, f"reward function {name}")
+    return values
+
+
+def _check_finite(values: torch.Tensor, source: str) -> None:
+    bad = (~torch.isfinite(values)).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise NonFiniteReward(f"{source} returned {values[i].item()} for sample {i} ({bad.numel()} non-finite in all)")

@@ -1,0 +1,158 @@
+"""Pieces both RL trainers (PPO, GRPO) share: the prompt stream, collecting a scored rollout, timing, records.
+
+Kept out of the trainers so each trainer file reads as its algorithm.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from lorarlhf.rewards import NonFiniteReward, score_rollout
+from lorarlhf.rollout import Rollout, SamplingConfig, generate_rollout
+from lorarlhf.tokenization import TokenizedBatch
+
+log = logging.getLogger("lorarlhf.rl")
+
+
+@dataclass
+class RLRun:
+    """What an RL stage returns: one record per rollout and the final metrics."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class PromptStream:
+    """Prompts in a fresh seeded order each epoch, each draw with its own sampling seed.
+
+    The seed of the k-th sample drawn is (seed, k)-determined, so a run is reproducible and a prompt's
+    response does not depend on the other prompts in its batch.
+    """
+
+    def __init__(self, prompts: list[str], seed: int):
+        if not prompts:
+            raise ValueError("no prompts: RL needs at least one prompt to sample responses for")
+        self.prompts, self.rng, self.order, self.drawn = list(prompts), random.Random(seed), [], 0
+        self.seed = seed
+
+    def next(self, n: int, repeats: int = 1) -> tuple[list[str], list[int]]:
+        """n prompts, each repeated `repeats` times in a row (GRPO groups), and one seed per sample."""
+        chosen = []
+        for _ in range(n):
+            if not self.order:
+                self.order = list(range(len(self.prompts)))
+                self.rng.shuffle(self.order)
+            chosen.append(self.prompts[self.order.pop()])
+        samples = [prompt for prompt in chosen for _ in range(repeats)]
+        seeds = [hash((self.seed, self.drawn + i)) & 0x7FFFFFFF for i in range(len(samples))]
+        self.drawn += len(samples)
+        return samples, seeds
+
+
+class PhaseTimer:
+    """Seconds spent per phase (generate, score, reference, train) of one iteration."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.seconds[phase] += time.perf_counter() - start
+
+
+def collect(hydra, prompts, seeds, sampling: SamplingConfig, functions, config, timer: PhaseTimer):
+    """Sample and score one batch; None when a reward is NaN/infinite (the caller skips and counts it)."""
+    with timer("generate"):
+        rollout = generate_rollout(hydra, prompts, sampling, seeds)
+    with timer("score"):
+        try:
+            scores = score_rollout(
+                hydra,
+                rollout,
+                functions,
+                missing_eos_penalty=config.missing_eos_penalty,
+                normalize=config.reward_normalize,
+                clip=config.reward_clip,
+            )
+        except NonFiniteReward as error:
+            log.warning("skipping a rollout: %s", error)
+            return rollout, None
+    return rollout, scores
+
+
+def sampling_of(config) -> SamplingConfig:
+    return SamplingConfig(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k
+    )
+
+
+def last_token_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) sequence scores placed at each row's last response token of a (B, T) grid."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (positions * mask).argmax(dim=1)  # (B,)
+    grid = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+    return grid.scatter(1, last[:, None], scores[:, None])
+
+
+def rollout_record(rollout: Rollout, scores: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
+    lengths = rollout.response_lengths.float()
+    seconds = sum(timer.seconds.values())
+    return {
+        "rl/reward_mean": scores.mean().item(),
+        "rl/reward_std": scores.std().item() if scores.numel() > 1 else 0.0,
+        "rl/response_length": lengths.mean().item(),
+        "rl/finished_fraction": rollout.finished.float().mean().item(),
+        "rl/tokens_per_s": lengths.sum().item() / max(seconds, 1e-9),
+        **{f"time/{phase}": value for phase, value in timer.seconds.items()},
+    }
+
+
+def check_skips(skipped_in_row: int, limit: int, reason: str) -> None:
+    if skipped_in_row >= limit:
+        raise RuntimeError(f"{skipped_in_row} rollouts in a row were skipped: {reason}; stopping the run")
+
+
+def rows_of(batch: TokenizedBatch, rows: torch.Tensor) -> TokenizedBatch:
+    return TokenizedBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows])
+
+
+def unique_params(params) -> list:
+    """Parameters without repeats (a shared critic's adapter is also the actor's)."""
+    seen, unique = set(), []
+    for param in params:
+        if id(param) not in seen:
+            seen.add(id(param))
+            unique.append(param)
+    return unique
+
+
+def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    """Per-update statistics averaged over an iteration's updates."""
+    if not stats:
+        return {}
+    return {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
+
+
+def final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """The metrics AlignResult reports for an RL stage: first and last reward, last KL."""
+    if not history:
+        return {}
+    return {
+        "rl/reward_first": history[0]["rl/reward_mean"],
+        "rl/reward_last": history[-1]["rl/reward_mean"],
+        "rl/kl_last": history[-1]["rl/kl"],
+        "rl/iterations": float(len(history)),
+    }

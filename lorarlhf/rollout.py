@@ -1,0 +1,148 @@
+"""Rollouts: the actor samples responses to a batch of prompts, kept as token ids.
+
+RL trains on exactly the tokens that were sampled, so a rollout keeps ids, never re-tokenized text (decoded
+text does not always encode back to the same ids). Sampling is a plain KV-cache loop rather than
+transformers' generate so that each prompt has its own random generator: a prompt's response depends on
+its seed, not on which other prompts share the batch, and a seeded run is reproducible on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lorarlhf.tokenization import TokenizedBatch, encode_prompts_left_padded
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled."""
+
+    max_new_tokens: int = 64
+    """Longest response in tokens; a response that reaches it without EOS is unfinished."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 keeps all)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 keeps all)."""
+
+    def __post_init__(self):
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be a positive integer")
+        if not isinstance(self.temperature, int | float) or not self.temperature >= 0:
+            raise ValueError(f"temperature={self.temperature!r} must be >= 0 (0 is greedy)")
+        if not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
+
+
+@dataclass
+class Rollout:
+    """A batch of prompts and the responses sampled for them.
+
+    prompt_ids:    (B, P) long  prompt tokens, left-padded so every response starts at column P
+    prompt_mask:   (B, P) bool  True on real prompt tokens
+    response_ids:  (B, R) long  sampled tokens, padded after EOS (or after max_new_tokens)
+    response_mask: (B, R) bool  True on sampled tokens, the EOS included
+    finished:      (B,)   bool  True when the response ended with EOS
+    prompts, responses: the decoded texts (responses without special tokens), for reward functions and logs
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    finished: torch.Tensor
+    prompts: list[str]
+    responses: list[str]
+
+    def batch(self) -> TokenizedBatch:
+        """Prompt + response as one (B, P + R) batch: the exact sampled tokens, scored by every role."""
+        input_ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)
+        attention_mask = torch.cat([self.prompt_mask, self.response_mask], dim=1).long()
+        response_mask = torch.cat([torch.zeros_like(self.prompt_mask), self.response_mask], dim=1)
+        return TokenizedBatch(input_ids, attention_mask, response_mask)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(1)  # (B,)
+
+
+@torch.no_grad()
+def generate_rollout(
+    hydra, prompts: list[str], sampling: SamplingConfig, seeds: list[int], *, role: str = "actor"
+) -> Rollout:
+    """Sample one response per prompt as `role`, prompt i drawing its randomness from seeds[i]."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; one seed per prompt")
+    tokenizer, device = hydra.tokenizer, hydra.device
+    prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts_left_padded(tokenizer, prompts))
+    prompt_mask = prompt_mask.bool()
+    generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+    batch_size = prompt_ids.shape[0]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    modes = {module: module.training for module in hydra.modules()}
+    hydra.eval()  # no dropout while sampling, and the KV cache works under gradient checkpointing
+    try:
+        with hydra.role(role):
+            attention = prompt_mask.long()
+            logits, cache = _step(hydra, prompt_ids, attention, None)
+            tokens, alive = [], torch.ones(batch_size, dtype=torch.bool, device=device)
+            for _ in range(sampling.max_new_tokens):
+                next_ids = _sample(logits, sampling, generators)  # (B,)
+                next_ids = torch.where(alive, next_ids, torch.full_like(next_ids, pad))
+                tokens.append(next_ids)
+                alive_before = alive
+                alive = alive & (next_ids != eos)
+                if not alive.any():
+                    break
+                attention = torch.cat([attention, alive_before.long()[:, None]], dim=1)
+                logits, cache = _step(hydra, next_ids[:, None], attention, cache)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+    response_ids = torch.stack(tokens, dim=1)  # (B, R)
+    # A token is part of the response up to and including the first EOS.
+    ended_before = torch.cumsum((response_ids == eos).long(), dim=1) - (response_ids == eos).long()
+    response_mask = ended_before == 0
+    finished = (response_ids == eos).any(dim=1)
+    texts = tokenizer.batch_decode(response_ids.masked_fill(~response_mask, pad), skip_special_tokens=True)
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, finished, list(prompts), texts)
+
+
+def _step(hydra, input_ids, attention, cache):
+    """One forward pass with the KV cache; returns the next-token logits (B, V) and the cache."""
+    positions = (attention.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]  # count real tokens only
+    output = hydra.causal_lm(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return output.logits[:, -1].float(), output.past_key_values
+
+
+def _sample(logits: torch.Tensor, sampling: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
+    """Next token per row: greedy at temperature 0, else top-k / top-p filtered sampling with that row's generator."""
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p  # mass before this token already enough
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    probs = probs.cpu()  # the per-row generators live on the CPU
+    picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
+    return torch.cat(picks).to(logits.device)

@@ -1,0 +1,262 @@
+"""Rollouts, rewards, PPO and GRPO on a tiny model: they raise a programmatic reward, and nothing else moves."""
+
+from __future__ import annotations
+
+import gc
+import json
+import string
+
+import pytest
+import torch
+
+import lorarlhf
+from lorarlhf import HydraModel
+from lorarlhf.grpo_config import GRPOConfig
+from lorarlhf.grpo_trainer import train_grpo
+from lorarlhf.ppo_config import PPOConfig
+from lorarlhf.ppo_trainer import train_ppo
+from lorarlhf.rewards import NonFiniteReward, reward_functions, score_rollout
+from lorarlhf.rollout import SamplingConfig, generate_rollout
+from lorarlhf.tiny import save_tiny_model
+
+PROMPTS = [f"Say something {i}:" for i in range(16)]
+
+
+def lowercase(prompts, responses):
+    """Share of a response's characters that are ASCII lowercase letters (about 0.1 for random bytes)."""
+    return [sum(c in string.ascii_lowercase for c in r) / max(len(r), 1) for r in responses]
+
+
+@pytest.fixture(scope="module")
+def peaked_model_dir(tmp_path_factory):
+    """A tiny Llama whose LM head is initialised 15x wider than usual, so its next-token distributions are
+    peaked like a trained model's (the default is nearly uniform, and no adapter can sharpen it quickly)."""
+    return save_tiny_model(tmp_path_factory.mktemp("peaked"), seed=0, initializer_range=0.3)
+
+
+def build(path, **kwargs):
+    torch.manual_seed(0)
+    return HydraModel.from_pretrained(path, device="cpu", lora_r=8, **kwargs)
+
+
+def mean_reward(hydra, role, seed=1000, n=32):
+    rollout = generate_rollout(
+        hydra, PROMPTS * 2, SamplingConfig(max_new_tokens=8), list(range(seed, seed + n)), role=role
+    )
+    return sum(lowercase(None, rollout.responses)) / n
+
+
+# --------------------------------------------------------------------------- rollouts and rewards
+
+
+def test_greedy_rollout_matches_transformers_generate(tiny_model_dir):
+    hydra = build(tiny_model_dir, quantize=None)
+    prompts = ["a", "a much longer prompt"]
+    rollout = generate_rollout(hydra, prompts, SamplingConfig(max_new_tokens=6, temperature=0), seeds=[0, 1])
+    assert rollout.responses == hydra.generate(prompts, max_new_tokens=6, do_sample=False)
+    assert rollout.response_ids.shape == (2, 6) and rollout.prompt_ids.shape[0] == 2
+
+
+def test_a_prompts_sample_depends_on_its_seed_not_on_its_batch(tiny_model_dir):
+    hydra = build(tiny_model_dir)
+    both = generate_rollout(hydra, ["first", "second prompt"], SamplingConfig(max_new_tokens=8), seeds=[3, 4])
+    alone = generate_rollout(hydra, ["second prompt"], SamplingConfig(max_new_tokens=8), seeds=[4])
+    assert torch.equal(both.response_ids[1], alone.response_ids[0])
+    again = generate_rollout(hydra, ["first", "second prompt"], SamplingConfig(max_new_tokens=8), seeds=[3, 4])
+    assert torch.equal(again.response_ids, both.response_ids)
+
+
+def test_rollout_masks_stop_at_eos(tiny_model_dir):
+    hydra = build(tiny_model_dir, quantize=None)
+    greedy = generate_rollout(hydra, ["x", "y"], SamplingConfig(max_new_tokens=5, temperature=0), seeds=[0, 1])
+    stop = int(greedy.response_ids[0, 2])  # make row 0's third greedy token the EOS token
+    first = int((greedy.response_ids[0] == stop).nonzero()[0])  # it may occur earlier too
+    hydra.tokenizer.eos_token = hydra.tokenizer.convert_ids_to_tokens(stop)
+    rollout = generate_rollout(hydra, ["x", "y"], SamplingConfig(max_new_tokens=5, temperature=0), seeds=[0, 1])
+    assert rollout.finished[0]
+    assert rollout.response_mask[0].tolist() == [True] * (first + 1) + [False] * (
+        rollout.response_ids.shape[1] - first - 1
+    )
+    assert (rollout.response_ids[0, first + 1 :] == hydra.tokenizer.pad_token_id).all()
+    assert torch.equal(rollout.batch().response_mask.sum(1), rollout.response_lengths)
+
+
+def test_reward_functions_weights_and_bad_returns(tiny_model_dir):
+    hydra = build(tiny_model_dir, quantize=None)
+    rollout = generate_rollout(hydra, ["a", "b"], SamplingConfig(max_new_tokens=4), seeds=[0, 1])
+
+    def ones(prompts, responses):
+        return [1.0] * len(responses)
+
+    def twos(prompts, responses):
+        return [2.0] * len(responses)
+
+    scores = score_rollout(hydra, rollout, reward_functions([(ones, 0.5), (twos, 2.0)]))
+    assert scores.tolist() == [4.5, 4.5]
+    penalised = score_rollout(hydra, rollout, reward_functions(ones), missing_eos_penalty=1.0)
+    assert penalised.tolist() == [1.0 - (not f) for f in rollout.finished.tolist()]
+    with pytest.raises(NonFiniteReward, match=r"reward function nan_reward returned nan for sample 0"):
+        score_rollout(hydra, rollout, [(nan_reward, 1.0)])
+    with pytest.raises(ValueError, match=r"returned 1 rewards for 2 responses"):
+        score_rollout(hydra, rollout, [(lambda p, r: [1.0], 1.0)])
+    with pytest.raises(TypeError, match=r"reward_fn\[0\] is str"):
+        reward_functions(["not a function"])
+
+
+def nan_reward(prompts, responses):
+    return [float("nan")] * len(responses)
+
+
+# --------------------------------------------------------------------------- PPO and GRPO learn
+
+
+def test_grpo_raises_the_reward_with_bounded_kl(peaked_model_dir):
+    hydra = build(peaked_model_dir, quantize="nf4")
+    before = mean_reward(hydra, "actor")
+    config = GRPOConfig(steps=30, lr=1e-2, batch_size=4, group_size=4, max_new_tokens=8)
+    run = train_grpo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
+    actor, reference = mean_reward(hydra, "actor"), mean_reward(hydra, "reference")
+    assert reference == pytest.approx(before)  # the reference is the untouched base
+    assert actor > reference + 0.4, (actor, reference)
+    assert run.metrics["rl/reward_last"] > run.metrics["rl/reward_first"] + 0.4
+    kls = [record["rl/kl"] for record in run.history]
+    assert all(0 <= kl < 15 for kl in kls[1:]), kls  # bounded: at most ~2 nats per sampled token
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # gc.get_objects meets torch's deprecated module attributes
+def test_ppo_raises_the_reward_and_leaves_reference_reward_and_base_alone(peaked_model_dir, base_checksum):
+    hydra = build(peaked_model_dir, quantize="nf4")
+    reward_head = [p.detach().clone() for p in hydra.trainable_parameters("reward")]
+    checksum = base_checksum(hydra)
+    shape = hydra.causal_lm.get_input_embeddings().weight.shape
+
+    def base_sized():  # storages of every tensor of the embedding's shape alive in the process
+        return {t.data_ptr() for t in gc.get_objects() if _is_tensor(t) and t.shape == shape}
+
+    gc.collect()
+    before = base_sized()
+    assert {
+        hydra.causal_lm.get_input_embeddings().weight.data_ptr(),
+        hydra.causal_lm.lm_head.weight.data_ptr(),
+    } <= before
+    copies = []
+
+    def count_base_copies(record):
+        copies.append(len(base_sized() - before))
+
+    config = PPOConfig(steps=40, lr=1e-2, batch_size=16, max_new_tokens=8, kl_coef=0.05, ppo_epochs=1, lam=1.0)
+    run = train_ppo(hydra, PROMPTS, config, reward_fn=lowercase, on_step=count_base_copies, progress=False)
+
+    actor, reference = mean_reward(hydra, "actor"), mean_reward(hydra, "reference")
+    assert actor > reference + 0.3, (actor, reference)
+    assert base_checksum(hydra) == checksum
+    assert all(torch.equal(a, b) for a, b in zip(reward_head, hydra.trainable_parameters("reward"), strict=True))
+    assert copies and max(copies) == 0  # no new copy of the base's weights appeared during the run
+    assert all(key in run.history[-1] for key in ("rl/kl", "rl/clipfrac", "rl/value_loss", "rl/explained_variance"))
+    assert all(f"time/{phase}" in run.history[-1] for phase in ("generate", "score", "reference", "train"))
+
+
+def _is_tensor(obj) -> bool:
+    try:
+        return isinstance(obj, torch.Tensor) and not obj.is_meta
+    except ReferenceError:
+        return False
+
+
+def test_ppo_with_a_shared_critic(peaked_model_dir):
+    hydra = build(peaked_model_dir, quantize=None, critic="shared")
+    assert hydra.roles == ("reference", "actor", "reward", "critic")
+    critic_params = {id(p) for p in hydra.trainable_parameters("critic")}
+    assert {id(p) for p in hydra.trainable_parameters("actor")} < critic_params  # actor adapter + value head
+    config = PPOConfig(steps=6, lr=1e-2, batch_size=8, max_new_tokens=6, ppo_epochs=1, critic="shared")
+    run = train_ppo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
+    assert len(run.history) == 6 and all(torch.isfinite(torch.tensor(r["rl/value_loss"])) for r in run.history)
+
+
+def test_seeded_runs_are_reproducible(peaked_model_dir):
+    config = GRPOConfig(steps=4, lr=1e-2, batch_size=2, group_size=4, max_new_tokens=6, seed=7)
+    runs = [train_grpo(build(peaked_model_dir, quantize=None), PROMPTS, config, reward_fn=lowercase, progress=False)]
+    runs.append(
+        train_grpo(build(peaked_model_dir, quantize=None), PROMPTS, config, reward_fn=lowercase, progress=False)
+    )
+    strip = [
+        [{k: v for k, v in r.items() if not k.startswith("time/") and k != "rl/tokens_per_s"} for r in run.history]
+        for run in runs
+    ]
+    assert strip[0] == strip[1]
+
+
+def test_non_finite_rewards_are_skipped_then_stop_the_run(peaked_model_dir):
+    calls = []
+
+    def flaky(prompts, responses):
+        calls.append(1)
+        return [float("inf") if len(calls) == 1 else 0.5] * len(responses)
+
+    hydra = build(peaked_model_dir, quantize=None)
+    run = train_grpo(
+        hydra,
+        PROMPTS,
+        GRPOConfig(steps=2, batch_size=2, group_size=2, max_new_tokens=4),
+        reward_fn=flaky,
+        progress=False,
+    )
+    assert run.metrics["rl/skipped_steps"] == 1 and len(run.history) == 2
+    with pytest.raises(RuntimeError, match=r"3 rollouts in a row were skipped: the reward was NaN or infinite"):
+        train_grpo(
+            hydra,
+            PROMPTS,
+            GRPOConfig(steps=2, batch_size=2, group_size=2, max_new_tokens=4),
+            reward_fn=nan_reward,
+            progress=False,
+        )
+
+
+# --------------------------------------------------------------------------- align()
+
+
+def test_align_grpo_with_a_reward_function(peaked_model_dir, tmp_path):
+    result = lorarlhf.align(
+        str(peaked_model_dir), PROMPTS, method="grpo", reward_fn=lowercase, output_dir=tmp_path / "run",
+        steps=3, batch_size=2, group_size=2, max_new_tokens=4, quantize=None,
+    )  # fmt: skip
+    for key in ("rl/reward_first", "rl/reward_last", "rl/kl_last", "peak_memory_gb"):
+        assert key in result.metrics
+    stages = [json.loads(line)["stage"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["grpo"] * 3
+    assert HydraModel.load(tmp_path / "run").roles == result.model.roles
+
+
+def test_align_ppo_on_preferences_trains_the_reward_model_first(peaked_model_dir, tmp_path):
+    pairs = [{"prompt": f"Q{i}:", "chosen": "good answer", "rejected": "bad"} for i in range(8)]
+    result = lorarlhf.align(
+        str(peaked_model_dir), pairs, method="ppo", output_dir=tmp_path / "run", steps=2, rm_steps=3,
+        batch_size=4, max_new_tokens=4, eval_fraction=0.25, quantize=None,
+    )  # fmt: skip
+    assert "rm/eval_accuracy" in result.metrics and "rl/reward_last" in result.metrics
+    stages = [json.loads(line)["stage"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["rm"] * 3 + ["ppo"]  # one rollout: its two PPO epochs are the 2 optimizer steps
+    with pytest.raises(ValueError, match="got prompts only: pass reward_fn, or preference pairs"):
+        lorarlhf.align(str(peaked_model_dir), PROMPTS, method="ppo", output_dir=tmp_path / "other", steps=1)
+
+
+@pytest.mark.parametrize(
+    ("cls", "overrides", "message"),
+    [
+        (PPOConfig, {"kl_estimator": "k2"}, r"kl_estimator='k2' is not supported; choose one of \('k1', 'k3'\)"),
+        (PPOConfig, {"critic": "joint"}, r"critic='joint' is not supported; choose one of \('separate', 'shared'\)"),
+        (PPOConfig, {"lam": 1.5}, r"lam=1.5 must be in \[0, 1\]"),
+        (PPOConfig, {"batch_size": 6, "num_minibatches": 4}, r"batch_size=6 must be a multiple of num_minibatches=4"),
+        (GRPOConfig, {"group_size": 1}, r"group_size=1 must be >= 2"),
+        (
+            GRPOConfig,
+            {"loss_type": "dapo"},
+            r"loss_type='dapo' is not supported; choose one of \('sequence', 'token'\)",
+        ),
+        (GRPOConfig, {"temperature": 0}, r"temperature=0 must be > 0 for RL"),
+        (GRPOConfig, {"reward_normalize": "group"}, r"reward_normalize='group' is not supported"),
+    ],
+)
+def test_rl_config_validation(cls, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**overrides)
