@@ -5,9 +5,9 @@
 
 Both train a LoRA adapter (r 16, all linear layers) plus a scalar head on a randomly initialised
 Llama-shaped model saved to a temporary directory, with the same pairs, batch size and token length,
-unquantized (TRL's RewardTrainer loads a plain sequence-classification model), with gradient
-checkpointing on (TRL's default, and lorarlhf's). Each side runs in a fresh
-process: seconds per step (median over the timed steps, after warm-up steps) and peak memory
+unquantized (TRL's RewardTrainer loads a plain sequence-classification model), with gradient checkpointing
+on (TRL's default, and lorarlhf's). Each side runs in a fresh process: seconds per step (median over the
+timed steps, after warm-up steps) and peak memory counted from the start of training, loading excluded
 (max_memory_allocated on CUDA, peak RSS on CPU). TRL is optional (`pip install lorarlhf[bench]`).
 Raw rows go to benchmarks/results/reward_step-<device>.json.
 """
@@ -17,18 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import torch
-from device_info import device_name
+from peers import make_model_dir, peak_bytes, reset_peak, run_side, write_results
 
 SHAPE = dict(
     vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
@@ -36,17 +31,6 @@ SHAPE = dict(
 )  # fmt: skip
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "blue", "sky", "runs", "fast", "tree", "with"]
 WORDS += ["good", "great", "nice", "bad", "awful", "poor"]
-
-
-def make_model_dir(path: Path) -> Path:
-    from transformers import LlamaForCausalLM
-
-    from lorarlhf.tiny import build_tiny_tokenizer, tiny_llama_config
-
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config(**SHAPE)).save_pretrained(path)
-    build_tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 def make_records(n: int, length: int, seed: int = 0) -> list[dict]:
@@ -85,6 +69,7 @@ def run_ours(model_dir, records, batch_size, steps, warmup, device):
         times.append(now - last[0])
         last[0] = now
 
+    reset_peak(device)
     config = RewardConfig(steps=warmup + steps, batch_size=batch_size, lr=1e-4, eval_fraction=0.0, max_length=4096)
     train_reward_model(hydra, pairs, config, on_step=on_step, progress=False)
     return times[warmup:]
@@ -102,6 +87,9 @@ def run_trl(model_dir, records, batch_size, steps, warmup, device):
     times = []
 
     class StepTimer(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            reset_peak(device)
+
         def on_step_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
 
@@ -131,15 +119,9 @@ def run_trl(model_dir, records, batch_size, steps, warmup, device):
 def worker(side, model_dir, batch_size, length, steps, warmup, device):
     records = make_records(max(64, batch_size * (steps + warmup)), length)
     runner = run_ours if side == "lorarlhf" else run_trl
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     times = runner(model_dir, records, batch_size, steps, warmup, device)
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if device == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
-    print(json.dumps({"seconds_per_step": statistics.median(times), "steps_timed": len(times), "peak_bytes": peak}))
+    result = {"seconds_per_step": statistics.median(times), "steps_timed": len(times), "peak_bytes": peak_bytes(device)}
+    print(json.dumps(result))
 
 
 def main():
@@ -159,33 +141,17 @@ def main():
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = make_model_dir(Path(scratch) / "model")
+        model_dir = make_model_dir(Path(scratch) / "model", SHAPE)
+        options = ["--batch-size", str(args.batch_size), "--length", str(args.length)]
+        options += ["--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--cpu"] if device == "cpu" else [])
         for side in ("lorarlhf", "trl"):
-            command = [sys.executable, __file__, "--worker", side, str(model_dir)]
-            command += ["--batch-size", str(args.batch_size), "--length", str(args.length)]
-            command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-            if device == "cpu":
-                command.append("--cpu")
-            result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-            row = {"side": side, "batch_size": args.batch_size, "length": args.length, **SHAPE}
-            if result.returncode == 0:
-                row.update(json.loads(result.stdout.strip().splitlines()[-1]))
-                print(f"{side:<9} {row['seconds_per_step']:.3f} s/step  peak {row['peak_bytes'] / 2**20:.0f} MiB")
-            else:
-                row["error"] = result.stderr.strip().splitlines()[-1][:300]
-                print(f"{side:<9} failed: {row['error']}")
+            row = {**run_side(__file__, side, model_dir, options), "batch_size": args.batch_size, "length": args.length}
             rows.append(row)
-    versions = {}
-    for package in ("lorarlhf", "torch", "transformers", "peft", "trl"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    out = Path(__file__).parent / "results" / f"reward_step-{device}.json"
-    record = {"device": device, "device_name": device_name(device), "versions": versions, "rows": rows,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+            if "error" in row:
+                print(f"{side:<9} failed: {row['error']}")
+            else:
+                print(f"{side:<9} {row['seconds_per_step']:.3f} s/step  peak {row['peak_bytes'] / 2**20:.0f} MiB")
+    print(f"wrote {write_results('reward_step', device, rows, shape=SHAPE)}")
 
 
 if __name__ == "__main__":

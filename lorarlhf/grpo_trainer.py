@@ -37,7 +37,7 @@ from lorarlhf.rl_loop import (
     rows_of,
     sampling_of,
 )
-from lorarlhf.rl_losses import group_advantages, grpo_policy_loss
+from lorarlhf.rl_losses import group_advantages, grpo_policy_loss, masked_mean
 
 log = logging.getLogger("lorarlhf.grpo")
 
@@ -69,7 +69,9 @@ def train_grpo(hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None,
 
         with timer("reference"), torch.no_grad():
             ref_logp = hydra.token_logprobs(batch, role="reference", temperature=config.temperature)
-            old_logp = hydra.token_logprobs(batch, role="actor", temperature=config.temperature)
+            old_logp, old_entropy = hydra.token_logprobs(
+                batch, role="actor", temperature=config.temperature, return_entropy=True
+            )
 
         hydra.train()
         stats = []
@@ -98,6 +100,7 @@ def train_grpo(hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None,
             **rollout_record(rollout, scores, timer),
             "rl/kl": sequence_kl,
             "rl/advantage_abs": advantages.abs().mean().item(),
+            "rl/entropy": masked_mean(old_entropy, mask).item(),
             **mean_stats(stats),
         }
         run.history.append(record)

@@ -8,6 +8,8 @@ embeddings, a lookup table used by every layer) are counted once.
 
 from __future__ import annotations
 
+import resource
+import sys
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -49,3 +51,11 @@ def parameter_bytes(params: Iterable[torch.Tensor]) -> int:
 
 def module_bytes(module: nn.Module) -> int:
     return parameter_bytes(module.parameters())
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process so far: CUDA allocations on a GPU, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +22,7 @@ from lorarlhf.data import PreferencePair, load_preferences, load_prompts, split_
 from lorarlhf.grpo_config import GRPOConfig
 from lorarlhf.grpo_trainer import train_grpo
 from lorarlhf.hydra import HydraModel
+from lorarlhf.memory import peak_memory_gb
 from lorarlhf.ppo_config import PPOConfig
 from lorarlhf.ppo_trainer import train_ppo
 from lorarlhf.reward_config import RewardConfig
@@ -152,11 +151,3 @@ def _prepare_output_dir(output_dir, method: str) -> Path:
         raise FileExistsError(f"output_dir {out} is not empty and holds no lorarlhf run; choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak memory of this process so far: CUDA allocations on a GPU, resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux

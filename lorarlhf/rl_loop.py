@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lorarlhf.memory import peak_memory_gb
 from lorarlhf.rewards import NonFiniteReward, score_rollout
 from lorarlhf.rollout import Rollout, SamplingConfig, generate_rollout
 from lorarlhf.tokenization import TokenizedBatch
@@ -108,6 +109,7 @@ def last_token_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def rollout_record(rollout: Rollout, scores: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
+    """What every RL iteration logs about its rollout: reward, lengths, throughput, memory, time per phase."""
     lengths = rollout.response_lengths.float()
     seconds = sum(timer.seconds.values())
     return {
@@ -116,6 +118,7 @@ def rollout_record(rollout: Rollout, scores: torch.Tensor, timer: PhaseTimer) ->
         "rl/response_length": lengths.mean().item(),
         "rl/finished_fraction": rollout.finished.float().mean().item(),
         "rl/tokens_per_s": lengths.sum().item() / max(seconds, 1e-9),
+        "peak_memory_gb": peak_memory_gb(rollout.response_ids.device),
         **{f"time/{phase}": value for phase, value in timer.seconds.items()},
     }
 
