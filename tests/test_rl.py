@@ -149,6 +149,8 @@ def test_ppo_raises_the_reward_and_leaves_reference_reward_and_base_alone(peaked
 
     actor, reference = mean_reward(hydra, "actor"), mean_reward(hydra, "reference")
     assert actor > reference + 0.3, (actor, reference)
+    kls = [record["rl/kl"] for record in run.history]
+    assert max(kls) < 40, kls  # bounded (about 20 nats per 8-token answer at the end of this run)
     assert base_checksum(hydra) == checksum
     assert all(torch.equal(a, b) for a, b in zip(reward_head, hydra.trainable_parameters("reward"), strict=True))
     assert copies and max(copies) == 0  # no new copy of the base's weights appeared during the run
