@@ -28,7 +28,6 @@ from lorarlhf.rewards import reward_functions
 from lorarlhf.rl_loop import (
     PhaseTimer,
     PromptStream,
-    RLRun,
     check_skips,
     collect,
     final_metrics,
@@ -38,11 +37,14 @@ from lorarlhf.rl_loop import (
     sampling_of,
 )
 from lorarlhf.rl_losses import group_advantages, grpo_policy_loss, masked_mean
+from lorarlhf.training import StageRun
 
 log = logging.getLogger("lorarlhf.grpo")
 
 
-def train_grpo(hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None, on_step=None, progress=True) -> RLRun:
+def train_grpo(
+    hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None, on_step=None, progress=True
+) -> StageRun:
     """Run GRPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role."""
     functions = reward_functions(reward_fn)
     if not functions and "reward" not in hydra.roles:
@@ -52,7 +54,7 @@ def train_grpo(hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None,
     sampling = sampling_of(config)
     params = hydra.trainable_parameters("actor")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run, steps, skipped_in_row, skipped = RLRun(), 0, 0, 0
+    run, steps, skipped_in_row, skipped = StageRun(), 0, 0, 0
     bar = tqdm(total=config.steps, desc="grpo", disable=not progress)
 
     while steps < config.steps:

@@ -9,6 +9,10 @@ Reward model:
   - Prompt-aware utility (Song et al. 2023, "Reward Collapse in Aligning Large Language Models"): the usual
     log-sigmoid utility drives every prompt's reward distribution to the same shape; a linear utility on
     bounded rewards drives them to the extremes, which suits closed-ended prompts with one right answer.
+
+RL-free preference optimisation on the policy's own log-probs:
+  - DPO (Rafailov et al. 2023), conservative DPO with label smoothing (Mitchell 2023), IPO (Azar et al. 2023).
+  - Contrastive Preference Learning (Hejna et al. 2023): preferences modelled by regret, no reference model.
 """
 
 from __future__ import annotations
@@ -89,3 +93,40 @@ def _weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.T
     if weight is None:
         return losses.mean()
     return (losses * weight).sum() / weight.sum().clamp_min(torch.finfo(losses.dtype).tiny)
+
+
+# --------------------------------------------------------------------------- RL-free preference optimisation
+
+
+def dpo_log_ratio_margin(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+) -> torch.Tensor:
+    """h = [log pi(y_c|x) - log ref(y_c|x)] - [log pi(y_r|x) - log ref(y_r|x)], per pair: (B,)."""
+    return (chosen_logp - ref_chosen_logp) - (rejected_logp - ref_rejected_logp)
+
+
+def dpo_loss(margin: torch.Tensor, *, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sigmoid DPO (Rafailov et al. 2023, eq. 7): mean -log sigmoid(beta h).
+
+    With label_smoothing eps > 0, conservative DPO (Mitchell 2023): the label is wrong with probability eps,
+    mean -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h).
+    """
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * margin) - label_smoothing * F.logsigmoid(-beta * margin)
+    return losses.mean()
+
+
+def ipo_loss(margin: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """IPO (Azar et al. 2023, eq. 17): mean (h - 1/(2 beta))^2, which regresses the log-ratio margin to a
+    finite target instead of pushing it to infinity, so it does not overfit deterministic preferences."""
+    return (margin - 1 / (2 * beta)).pow(2).mean()
+
+
+def cpl_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, *, alpha: float, lam: float = 1.0) -> torch.Tensor:
+    """Contrastive Preference Learning (Hejna et al. 2023, eq. 5): preferences follow the regret, and the
+    optimal advantage is alpha log pi, so no reward model and no RL:
+        -log [exp(alpha S_c) / (exp(alpha S_c) + exp(lam alpha S_r))] = softplus(lam alpha S_r - alpha S_c)
+    where S is a response's summed log-prob under the policy; lam < 1 is the paper's conservative bias."""
+    return F.softplus(lam * alpha * rejected_logp - alpha * chosen_logp).mean()

@@ -3,8 +3,8 @@
 It builds (or takes) the Hydra, loads the data, runs the method's stages, and writes the run to
 `output_dir`: the config, per-step metrics (metrics.jsonl, each record tagged with its stage), final
 metrics (metrics.json) and the Hydra (adapters + heads + manifest). Methods run today: "rm" (reward
-model), "ppo" and "grpo" (with a reward_fn, or after a reward-model stage on preference pairs). "dpo" and
-"sft" are named here so a request for them gets a clear answer.
+model), "ppo" and "grpo" (with a reward_fn, or after a reward-model stage on preference pairs), and "dpo"
+(with its variants). "sft" is named here so a request for it gets a clear answer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import torch
 
 from lorarlhf.checkpoint import MANIFEST
 from lorarlhf.data import PreferencePair, load_preferences, load_prompts, split_eval
+from lorarlhf.dpo_config import DPOConfig
+from lorarlhf.dpo_trainer import train_dpo
 from lorarlhf.grpo_config import GRPOConfig
 from lorarlhf.grpo_trainer import train_grpo
 from lorarlhf.hydra import HydraModel
@@ -29,7 +31,7 @@ from lorarlhf.reward_config import RewardConfig
 from lorarlhf.reward_trainer import train_reward_model
 
 METHODS = ("ppo", "grpo", "dpo", "rm", "sft")
-AVAILABLE = {"rm": RewardConfig, "ppo": PPOConfig, "grpo": GRPOConfig}
+AVAILABLE = {"rm": RewardConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "dpo": DPOConfig}
 RL_TRAINERS = {"ppo": train_ppo, "grpo": train_grpo}
 
 
@@ -58,8 +60,8 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
             f"method={method!r} is not available in this version of lorarlhf; available: {tuple(AVAILABLE)}"
         )
     config = AVAILABLE[method].from_overrides(method, overrides)
-    if reward_fn is not None and method == "rm":
-        raise ValueError("reward_fn is for the RL methods (ppo, grpo); method='rm' learns the reward from data")
+    if reward_fn is not None and method in ("rm", "dpo"):
+        raise ValueError(f"reward_fn is for the RL methods (ppo, grpo); method={method!r} learns from preference pairs")
     out = _prepare_output_dir(output_dir, method)
     hydra = _hydra_for(model, config)
     (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
@@ -74,7 +76,12 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
 
             return write
 
-        if method == "rm" or reward_fn is None:  # the RL methods learn their reward first when none is given
+        if method == "dpo":
+            pairs = _pairs_from(data, hydra, config, method)
+            train_pairs, eval_pairs = split_eval(pairs, config.eval_fraction, seed=config.seed)
+            run = train_dpo(hydra, train_pairs, config, eval_pairs=eval_pairs, on_step=writer("dpo"))
+            metrics.update(run.metrics)
+        elif method == "rm" or reward_fn is None:  # the RL methods learn their reward first when none is given
             pairs = _pairs_from(data, hydra, config, method)
             train_pairs, eval_pairs = split_eval(pairs, config.eval_fraction, seed=config.seed)
             rm_config = config if method == "rm" else _reward_stage_config(config)

@@ -32,7 +32,6 @@ from lorarlhf.rewards import reward_functions
 from lorarlhf.rl_loop import (
     PhaseTimer,
     PromptStream,
-    RLRun,
     check_skips,
     collect,
     final_metrics,
@@ -55,11 +54,12 @@ from lorarlhf.rl_losses import (
     masked_whiten,
 )
 from lorarlhf.tokenization import TokenizedBatch
+from lorarlhf.training import StageRun
 
 log = logging.getLogger("lorarlhf.ppo")
 
 
-def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, on_step=None, progress=True) -> RLRun:
+def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, on_step=None, progress=True) -> StageRun:
     """Run PPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role."""
     functions = reward_functions(reward_fn)
     if not functions and "reward" not in hydra.roles:
@@ -76,7 +76,7 @@ def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, o
     )
     params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run, steps, skipped_in_row, skipped = RLRun(), 0, 0, 0
+    run, steps, skipped_in_row, skipped = StageRun(), 0, 0, 0
     bar = tqdm(total=config.steps, desc="ppo", disable=not progress)
 
     while steps < config.steps:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -33,6 +33,7 @@ from lorarlhf.losses import (
     reward_centering_loss,
 )
 from lorarlhf.reward_config import RewardConfig
+from lorarlhf.training import StageRun, shuffled_batches
 
 log = logging.getLogger("lorarlhf.reward")
 
@@ -45,14 +46,6 @@ class Ranking:
     responses: list[str]
 
 
-@dataclass
-class RewardRun:
-    """What the stage returns: per-step training records and the final held-out metrics."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 def train_reward_model(
     hydra,
     train_pairs: list[PreferencePair],
@@ -61,16 +54,16 @@ def train_reward_model(
     eval_pairs: list[PreferencePair] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
-) -> RewardRun:
+) -> StageRun:
     """Train the reward role on `train_pairs`; evaluate on `eval_pairs` when given."""
     if not train_pairs:
         raise ValueError("no training pairs: the reward model needs at least one preference pair")
     torch.manual_seed(config.seed)
     units = rankings_of(train_pairs) if config.objective == "listwise" else list(train_pairs)
-    batches = _shuffled_batches(units, config.batch_size, random.Random(config.seed))
+    batches = shuffled_batches(units, config.batch_size, random.Random(config.seed))
     params = hydra.trainable_parameters("reward")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run = RewardRun()
+    run = StageRun()
 
     hydra.train()
     try:
@@ -165,15 +158,6 @@ def rankings_of(pairs: list[PreferencePair]) -> list[Ranking]:
         order = sorted(wins, key=lambda text: -wins[text])  # stable: ties keep first-seen order
         rankings.append(Ranking(members[0].prompt, order))
     return rankings
-
-
-def _shuffled_batches(units: list, batch_size: int, rng: random.Random) -> Iterator[list]:
-    """Endless batches: each epoch a fresh permutation, so every unit is seen once per epoch."""
-    while True:
-        order = list(range(len(units)))
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            yield [units[i] for i in order[start : start + batch_size]]
 
 
 # --------------------------------------------------------------------------- evaluation

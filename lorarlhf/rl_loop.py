@@ -10,7 +10,6 @@ import random
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 
@@ -20,14 +19,6 @@ from lorarlhf.rollout import Rollout, SamplingConfig, generate_rollout
 from lorarlhf.tokenization import TokenizedBatch
 
 log = logging.getLogger("lorarlhf.rl")
-
-
-@dataclass
-class RLRun:
-    """What an RL stage returns: one record per rollout and the final metrics."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class PromptStream:

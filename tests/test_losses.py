@@ -86,3 +86,36 @@ def test_plackett_luce_probabilities_sum_to_one_over_all_orders():
     for order in itertools.permutations(range(3)):
         total += math.exp(-plackett_luce_loss(rewards[list(order)][None], torch.tensor([3])).item())
     assert total == pytest.approx(1.0, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- RL-free preference losses
+
+
+def test_dpo_hand_computed_and_label_smoothing():
+    from lorarlhf.losses import dpo_log_ratio_margin, dpo_loss
+
+    margin = dpo_log_ratio_margin(
+        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5])
+    )
+    assert margin.item() == pytest.approx(1.5)  # (-1 + 2) - (-3 + 2.5)
+    assert dpo_loss(margin, beta=0.1).item() == pytest.approx(math.log1p(math.exp(-0.15)), rel=1e-6)
+    smoothed = dpo_loss(margin, beta=0.1, label_smoothing=0.2).item()
+    expected = 0.8 * math.log1p(math.exp(-0.15)) + 0.2 * math.log1p(math.exp(0.15))
+    assert smoothed == pytest.approx(expected, rel=1e-6)
+
+
+def test_ipo_regresses_the_margin_to_one_over_two_beta():
+    from lorarlhf.losses import ipo_loss
+
+    assert ipo_loss(torch.tensor([5.0]), beta=0.1).item() == pytest.approx(0.0)
+    assert ipo_loss(torch.tensor([3.0, 7.0]), beta=0.1).item() == pytest.approx(4.0)
+
+
+def test_cpl_hand_computed_and_reduces_to_a_logistic_on_scaled_log_probs():
+    from lorarlhf.losses import cpl_loss
+
+    chosen, rejected = torch.tensor([-4.0]), torch.tensor([-6.0])
+    # softplus(0.5 * 0.1 * -6 - 0.1 * -4) = log(1 + exp(-0.3 + 0.4))
+    assert cpl_loss(chosen, rejected, alpha=0.1, lam=0.5).item() == pytest.approx(math.log1p(math.exp(0.1)), rel=1e-6)
+    plain = cpl_loss(chosen, rejected, alpha=0.1)
+    assert plain.item() == pytest.approx(bradley_terry_loss(0.1 * chosen, 0.1 * rejected).item(), rel=1e-6)

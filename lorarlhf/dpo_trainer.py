@@ -1,0 +1,134 @@
+"""DPO and friends on the Hydra: the actor adapter learns from pairs directly, no reward model, no sampling.
+
+Direct Preference Optimization (Rafailov et al. 2023): the policy's log-ratio to the reference is an
+implicit reward, and the Bradley-Terry likelihood of the preferences under that reward is maximised. The
+reference is the same base with adapters off (or the frozen sft adapter), so no second model is loaded.
+Variants: conservative DPO (label smoothing), IPO, and CPL, which needs no reference at all (losses.py).
+
+    optionally: ref_logp <- reference log-probs of every pair, once
+    for step in 1..steps:
+        batch     <- next shuffled pairs
+        logp      <- actor log p(chosen), log p(rejected), one forward pass over the stacked batch
+        ref_logp  <- reference log-probs (adapters off), unless precomputed or CPL
+        loss      <- DPO | IPO | CPL on them
+        update    <- AdamW on the actor adapter, gradient norm clipped
+    evaluate on held-out prompts: implicit-reward accuracy and margin
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from tqdm.auto import tqdm
+
+from lorarlhf.data import PreferencePair
+from lorarlhf.dpo_config import DPOConfig
+from lorarlhf.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
+from lorarlhf.training import StageRun, shuffled_batches
+
+
+def pair_logprobs(hydra, pairs: list[PreferencePair], role: str, max_length: int | None = None):
+    """Summed response log-probs of chosen and rejected under `role`, one forward pass: (B,), (B,)."""
+    prompts = [p.prompt for p in pairs]
+    batch = hydra.encode(
+        prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs], max_length=max_length
+    )
+    logp = hydra.token_logprobs(batch, role=role).sum(dim=1)  # (2B,)
+    return logp[: len(pairs)], logp[len(pairs) :]
+
+
+@torch.no_grad()
+def reference_logprobs(hydra, pairs: list[PreferencePair], config: DPOConfig) -> torch.Tensor:
+    """(N, 2) reference log-probs of every pair's chosen and rejected answers, computed once."""
+    rows = []
+    for start in range(0, len(pairs), config.batch_size):
+        chosen, rejected = pair_logprobs(
+            hydra, pairs[start : start + config.batch_size], "reference", config.max_length
+        )
+        rows.append(torch.stack([chosen, rejected], dim=1))
+    return torch.cat(rows)
+
+
+def train_dpo(
+    hydra, train_pairs: list[PreferencePair], config: DPOConfig, *, eval_pairs=None, on_step=None, progress=True
+) -> StageRun:
+    """Train the actor adapter on preference pairs by config.loss; evaluate on `eval_pairs` when given."""
+    if not train_pairs:
+        raise ValueError("no training pairs: DPO needs at least one preference pair")
+    torch.manual_seed(config.seed)
+    indexed = list(enumerate(train_pairs))
+    batches = shuffled_batches(indexed, config.batch_size, random.Random(config.seed))
+    ref_table = (
+        reference_logprobs(hydra, train_pairs, config) if config.precompute_ref and config.loss != "cpl" else None
+    )
+    params = hydra.trainable_parameters("actor")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    run = StageRun()
+
+    hydra.train()
+    try:
+        for step in tqdm(range(1, config.steps + 1), desc=f"dpo ({config.loss})", disable=not progress):
+            rows = next(batches)
+            pairs = [pair for _, pair in rows]
+            chosen, rejected = pair_logprobs(hydra, pairs, "actor", config.max_length)  # (B,), (B,)
+            loss, margin = _loss(hydra, pairs, [i for i, _ in rows], chosen, rejected, ref_table, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            record = {
+                "step": step,
+                "dpo/loss": loss.item(),
+                "dpo/accuracy": (margin > 0).float().mean().item(),
+                "dpo/margin": margin.mean().item(),
+                "dpo/chosen_logp": chosen.mean().item(),
+                "dpo/rejected_logp": rejected.mean().item(),
+                "dpo/grad_norm": grad_norm.item(),
+            }
+            run.history.append(record)
+            if on_step is not None:
+                on_step(record)
+    finally:
+        hydra.eval()
+    if eval_pairs:
+        run.metrics.update(evaluate_dpo(hydra, eval_pairs, config))
+    run.metrics["dpo/train_loss_last"] = run.history[-1]["dpo/loss"]
+    return run
+
+
+def _loss(hydra, pairs, indices, chosen, rejected, ref_table, config: DPOConfig):
+    """The configured loss and each pair's implicit-reward margin (positive = the chosen answer wins)."""
+    if config.loss == "cpl":
+        margin = config.cpl_alpha * (chosen - config.cpl_lambda * rejected)
+        return cpl_loss(chosen, rejected, alpha=config.cpl_alpha, lam=config.cpl_lambda), margin.detach()
+    if ref_table is not None:
+        ref = ref_table[torch.tensor(indices)].to(chosen.device)
+        ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
+    else:
+        with torch.no_grad():
+            ref_chosen, ref_rejected = pair_logprobs(hydra, pairs, "reference", config.max_length)
+    h = dpo_log_ratio_margin(chosen, rejected, ref_chosen, ref_rejected)
+    loss = (
+        ipo_loss(h, beta=config.beta)
+        if config.loss == "ipo"
+        else dpo_loss(h, beta=config.beta, label_smoothing=config.label_smoothing)
+    )
+    return loss, (config.beta * h).detach()
+
+
+@torch.no_grad()
+def evaluate_dpo(hydra, pairs: list[PreferencePair], config: DPOConfig) -> dict[str, float]:
+    """Held-out implicit-reward accuracy (the chosen answer's implicit reward is higher) and mean margin."""
+    margins = []
+    for start in range(0, len(pairs), config.batch_size):
+        batch = pairs[start : start + config.batch_size]
+        chosen, rejected = pair_logprobs(hydra, batch, "actor", config.max_length)
+        _, margin = _loss(hydra, batch, [], chosen, rejected, None, config)
+        margins.append(margin.float().cpu())
+    margin = torch.cat(margins)
+    return {
+        "dpo/eval_accuracy": (margin > 0).float().mean().item(),
+        "dpo/eval_margin": margin.mean().item(),
+        "dpo/eval_pairs": float(len(pairs)),
+    }
