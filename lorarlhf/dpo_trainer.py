@@ -66,8 +66,8 @@ def train_dpo(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run = StageRun()
 
-    hydra.train()
-    try:
+    hydra.disable_dropout()  # the policy and the reference pass must see the same network
+    with hydra.train_mode():
         for step in tqdm(range(1, config.steps + 1), desc=f"dpo ({config.loss})", disable=not progress):
             rows = next(batches)
             pairs = [pair for _, pair in rows]
@@ -89,8 +89,6 @@ def train_dpo(
             run.history.append(record)
             if on_step is not None:
                 on_step(record)
-    finally:
-        hydra.eval()
     if eval_pairs:
         run.metrics.update(evaluate_dpo(hydra, eval_pairs, config))
     run.metrics["dpo/train_loss_last"] = run.history[-1]["dpo/loss"]

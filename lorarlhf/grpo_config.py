@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lorarlhf.config import RLConfig, _is_number, _positive_int
-
-LOSS_TYPES = ("sequence", "token")
+from lorarlhf.rl_losses import LOSS_TYPES
 
 
 @dataclass

@@ -31,6 +31,8 @@ from lorarlhf.rl_loop import (
     check_skips,
     collect,
     final_metrics,
+    fit_prompts,
+    in_chunks,
     mean_stats,
     rollout_record,
     rows_of,
@@ -49,7 +51,9 @@ def train_grpo(
     functions = reward_functions(reward_fn)
     if not functions and "reward" not in hydra.roles:
         raise ValueError("GRPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")
+    hydra.disable_dropout()
     torch.manual_seed(config.seed)
+    prompts = fit_prompts(hydra.tokenizer, prompts, config)
     stream = PromptStream(prompts, config.seed)
     sampling = sampling_of(config)
     params = hydra.trainable_parameters("actor")
@@ -60,24 +64,24 @@ def train_grpo(
     while steps < config.steps:
         timer = PhaseTimer()
         samples, seeds = stream.next(config.batch_size, repeats=config.group_size)
-        rollout, scores = collect(hydra, samples, seeds, sampling, functions, config, timer)
-        if scores is None:
+        rollout, rewards = collect(hydra, samples, seeds, sampling, functions, config, timer)
+        if rewards is None:
             skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
             check_skips(skipped_in_row, config.max_skipped_steps, "the reward was NaN or infinite")
             continue
+        raw_scores, scores = rewards
         advantages = group_advantages(scores, config.group_size, scale_by_std=config.scale_rewards)  # (B*G,)
         batch = rollout.batch()
         mask = batch.response_mask  # (B*G, T)
 
-        with timer("reference"), torch.no_grad():
-            ref_logp = hydra.token_logprobs(batch, role="reference", temperature=config.temperature)
-            old_logp, old_entropy = hydra.token_logprobs(
-                batch, role="actor", temperature=config.temperature, return_entropy=True
-            )
+        with timer("reference"), torch.no_grad():  # in grad_accumulation chunks, like the updates
+            chunks, t = config.grad_accumulation, config.temperature
+            logprobs = hydra.token_logprobs
+            ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)  # (B, T)
+            old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
 
-        hydra.train()
         stats = []
-        with timer("train"):
+        with timer("train"), hydra.train_mode():
             for _ in range(config.num_iterations):
                 for minibatch in torch.randperm(len(samples)).chunk(config.num_minibatches):
                     step_stats = _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp,
@@ -94,12 +98,11 @@ def train_grpo(
                         break
                 if steps >= config.steps:
                     break
-        hydra.eval()
 
         sequence_kl = ((old_logp - ref_logp) * mask).sum(dim=1).mean().item()  # k1, per sequence
         record = {
             "step": steps,
-            **rollout_record(rollout, scores, timer),
+            **rollout_record(rollout, raw_scores, scores, timer),
             "rl/kl": sequence_kl,
             "rl/advantage_abs": advantages.abs().mean().item(),
             "rl/entropy": masked_mean(old_entropy, mask).item(),
@@ -119,7 +122,14 @@ def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
     micro_batches = minibatch.chunk(config.grad_accumulation)
+    minibatch_tokens = mask[minibatch].sum().clamp_min(1)
     for rows in micro_batches:
+        # Weight each micro-batch by its share of what the loss averages over (tokens, or sequences), so
+        # the accumulated gradient equals the one of the whole minibatch at once.
+        if config.loss_type == "token":
+            share = (mask[rows].sum() / minibatch_tokens).item()
+        else:
+            share = len(rows) / len(minibatch)
         logp = hydra.token_logprobs(rows_of(batch, rows), role="actor", temperature=config.temperature)
         loss, loss_stats = grpo_policy_loss(
             logp,
@@ -135,10 +145,10 @@ def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp
             log.warning("skipping an update: the GRPO loss is %s", loss.item())
             optimizer.zero_grad(set_to_none=True)
             return None
-        (loss / len(micro_batches)).backward()
+        (loss * share).backward()
         parts = {"rl/loss": loss.item(), **{f"rl/{k}": v for k, v in loss_stats.items()}}
         for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value / len(micro_batches)
+            totals[name] = totals.get(name, 0.0) + value * share
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     if not torch.isfinite(grad_norm):
         log.warning("skipping an update: the gradient norm is %s", grad_norm.item())

@@ -268,6 +268,28 @@ class HydraModel(nn.Module):
         self._role = role
         self._switched = True
 
+    def disable_dropout(self) -> None:
+        """Set every dropout of the base and the adapters to 0, for good.
+
+        Policy-gradient methods compare the policy's log-probs before and after an update (the PPO ratio)
+        and against the reference: with dropout on, the two passes differ by noise and the first,
+        on-policy ratio is not 1. The RL and DPO stages call this, as TRL's trainers do.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):  # attention's functional dropout
+                module.attention_dropout = 0.0
+
+    @contextmanager
+    def train_mode(self) -> Iterator[HydraModel]:
+        """Training mode (gradient checkpointing is active only then) for the block, eval mode after it."""
+        self.train()
+        try:
+            yield self
+        finally:
+            self.eval()
+
     def _trainable_adapters(self) -> None:
         """All adapter weights and heads require grad, always (see _apply_role); peft freezes inactive ones."""
         for params in self._adapter_parameters().values():

@@ -33,11 +33,12 @@ class PPOConfig(RLConfig):
     adaptive_kl: bool = False
     """Adapt kl_coef toward kl_target (Ziegler et al. 2019)."""
     kl_target: float = 6.0
-    """Target KL per sequence of the adaptive controller."""
+    """Target KL per sequence of the adaptive controller (adaptive_kl=True); not to confuse with target_kl."""
     kl_horizon: int = 10000
     """Horizon of the adaptive controller."""
     target_kl: float | None = None
-    """Stop a rollout's PPO epochs early when the approximate KL exceeds 1.5 x this (None: never)."""
+    """Early stop: end a rollout's PPO epochs when the approx-KL between the updated and the rollout policy
+    exceeds 1.5 x this (None: never). A trust region per rollout, unlike kl_target."""
     critic: str = "separate"
     """"separate": the critic has its own adapter. "shared": the actor adapter + a value head (joint Hydra)."""
 
@@ -55,6 +56,11 @@ class PPOConfig(RLConfig):
         for name in ("gamma", "lam"):
             if not _is_number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be in [0, 1]")
+        for name in ("adaptive_kl", "whiten_advantages"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+        if self.adaptive_kl and self.kl_coef <= 0:
+            raise ValueError("adaptive_kl=True needs kl_coef > 0 to start from (it is multiplied, never added to)")
         if self.kl_estimator not in ESTIMATORS:
             raise ValueError(f"kl_estimator={self.kl_estimator!r} is not supported; choose one of {ESTIMATORS}")
         if self.critic not in CRITIC_MODES:

@@ -21,6 +21,7 @@ actor and critic are updated with PPO's clipped objectives (Schulman et al. 2017
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ from lorarlhf.rl_loop import (
     check_skips,
     collect,
     final_metrics,
+    fit_prompts,
+    in_chunks,
     last_token_scores,
     mean_stats,
     rollout_record,
@@ -66,8 +69,16 @@ def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, o
         raise ValueError("PPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")
     if "critic" not in hydra.roles:
         raise ValueError("PPO needs a critic role: build the Hydra with a 'critic' adapter or critic='shared'")
+    if config.critic != hydra.critic_mode:
+        raise ValueError(
+            f"config critic={config.critic!r} but the Hydra was built with critic={hydra.critic_mode!r}; "
+            "build it with HydraModel.from_pretrained(..., critic=...) to match"
+        )
+    hydra.disable_dropout()
     torch.manual_seed(config.seed)
+    prompts = fit_prompts(hydra.tokenizer, prompts, config)
     stream = PromptStream(prompts, config.seed)
+    t = config.temperature
     sampling = sampling_of(config)
     kl_control = (
         AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -82,30 +93,30 @@ def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, o
     while steps < config.steps:
         timer = PhaseTimer()
         batch_prompts, seeds = stream.next(config.batch_size)
-        rollout, scores = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer)
-        if scores is None:
+        rollout, rewards = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer)
+        if rewards is None:
             skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
             check_skips(skipped_in_row, config.max_skipped_steps, "the reward was NaN or infinite")
             continue
+        raw_scores, scores = rewards
         batch = rollout.batch()
         mask = batch.response_mask  # (B, T): the sampled tokens
 
-        with timer("reference"), torch.no_grad():
-            ref_logp = hydra.token_logprobs(batch, role="reference", temperature=config.temperature)  # (B, T)
-            old_logp, old_entropy = hydra.token_logprobs(
-                batch, role="actor", temperature=config.temperature, return_entropy=True
-            )
-            old_values = state_values(hydra, batch)  # (B, T)
+        with timer("reference"), torch.no_grad():  # in grad_accumulation chunks, like the updates
+            chunks = config.grad_accumulation
+            logprobs = hydra.token_logprobs
+            ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)  # (B, T)
+            old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
+            old_values = in_chunks(batch, chunks, partial(state_values, hydra))  # (B, T)
 
         kl = token_kl(old_logp, ref_logp, estimator=config.kl_estimator) * mask  # (B, T)
-        rewards = -kl_control.value * kl + last_token_scores(scores, mask)  # (B, T)
-        advantages, returns = gae(rewards, old_values, mask, gamma=config.gamma, lam=config.lam)
+        token_rewards = -kl_control.value * kl + last_token_scores(scores, mask)  # (B, T)
+        advantages, returns = gae(token_rewards, old_values, mask, gamma=config.gamma, lam=config.lam)
         if config.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
-        hydra.train()
         stats, stop = [], False
-        with timer("train"):
+        with timer("train"), hydra.train_mode():
             for _ in range(config.ppo_epochs):
                 order = torch.randperm(len(batch_prompts))
                 for minibatch in order.chunk(config.num_minibatches):
@@ -125,13 +136,12 @@ def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, o
                         break
                 if stop or steps >= config.steps:
                     break
-        hydra.eval()
 
         sequence_kl = kl.sum(dim=1).mean().item()  # mean per-sequence KL to the reference
         kl_control.update(sequence_kl, len(batch_prompts))
         record = {
             "step": steps,
-            **rollout_record(rollout, scores, timer),
+            **rollout_record(rollout, raw_scores, scores, timer),
             "rl/kl": sequence_kl,
             "rl/kl_coef": kl_control.value,
             "rl/entropy": masked_mean(old_entropy, mask).item(),
@@ -152,7 +162,11 @@ def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, old_valu
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
     micro_batches = minibatch.chunk(config.grad_accumulation)
+    minibatch_tokens = mask[minibatch].sum().clamp_min(1)
     for rows in micro_batches:
+        # The losses are token means; weighting each micro-batch by its share of the minibatch's tokens
+        # makes the accumulated gradient the token mean over the whole minibatch, whatever the lengths.
+        share = (mask[rows].sum() / minibatch_tokens).item()
         sub = rows_of(batch, rows)
         if config.ent_coef > 0:  # the entropy's gradient costs one more matmul: only when it is in the loss
             logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature, return_entropy=True)
@@ -168,14 +182,14 @@ def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, old_valu
             log.warning("skipping an update: the PPO loss is %s", loss.item())
             optimizer.zero_grad(set_to_none=True)
             return None
-        (loss / len(micro_batches)).backward()
+        (loss * share).backward()
         parts = {
             "rl/policy_loss": pg_loss.item(),
             "rl/value_loss": vf_loss.item(),
             **{f"rl/{k}": v for k, v in pg_stats.items()},
         }
         for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value / len(micro_batches)
+            totals[name] = totals.get(name, 0.0) + value * share
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     if not torch.isfinite(grad_norm):
         log.warning("skipping an update: the gradient norm is %s", grad_norm.item())

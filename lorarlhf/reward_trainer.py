@@ -65,8 +65,7 @@ def train_reward_model(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run = StageRun()
 
-    hydra.train()
-    try:
+    with hydra.train_mode():
         for step in tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress):
             batch = next(batches)
             if config.objective == "listwise":
@@ -91,8 +90,6 @@ def train_reward_model(
             run.history.append(record)
             if on_step is not None:
                 on_step(record)
-    finally:
-        hydra.eval()
 
     if eval_pairs:
         run.metrics.update(evaluate_reward_model(hydra, eval_pairs, config))

@@ -16,7 +16,7 @@ import torch
 from lorarlhf.rollout import Rollout
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
-NORMALIZE = ("none", "batch")
+NORMALIZE = ("none", "batch")  # validated by RLConfig.reward_normalize
 
 
 class NonFiniteReward(ValueError):
@@ -50,8 +50,14 @@ def score_rollout(
     missing_eos_penalty: float | None = None,
     normalize: str = "none",
     clip: float | None = None,
-) -> torch.Tensor:
-    """Reward per response (B,) float32: weighted reward functions, or the reward role when there are none."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, shaped) rewards per response, (B,) float32 each.
+
+    raw: the weighted reward functions, or the reward role when there are none; what a user reads in the
+    logs. shaped: after the missing-EOS penalty, normalisation and clipping; what the losses use.
+    """
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize={normalize!r} is not supported; choose one of {NORMALIZE}")
     if functions:
         total = torch.zeros(len(rollout.responses))
         for fn, weight in functions:
@@ -61,13 +67,14 @@ def score_rollout(
         batch = rollout.batch()
         rewards = hydra.rewards(batch.input_ids, batch.attention_mask).float()
         _check_finite(rewards, "the reward model")
+    raw = rewards
     if missing_eos_penalty:
         rewards = rewards - missing_eos_penalty * (~rollout.finished).float()
     if normalize == "batch" and rewards.numel() > 1:
         rewards = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
     if clip is not None:
         rewards = rewards.clamp(-clip, clip)
-    return rewards
+    return raw, rewards
 
 
 def _call(fn: RewardFn, prompts: list[str], responses: list[str]) -> torch.Tensor:

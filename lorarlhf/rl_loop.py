@@ -66,12 +66,13 @@ class PhaseTimer:
 
 
 def collect(hydra, prompts, seeds, sampling: SamplingConfig, functions, config, timer: PhaseTimer):
-    """Sample and score one batch; None when a reward is NaN/infinite (the caller skips and counts it)."""
+    """Sample and score one batch: (rollout, (raw, shaped) rewards), the rewards None when one is NaN or
+    infinite (the caller skips and counts it)."""
     with timer("generate"):
         rollout = generate_rollout(hydra, prompts, sampling, seeds)
     with timer("score"):
         try:
-            scores = score_rollout(
+            rewards = score_rollout(
                 hydra,
                 rollout,
                 functions,
@@ -82,7 +83,7 @@ def collect(hydra, prompts, seeds, sampling: SamplingConfig, functions, config, 
         except NonFiniteReward as error:
             log.warning("skipping a rollout: %s", error)
             return rollout, None
-    return rollout, scores
+    return rollout, rewards
 
 
 def sampling_of(config) -> SamplingConfig:
@@ -99,13 +100,15 @@ def last_token_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return grid.scatter(1, last[:, None], scores[:, None])
 
 
-def rollout_record(rollout: Rollout, scores: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
-    """What every RL iteration logs about its rollout: reward, lengths, throughput, memory, time per phase."""
+def rollout_record(rollout: Rollout, raw: torch.Tensor, shaped: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
+    """What every RL iteration logs about its rollout: reward (as scored, and as shaped for the losses),
+    lengths, throughput, memory, time per phase."""
     lengths = rollout.response_lengths.float()
     seconds = sum(timer.seconds.values())
     return {
-        "rl/reward_mean": scores.mean().item(),
-        "rl/reward_std": scores.std().item() if scores.numel() > 1 else 0.0,
+        "rl/reward_mean": raw.mean().item(),
+        "rl/reward_std": raw.std().item() if raw.numel() > 1 else 0.0,
+        "rl/shaped_reward_mean": shaped.mean().item(),
         "rl/response_length": lengths.mean().item(),
         "rl/finished_fraction": rollout.finished.float().mean().item(),
         "rl/tokens_per_s": lengths.sum().item() / max(seconds, 1e-9),
@@ -150,3 +153,29 @@ def final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
         "rl/kl_last": history[-1]["rl/kl"],
         "rl/iterations": float(len(history)),
     }
+
+
+def in_chunks(batch: TokenizedBatch, chunks: int, fn, **kwargs):
+    """fn(slice, **kwargs) over `chunks` row slices of the batch, outputs concatenated: the peak
+    activations are those of one slice."""
+    parts = [fn(rows_of(batch, rows), **kwargs) for rows in torch.arange(batch.input_ids.shape[0]).chunk(chunks)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    return torch.cat(parts)
+
+
+def fit_prompts(tokenizer, prompts: list[str], config) -> list[str]:
+    """Drop (and report) prompts that leave no room for max_new_tokens within max_length; never silently."""
+    room = config.max_length - config.max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_length={config.max_length} leaves no room for max_new_tokens={config.max_new_tokens}")
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    kept = [prompt for prompt, n in zip(prompts, lengths, strict=True) if n <= room]
+    if len(kept) < len(prompts):
+        log.warning(
+            "dropped %d of %d prompts longer than max_length - max_new_tokens = %d tokens",
+            len(prompts) - len(kept), len(prompts), room,
+        )  # fmt: skip
+    if not kept:
+        raise ValueError(f"every prompt is longer than max_length - max_new_tokens = {room} tokens")
+    return kept

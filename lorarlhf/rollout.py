@@ -143,6 +143,9 @@ def _sample(logits: torch.Tensor, sampling: SamplingConfig, generators: list[tor
         outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p  # mass before this token already enough
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    probs = probs.cpu()  # the per-row generators live on the CPU
-    picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
-    return torch.cat(picks).to(logits.device)
+    # Inverse-CDF sampling with one uniform per row from that row's generator: per-prompt seeds, but only B
+    # numbers cross to the device, and the draw is one batched search instead of B multinomial calls.
+    uniforms = torch.stack([torch.rand((), generator=g) for g in generators]).to(probs.device)  # (B,)
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    picks = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    return picks.clamp(max=probs.shape[-1] - 1)  # guards the float edge where u * total rounds up to total

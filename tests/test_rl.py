@@ -91,10 +91,13 @@ def test_reward_functions_weights_and_bad_returns(tiny_model_dir):
     def twos(prompts, responses):
         return [2.0] * len(responses)
 
-    scores = score_rollout(hydra, rollout, reward_functions([(ones, 0.5), (twos, 2.0)]))
-    assert scores.tolist() == [4.5, 4.5]
-    penalised = score_rollout(hydra, rollout, reward_functions(ones), missing_eos_penalty=1.0)
+    raw, shaped = score_rollout(hydra, rollout, reward_functions([(ones, 0.5), (twos, 2.0)]))
+    assert raw.tolist() == shaped.tolist() == [4.5, 4.5]
+    raw, penalised = score_rollout(hydra, rollout, reward_functions(ones), missing_eos_penalty=1.0)
+    assert raw.tolist() == [1.0, 1.0]  # logged as scored; the penalty only shapes what the losses see
     assert penalised.tolist() == [1.0 - (not f) for f in rollout.finished.tolist()]
+    _, normalised = score_rollout(hydra, rollout, [(lambda p, r: [1.0, 3.0], 1.0)], normalize="batch", clip=0.5)
+    assert normalised.tolist() == [-0.5, 0.5]  # whitened to -0.71, 0.71, then clipped
     with pytest.raises(NonFiniteReward, match=r"reward function nan_reward returned nan for sample 0"):
         score_rollout(hydra, rollout, [(nan_reward, 1.0)])
     with pytest.raises(ValueError, match=r"returned 1 rewards for 2 responses"):
@@ -186,6 +189,52 @@ def test_seeded_runs_are_reproducible(peaked_model_dir):
         for run in runs
     ]
     assert strip[0] == strip[1]
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_gradient_accumulation_gives_the_gradient_of_the_whole_minibatch(peaked_model_dir, method):
+    """Micro-batches of unequal response lengths: the accumulated gradient equals the one-shot gradient."""
+    grads = []
+    for accumulation in (1, 4):
+        hydra = build(peaked_model_dir, quantize=None)
+        if method == "ppo":
+            config = PPOConfig(steps=1, batch_size=8, max_new_tokens=6, ppo_epochs=1, grad_accumulation=accumulation)
+            train_ppo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
+        else:
+            config = GRPOConfig(
+                steps=1, batch_size=2, group_size=4, max_new_tokens=6, loss_type="token", grad_accumulation=accumulation
+            )
+            train_grpo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
+        grads.append(torch.cat([p.grad.flatten() for p in hydra.trainable_parameters("actor") if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+
+
+def test_dropout_is_off_so_the_first_update_is_exactly_on_policy(tmp_path):
+    path = save_tiny_model(tmp_path, initializer_range=0.3, attention_dropout=0.3)
+    hydra = build(path, quantize=None, lora_dropout=0.2)
+    config = GRPOConfig(steps=1, lr=1e-12, batch_size=2, group_size=4, max_new_tokens=6)
+    run = train_grpo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
+    assert run.history[0]["rl/approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert run.history[0]["rl/clipfrac"] == 0.0
+    assert not any(m.p for m in hydra.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_prompts_too_long_for_max_length_are_dropped_and_reported(peaked_model_dir, caplog):
+    hydra = build(peaked_model_dir, quantize=None)
+    long_prompt = "x" * 100
+    config = GRPOConfig(steps=1, batch_size=1, group_size=2, max_new_tokens=4, max_length=40)
+    with caplog.at_level("WARNING", logger="lorarlhf.rl"):
+        train_grpo(hydra, [long_prompt, "short"], config, reward_fn=lowercase, progress=False)
+    assert "dropped 1 of 2 prompts longer than max_length - max_new_tokens = 36 tokens" in caplog.text
+    with pytest.raises(ValueError, match="every prompt is longer than max_length - max_new_tokens = 36 tokens"):
+        train_grpo(hydra, [long_prompt], config, reward_fn=lowercase, progress=False)
+
+
+def test_ppo_refuses_a_critic_mode_the_hydra_was_not_built_with(peaked_model_dir):
+    hydra = build(peaked_model_dir, quantize=None)
+    with pytest.raises(ValueError, match="config critic='shared' but the Hydra was built with critic='separate'"):
+        train_ppo(hydra, PROMPTS, PPOConfig(steps=1, critic="shared"), reward_fn=lowercase, progress=False)
 
 
 def test_non_finite_rewards_are_skipped_then_stop_the_run(peaked_model_dir):
