@@ -142,9 +142,11 @@ def _stats_torch(z, targets, with_entropy):
     lse = torch.logsumexp(z, dim=-1)  # (rows,)
     logp = z.gather(1, targets.clamp_min(0)[:, None]).squeeze(1) - lse
     entropy = None
-    if with_entropy:
+    if with_entropy:  # two (rows, V) buffers, worked in place
         logp_all = z - lse[:, None]  # (rows, V)
-        entropy = -torch.where(logp_all > float("-inf"), logp_all.exp() * logp_all, 0.0).sum(-1)
+        plogp = logp_all.exp().mul_(logp_all).nan_to_num_(nan=0.0)  # p log p; 0 * -inf (masked vocab) -> 0
+        entropy = -plogp.sum(-1)
+        del logp_all, plogp
     ignore = targets < 0
     return lse, logp.masked_fill(ignore, 0.0), None if entropy is None else entropy.masked_fill(ignore, 0.0)
 
