@@ -29,6 +29,7 @@ from lorarlhf.rl_loop import (
     PhaseTimer,
     PromptStream,
     check_skips,
+    clipped_step,
     collect,
     final_metrics,
     fit_prompts,
@@ -149,10 +150,5 @@ def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp
         parts = {"rl/loss": loss.item(), **{f"rl/{k}": v for k, v in loss_stats.items()}}
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + value * share
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-    if not torch.isfinite(grad_norm):
-        log.warning("skipping an update: the gradient norm is %s", grad_norm.item())
-        optimizer.zero_grad(set_to_none=True)
-        return None
-    optimizer.step()
-    return {**totals, "rl/grad_norm": grad_norm.item()}
+    grad_norm = clipped_step(optimizer, params, config.max_grad_norm)
+    return None if grad_norm is None else {**totals, "rl/grad_norm": grad_norm}
