@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from peers import LLAMA_112M, make_model_dir, peak_bytes, reset_peak, run_side, write_results
+from peers import LLAMA_112M, make_model_dir, peak_bytes, reset_peak, run_side, trl_step_timer, write_results
 
 BETA = 0.04
 
@@ -63,24 +63,12 @@ def run_ours(model_dir, args, device, quantize=None):
 def run_trl(model_dir, args, device):
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     times = []
-
-    class StepTimer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            reset_peak(device)
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.start)
 
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
@@ -97,7 +85,7 @@ def run_trl(model_dir, args, device):
             train_dataset=Dataset.from_list([{"prompt": p} for p in make_prompts(64)]),
             processing_class=tokenizer,
             peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
-            callbacks=[StepTimer()],
+            callbacks=[trl_step_timer(device, times)],
         )
         trainer.train()
     return times[args.warmup :]

@@ -8,6 +8,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -85,3 +86,22 @@ def write_results(name: str, device: str, rows: list[dict], **extra) -> Path:
     }
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def trl_step_timer(device: str, times: list[float]):
+    """A transformers Trainer callback that starts the peak-memory count at training and times each step."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            reset_peak(device)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.start)
+
+    return StepTimer()

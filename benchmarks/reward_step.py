@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from peers import make_model_dir, peak_bytes, reset_peak, run_side, write_results
+from peers import make_model_dir, peak_bytes, reset_peak, run_side, trl_step_timer, write_results
 
 SHAPE = dict(
     vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
@@ -78,25 +78,13 @@ def run_ours(model_dir, records, batch_size, steps, warmup, device):
 def run_trl(model_dir, records, batch_size, steps, warmup, device):
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     times = []
-
-    class StepTimer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            reset_peak(device)
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.start)
 
     with tempfile.TemporaryDirectory() as out:
         args = RewardConfig(
@@ -110,7 +98,7 @@ def run_trl(model_dir, records, batch_size, steps, warmup, device):
             train_dataset=Dataset.from_list(records),
             processing_class=tokenizer,
             peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="SEQ_CLS"),
-            callbacks=[StepTimer()],
+            callbacks=[trl_step_timer(device, times)],
         )
         trainer.train()
     return times[warmup:]
