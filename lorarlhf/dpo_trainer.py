@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from lorarlhf.data import PreferencePair
 from lorarlhf.dpo_config import DPOConfig
 from lorarlhf.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
-from lorarlhf.training import StageRun, shuffled_batches
+from lorarlhf.training import StageRun, clipped_step, shuffled_batches
 
 
 def pair_logprobs(hydra, pairs: list[PreferencePair], role: str, max_length: int | None = None):
@@ -75,8 +75,7 @@ def train_dpo(
             loss, margin = _loss(hydra, pairs, [i for i, _ in rows], chosen, rejected, ref_table, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            grad_norm = clipped_step(optimizer, params, config.max_grad_norm)  # None: not finite, not applied
             record = {
                 "step": step,
                 "dpo/loss": loss.item(),
@@ -84,7 +83,7 @@ def train_dpo(
                 "dpo/margin": margin.mean().item(),
                 "dpo/chosen_logp": chosen.mean().item(),
                 "dpo/rejected_logp": rejected.mean().item(),
-                "dpo/grad_norm": grad_norm.item(),
+                "dpo/grad_norm": float("nan") if grad_norm is None else grad_norm,
             }
             run.history.append(record)
             if on_step is not None:

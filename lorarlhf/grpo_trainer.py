@@ -29,7 +29,6 @@ from lorarlhf.rl_loop import (
     PhaseTimer,
     PromptStream,
     check_skips,
-    clipped_step,
     collect,
     final_metrics,
     fit_prompts,
@@ -40,7 +39,7 @@ from lorarlhf.rl_loop import (
     sampling_of,
 )
 from lorarlhf.rl_losses import group_advantages, grpo_policy_loss, masked_mean
-from lorarlhf.training import StageRun
+from lorarlhf.training import StageRun, clipped_step
 
 log = logging.getLogger("lorarlhf.grpo")
 

@@ -34,7 +34,6 @@ from lorarlhf.rl_loop import (
     PhaseTimer,
     PromptStream,
     check_skips,
-    clipped_step,
     collect,
     final_metrics,
     fit_prompts,
@@ -58,7 +57,7 @@ from lorarlhf.rl_losses import (
     masked_whiten,
 )
 from lorarlhf.tokenization import TokenizedBatch
-from lorarlhf.training import StageRun
+from lorarlhf.training import StageRun, clipped_step
 
 log = logging.getLogger("lorarlhf.ppo")
 

@@ -33,7 +33,7 @@ from lorarlhf.losses import (
     reward_centering_loss,
 )
 from lorarlhf.reward_config import RewardConfig
-from lorarlhf.training import StageRun, shuffled_batches
+from lorarlhf.training import StageRun, clipped_step, shuffled_batches
 
 log = logging.getLogger("lorarlhf.reward")
 
@@ -77,15 +77,14 @@ def train_reward_model(
                 loss = _pairwise_loss(chosen, rejected, batch, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            grad_norm = clipped_step(optimizer, params, config.max_grad_norm)  # None: not finite, not applied
 
             record = {
                 "step": step,
                 "rm/loss": loss.item(),
                 "rm/accuracy": (chosen > rejected).float().mean().item(),
                 "rm/margin": (chosen - rejected).mean().item(),
-                "rm/grad_norm": grad_norm.item(),
+                "rm/grad_norm": float("nan") if grad_norm is None else grad_norm,
             }
             run.history.append(record)
             if on_step is not None:

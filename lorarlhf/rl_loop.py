@@ -179,14 +179,3 @@ def fit_prompts(tokenizer, prompts: list[str], config) -> list[str]:
     if not kept:
         raise ValueError(f"every prompt is longer than max_length - max_new_tokens = {room} tokens")
     return kept
-
-
-def clipped_step(optimizer, params, max_grad_norm: float) -> float | None:
-    """Clip the gradient's global norm and step; None, and no step, when the gradient is not finite."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if not torch.isfinite(grad_norm):
-        log.warning("skipping an update: the gradient norm is %s", grad_norm.item())
-        optimizer.zero_grad(set_to_none=True)
-        return None
-    optimizer.step()
-    return grad_norm.item()

@@ -1,10 +1,15 @@
-"""What every training stage shares: its returned record, and the stream of shuffled batches it draws from."""
+"""What every training stage shares: its returned record, the stream of shuffled batches, the optimizer step."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger("lorarlhf.training")
 
 
 @dataclass
@@ -22,3 +27,14 @@ def shuffled_batches(units: list, batch_size: int, rng: random.Random) -> Iterat
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
             yield [units[i] for i in order[start : start + batch_size]]
+
+
+def clipped_step(optimizer, params, max_grad_norm: float) -> float | None:
+    """Clip the gradient's global norm and step; None, and no step, when the gradient is not finite."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if not torch.isfinite(grad_norm):
+        log.warning("skipping an update: the gradient norm is %s", grad_norm.item())
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    return grad_norm.item()
