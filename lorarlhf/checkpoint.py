@@ -14,6 +14,7 @@ The manifest is written last, so a directory holds a complete run exactly when i
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -154,7 +155,9 @@ def save_hydra(hydra, output_dir: Path) -> Path:
             adapter_dir.mkdir(parents=True)
             state = get_peft_model_state_dict(hydra.peft, adapter_name=role)
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, adapter_dir / ADAPTER_WEIGHTS)
-            hydra.peft.peft_config[role].save_pretrained(adapter_dir)
+            adapter_config = copy.copy(hydra.peft.peft_config[role])
+            adapter_config.base_model_name_or_path = hydra.source  # what PeftModel.from_pretrained users need
+            adapter_config.save_pretrained(adapter_dir)
         save_file({k: v.detach().contiguous().cpu() for k, v in hydra.heads.state_dict().items()}, new / HEADS)
         hydra.tokenizer.save_pretrained(new / TOKENIZER)
         (new / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -40,6 +40,11 @@ class CommonConfig:
     """Gradient clipping threshold (global L2 norm)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    samples: int = 4
+    """Prompts whose completions are sampled before and after training into samples.jsonl (0: none)."""
+    merge: bool = False
+    """Also save the actor merged into a full-precision copy of the base, as an ordinary transformers
+    checkpoint in output_dir/merged (loads the base again, unquantized, on the CPU)."""
 
     def __post_init__(self):
         _positive_int(self, "steps")
@@ -61,6 +66,10 @@ class CommonConfig:
             raise ValueError(f"gradient_checkpointing={self.gradient_checkpointing!r} must be True or False")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
+            raise ValueError(f"samples={self.samples!r} must be an integer >= 0")
+        if not isinstance(self.merge, bool):
+            raise ValueError(f"merge={self.merge!r} must be True or False")
 
     @classmethod
     def from_overrides(cls, method: str, overrides: dict):
@@ -96,12 +105,39 @@ def _positive_number(config, name: str) -> None:
         raise ValueError(f"{name}={value!r} must be a positive number")
 
 
+@dataclass
+class SFTStageOptions:
+    """The optional SFT stage before DPO, PPO or GRPO: the actor starts from it, the reference is it."""
+
+    sft: bool = False
+    """Fine-tune an sft adapter on demonstrations first (the data's completions, or the preferred answers of
+    preference pairs); the actor then starts from it and the frozen reference is base + sft adapter."""
+    sft_steps: int = 100
+    """Optimizer steps of that SFT stage."""
+    sft_lr: float = 2e-4
+    """Learning rate of that SFT stage."""
+
+    def _check_sft_stage(self) -> None:
+        if not isinstance(self.sft, bool):
+            raise ValueError(f"sft={self.sft!r} must be True or False")
+        _positive_int(self, "sft_steps")
+        _positive_number(self, "sft_lr")
+
+    def sft_stage_config(self):
+        """The SFTConfig of the pre-stage: this run's shared settings with the stage's own steps and lr."""
+        from lorarlhf.sft_config import SFTConfig
+
+        shared = ("batch_size", "seed", "quantize", "lora_r", "lora_alpha", "max_length", "eval_fraction")
+        shared += ("gradient_checkpointing", "max_grad_norm", "weight_decay")
+        return SFTConfig(steps=self.sft_steps, lr=self.sft_lr, **{name: getattr(self, name) for name in shared})
+
+
 ESTIMATORS = ("k1", "k3")
 REWARD_NORMALIZE = ("none", "batch")
 
 
 @dataclass
-class RLConfig(CommonConfig):
+class RLConfig(CommonConfig, SFTStageOptions):
     """Options shared by the RL methods (PPO, GRPO): sampling, rewards, KL, and the reward-model stage."""
 
     batch_size: int = 8
@@ -135,6 +171,7 @@ class RLConfig(CommonConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_sft_stage()
         for name in ("max_new_tokens", "grad_accumulation", "max_skipped_steps", "rm_steps"):
             _positive_int(self, name)
         _positive_number(self, "rm_lr")

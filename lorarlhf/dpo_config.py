@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lorarlhf.config import CommonConfig, _is_number
+from lorarlhf.config import CommonConfig, SFTStageOptions, _is_number
 
 LOSSES = ("sigmoid", "ipo", "cpl")
 
 
 @dataclass
-class DPOConfig(CommonConfig):
+class DPOConfig(CommonConfig, SFTStageOptions):
     lr: float = 5e-5
     """AdamW learning rate of the actor adapter."""
     loss: str = "sigmoid"
@@ -28,6 +28,7 @@ class DPOConfig(CommonConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_sft_stage()
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r} is not supported; choose one of {LOSSES}")
         for name in ("beta", "cpl_alpha"):

@@ -198,6 +198,26 @@ class HydraModel(nn.Module):
         self._switched = False
         self._apply_role(self._role)  # peft marks new adapters trainable; restore the role's own state
 
+    @torch.no_grad()
+    def copy_adapter(self, source: str, target: str) -> None:
+        """Set adapter `target`'s LoRA weights to a copy of `source`'s (the actor starting from sft)."""
+        for role in (source, target):
+            if role not in self.adapters:
+                raise ValueError(f"role {role!r} has no adapter on this model; its adapters are {self.adapters}")
+        weights = {}
+        for name, param in self.peft.named_parameters():
+            parts = name.split(".")
+            if source in parts:
+                weights[tuple(target if part == source else part for part in parts)] = param
+        copied = 0
+        for name, param in self.peft.named_parameters():
+            parts = tuple(name.split("."))
+            if target in parts and parts in weights:
+                param.copy_(weights[parts])
+                copied += 1
+        if copied != len(self._adapter_parameters()[target]):
+            raise RuntimeError(f"adapters {source!r} and {target!r} do not have the same layers")
+
     # ----------------------------------------------------------------- roles
 
     @property

@@ -1,38 +1,53 @@
 """`lorarlhf.align(model, data, method=...)`: the one call a user makes.
 
-It builds (or takes) the Hydra, loads the data, runs the method's stages, and writes the run to
-`output_dir`: the config, per-step metrics (metrics.jsonl, each record tagged with its stage), final
-metrics (metrics.json) and the Hydra (adapters + heads + manifest). Methods run today: "rm" (reward
-model), "ppo" and "grpo" (with a reward_fn, or after a reward-model stage on preference pairs), and "dpo"
-(with its variants). "sft" is named here so a request for it gets a clear answer.
+It builds (or takes) the Hydra, reads the data, runs the method's stages in order, and writes the run:
+
+    sft     SFT on demonstrations                          (also first, for dpo/ppo/grpo with sft=True)
+    rm      reward model on preference pairs               (also first, for ppo/grpo without a reward_fn)
+    dpo     DPO or a variant on preference pairs
+    ppo     PPO on the data's prompts, rewarded by the reward role or by reward_fn
+    grpo    GRPO likewise
+
+output_dir holds config.json, metrics.jsonl (one record per step, tagged with its stage), metrics.json
+(final metrics), the Hydra (hydra.json, heads, adapters/<role>/ as PEFT adapter directories, tokenizer),
+samples.jsonl (completions of a few prompts before and after training), training_curves.png, and with
+merge=True the actor merged into the base as a transformers checkpoint in merged/.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from lorarlhf.checkpoint import MANIFEST
+from lorarlhf.checkpoint import ADAPTERS, MANIFEST
 from lorarlhf.data import PreferencePair, load_preferences, load_prompts, split_eval
+from lorarlhf.demonstrations import Demonstration, load_demonstrations, winners
 from lorarlhf.dpo_config import DPOConfig
 from lorarlhf.dpo_trainer import train_dpo
+from lorarlhf.export import export_merged
 from lorarlhf.grpo_config import GRPOConfig
 from lorarlhf.grpo_trainer import train_grpo
 from lorarlhf.hydra import HydraModel
 from lorarlhf.memory import peak_memory_gb
+from lorarlhf.plots import plot_training_curves, read_metrics
 from lorarlhf.ppo_config import PPOConfig
 from lorarlhf.ppo_trainer import train_ppo
 from lorarlhf.reward_config import RewardConfig
 from lorarlhf.reward_trainer import train_reward_model
+from lorarlhf.sft_config import SFTConfig
+from lorarlhf.sft_trainer import train_sft
 
-METHODS = ("ppo", "grpo", "dpo", "rm", "sft")
-AVAILABLE = {"rm": RewardConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "dpo": DPOConfig}
+CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "dpo": DPOConfig, "rm": RewardConfig, "sft": SFTConfig}
+METHODS = tuple(CONFIGS)
 RL_TRAINERS = {"ppo": train_ppo, "grpo": train_grpo}
+SAMPLES = "samples.jsonl"
+CURVES = "training_curves.png"
+MERGED = "merged"
 
 
 @dataclass
@@ -40,31 +55,41 @@ class AlignResult:
     output_dir: Path
     """Where the run was written."""
     metrics: dict[str, float]
-    """Final metrics, e.g. rm/eval_accuracy, peak_memory_gb."""
+    """Final metrics, e.g. rm/eval_accuracy, rl/reward_last, peak_memory_gb."""
     model: HydraModel
     """The trained Hydra, ready to score or generate."""
+    samples: list[dict] = field(default_factory=list)
+    """{"prompt", "before", "after"}: completions sampled with the same seed before and after training."""
+
+    @property
+    def actor_dir(self) -> Path:
+        """The actor as a PEFT adapter directory: peft.PeftModel.from_pretrained(base, result.actor_dir)."""
+        return self.output_dir / ADAPTERS / "actor"
 
 
 def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, **overrides) -> AlignResult:
     """Align `model` with the preferences in `data` by `method`; any config field can be overridden by name.
 
-    model: hub id, local path, or a HydraModel. data: a path (.jsonl/.json/.csv/.parquet), a hub dataset id,
-    a list of dicts, of PreferencePairs or of prompt strings, or a datasets.Dataset.
+    model: hub id, local path, "demo" (the bundled tiny review model), or a HydraModel.
+    data: a path (.jsonl/.json/.csv/.parquet), a hub dataset id, a datasets.Dataset, or a list of dicts, of
+    PreferencePairs or of prompt strings. Preference pairs for rm/dpo (and ppo/grpo without reward_fn),
+    demonstrations (prompt + completion, or messages) or pairs for sft, prompts for ppo/grpo with reward_fn.
     reward_fn: for "ppo"/"grpo", fn(prompts, responses) -> list[float] (or a list of them, or of
     (fn, weight) pairs). Without it the RL methods first train the reward role on the data's pairs.
     """
-    if method not in METHODS:
+    if method not in CONFIGS:
         raise ValueError(f"method={method!r} is not a method; choose one of {METHODS}")
-    if method not in AVAILABLE:
-        raise NotImplementedError(
-            f"method={method!r} is not available in this version of lorarlhf; available: {tuple(AVAILABLE)}"
-        )
-    config = AVAILABLE[method].from_overrides(method, overrides)
-    if reward_fn is not None and method in ("rm", "dpo"):
-        raise ValueError(f"reward_fn is for the RL methods (ppo, grpo); method={method!r} learns from preference pairs")
+    config = CONFIGS[method].from_overrides(method, overrides)
+    if reward_fn is not None and method not in RL_TRAINERS:
+        raise ValueError(f"reward_fn is for the RL methods (ppo, grpo); method={method!r} does not sample responses")
+    if config.merge and method == "rm":
+        raise ValueError("merge=True merges the actor, which method='rm' does not train; it trains the reward role")
     out = _prepare_output_dir(output_dir, method)
-    hydra = _hydra_for(model, config)
+    hydra = _hydra_for(model, config, method, reward_fn)
     (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
+    inputs = _Inputs(data, hydra, config, method)
+    sample_prompts = [] if method == "rm" else inputs.sample_prompts(reward_fn)
+    before = _sample(hydra, sample_prompts, config)
 
     metrics: dict[str, float] = {}
     with open(out / "metrics.jsonl", "w") as metrics_log:
@@ -76,25 +101,106 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
 
             return write
 
+        if method == "sft" or getattr(config, "sft", False):
+            sft_config = config if method == "sft" else config.sft_stage_config()
+            train_demos, eval_demos = inputs.demonstrations()
+            metrics.update(
+                train_sft(hydra, train_demos, sft_config, eval_demos=eval_demos, on_step=writer("sft")).metrics
+            )
         if method == "dpo":
-            pairs = _pairs_from(data, hydra, config, method)
-            train_pairs, eval_pairs = split_eval(pairs, config.eval_fraction, seed=config.seed)
-            run = train_dpo(hydra, train_pairs, config, eval_pairs=eval_pairs, on_step=writer("dpo"))
-            metrics.update(run.metrics)
-        elif method == "rm" or reward_fn is None:  # the RL methods learn their reward first when none is given
-            pairs = _pairs_from(data, hydra, config, method)
-            train_pairs, eval_pairs = split_eval(pairs, config.eval_fraction, seed=config.seed)
+            train_pairs, eval_pairs = inputs.pairs()
+            metrics.update(train_dpo(hydra, train_pairs, config, eval_pairs=eval_pairs, on_step=writer("dpo")).metrics)
+        if method == "rm" or (method in RL_TRAINERS and reward_fn is None):
             rm_config = config if method == "rm" else _reward_stage_config(config)
+            train_pairs, eval_pairs = inputs.pairs()
             rm_run = train_reward_model(hydra, train_pairs, rm_config, eval_pairs=eval_pairs, on_step=writer("rm"))
             metrics.update(rm_run.metrics)
         if method in RL_TRAINERS:
-            prompts = _prompts_from(data, hydra)
-            rl_run = RL_TRAINERS[method](hydra, prompts, config, reward_fn=reward_fn, on_step=writer(method))
+            rl_run = RL_TRAINERS[method](hydra, inputs.prompts(), config, reward_fn=reward_fn, on_step=writer(method))
             metrics.update(rl_run.metrics)
+
+    samples = [
+        {"prompt": p, "before": b, "after": a}
+        for p, b, a in zip(sample_prompts, before, _sample(hydra, sample_prompts, config), strict=True)
+    ]
+    if samples:
+        (out / SAMPLES).write_text("".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
     metrics["peak_memory_gb"] = peak_memory_gb(hydra.device)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     hydra.save(out)
-    return AlignResult(output_dir=out, metrics=metrics, model=hydra)
+    plot_training_curves(read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {hydra.source}")
+    if config.merge:
+        export_merged(out, out / MERGED)
+    return AlignResult(output_dir=out, metrics=metrics, model=hydra, samples=samples)
+
+
+class _Inputs:
+    """The data in the forms the stages need, each read once: pairs and demonstrations split for
+    evaluation by prompt, RL prompts, and the prompts shown before and after training."""
+
+    def __init__(self, data, hydra: HydraModel, config, method: str):
+        self.data, self.hydra, self.config, self.method = data, hydra, config, method
+        self._pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None
+        self._demos: tuple[list[Demonstration], list[Demonstration]] | None = None
+
+    def pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        if self._pairs is None:
+            pairs = _pairs_from(self.data, self.hydra, self.config, self.method)
+            self._pairs = split_eval(pairs, self.config.eval_fraction, seed=self.config.seed)
+        return self._pairs
+
+    def demonstrations(self) -> tuple[list[Demonstration], list[Demonstration]]:
+        if self._demos is None:
+            if _is_prompt_list(self.data):
+                raise ValueError(
+                    "SFT got prompts only: it needs demonstrations (prompt + completion) or preference pairs"
+                )
+            if _is_pair_list(self.data):
+                demos = winners(self.data)
+            else:
+                demos = load_demonstrations(
+                    self.data, tokenizer=self.hydra.tokenizer, max_length=self.config.max_length
+                )
+            self._demos = split_eval(demos, self.config.eval_fraction, seed=self.config.seed)
+        return self._demos
+
+    def prompts(self) -> list[str]:
+        """RL prompts: given directly, taken from PreferencePairs, or read from any data source."""
+        if _is_prompt_list(self.data):
+            return list(self.data)
+        if _is_pair_list(self.data):
+            return list(dict.fromkeys(pair.prompt for pair in self.data))
+        return load_prompts(self.data, tokenizer=self.hydra.tokenizer)
+
+    def sample_prompts(self, reward_fn) -> list[str]:
+        """The first `samples` distinct prompts, held-out ones first where the method holds some out."""
+        if self.config.samples == 0:
+            return []
+        if self.method == "sft":
+            train, held_out = self.demonstrations()
+        elif self.method == "dpo" or reward_fn is None:
+            train, held_out = self.pairs()
+        else:
+            return self.prompts()[: self.config.samples]
+        return list(dict.fromkeys(item.prompt for item in held_out + train))[: self.config.samples]
+
+
+@torch.no_grad()
+def _sample(hydra: HydraModel, prompts: list[str], config) -> list[str]:
+    """The actor's completions, sampled with the run's seed on a side stream of random numbers, so taking
+    samples never changes the training run, and before and after draw the same random numbers."""
+    if not prompts:
+        return []
+    devices = [hydra.device] if hydra.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        return hydra.generate(
+            prompts,
+            max_new_tokens=getattr(config, "max_new_tokens", 64),
+            role="actor",
+            do_sample=True,
+            temperature=getattr(config, "temperature", 1.0),
+        )
 
 
 def _reward_stage_config(config) -> RewardConfig:
@@ -105,27 +211,38 @@ def _reward_stage_config(config) -> RewardConfig:
     )
 
 
-def _prompts_from(data, hydra: HydraModel) -> list[str]:
-    """RL prompts: given directly, taken from PreferencePairs, or read from any data source."""
-    if _is_prompt_list(data):
-        return list(data)
-    if isinstance(data, list) and data and all(isinstance(item, PreferencePair) for item in data):
-        return list(dict.fromkeys(pair.prompt for pair in data))
-    return load_prompts(data, tokenizer=hydra.tokenizer)
-
-
 def _is_prompt_list(data) -> bool:
     return isinstance(data, list | tuple) and bool(data) and all(isinstance(item, str) for item in data)
 
 
-def _hydra_for(model, config) -> HydraModel:
+def _is_pair_list(data) -> bool:
+    return isinstance(data, list | tuple) and bool(data) and all(isinstance(item, PreferencePair) for item in data)
+
+
+def _roles_for(method: str, config, reward_fn) -> tuple[str, ...]:
+    """The adapters a run trains or reads, and no others (each costs its weights and optimizer state)."""
+    roles = {"sft": ("sft", "actor"), "rm": ("reward",), "dpo": ("actor",), "ppo": ("actor", "critic")}
+    roles = roles.get(method, ("actor",))
+    if method in RL_TRAINERS and reward_fn is None:
+        roles += ("reward",)
+    if getattr(config, "sft", False):
+        roles = ("sft", *roles)
+    return roles
+
+
+def _hydra_for(model, config, method: str, reward_fn) -> HydraModel:
     if isinstance(model, HydraModel):
         return model
     if not isinstance(model, str | os.PathLike):
-        raise TypeError(f"model must be a hub id, a local path or a HydraModel, not {type(model).__name__}")
+        raise TypeError(f'model must be a hub id, a local path, "demo" or a HydraModel, not {type(model).__name__}')
+    if model == "demo":
+        from lorarlhf.demo.world import DEMO_MODEL_DIR
+
+        model = str(DEMO_MODEL_DIR)
     torch.manual_seed(config.seed)  # adapter and head initialisation
     return HydraModel.from_pretrained(
         model,
+        roles=_roles_for(method, config, reward_fn),
         quantize=config.quantize,
         lora_r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -135,8 +252,8 @@ def _hydra_for(model, config) -> HydraModel:
 
 
 def _pairs_from(data, hydra: HydraModel, config, method: str) -> list[PreferencePair]:
-    if isinstance(data, list) and data and all(isinstance(item, PreferencePair) for item in data):
-        return data
+    if _is_pair_list(data):
+        return list(data)
     if _is_prompt_list(data):
         raise ValueError(f"method={method!r} got prompts only: pass reward_fn, or preference pairs to learn a reward")
     options = {}

@@ -1,0 +1,90 @@
+"""Supervised fine-tuning on the Hydra: the sft adapter learns to write the demonstrations' completions.
+
+The loss is the mean negative log-likelihood of the completion tokens (and the EOS that ends them) given
+the prompt; prompt tokens are context, not targets. Log-probs come from the fused kernels, so the logits
+are never built. When the stage ends, the actor adapter is set to a copy of the sft adapter, so RL or DPO
+starts from the fine-tuned policy, while the sft adapter itself stays frozen as the reference: the
+policy's KL is measured to the model it started from, not to the bare base.
+
+    for step in 1..steps:
+        batch <- next shuffled demonstrations
+        loss  <- -mean log p(completion tokens | prompt), as the sft role
+        update <- AdamW on the sft adapter, gradient norm clipped
+    evaluate on held-out prompts: mean token NLL (sft/eval_loss)
+    actor <- copy of sft
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from lorarlhf.demonstrations import Demonstration
+from lorarlhf.sft_config import SFTConfig
+from lorarlhf.training import StageRun, clipped_step, shuffled_batches
+
+
+def train_sft(
+    hydra,
+    train_demos: list[Demonstration],
+    config: SFTConfig,
+    *,
+    eval_demos: list[Demonstration] | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> StageRun:
+    """Train the sft adapter (added when missing) on `train_demos`; the actor then starts from it."""
+    if not train_demos:
+        raise ValueError("no training demonstrations: SFT needs at least one (prompt, completion)")
+    if "sft" not in hydra.adapters:
+        hydra.add_role("sft")
+    torch.manual_seed(config.seed)
+    batches = shuffled_batches(list(train_demos), config.batch_size, random.Random(config.seed))
+    params = hydra.trainable_parameters("sft")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    run = StageRun()
+
+    with hydra.train_mode():
+        for step in tqdm(range(1, config.steps + 1), desc="sft", disable=not progress):
+            demos = next(batches)
+            loss, tokens = completion_nll(hydra, demos, config.max_length)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = clipped_step(optimizer, params, config.max_grad_norm)  # None: not finite, not applied
+            record = {
+                "step": step,
+                "sft/loss": loss.item(),
+                "sft/tokens": float(tokens),
+                "sft/grad_norm": float("nan") if grad_norm is None else grad_norm,
+            }
+            run.history.append(record)
+            if on_step is not None:
+                on_step(record)
+    if eval_demos:
+        run.metrics["sft/eval_loss"] = evaluate_sft(hydra, eval_demos, config)
+    run.metrics["sft/train_loss_last"] = run.history[-1]["sft/loss"]
+    if "actor" in hydra.adapters:
+        hydra.copy_adapter("sft", "actor")
+    return run
+
+
+def completion_nll(hydra, demos: list[Demonstration], max_length: int | None = None):
+    """Mean negative log-likelihood per completion token under the sft role, and the token count."""
+    batch = hydra.encode([d.prompt for d in demos], [d.completion for d in demos], max_length=max_length)
+    logp = hydra.token_logprobs(batch, role="sft")  # (B, T), 0 off the completion
+    tokens = batch.response_mask.sum()
+    return -logp.sum() / tokens, int(tokens)
+
+
+@torch.no_grad()
+def evaluate_sft(hydra, demos: list[Demonstration], config: SFTConfig) -> float:
+    """Token-weighted mean NLL of the held-out completions."""
+    total, tokens = 0.0, 0
+    for start in range(0, len(demos), config.batch_size):
+        loss, count = completion_nll(hydra, demos[start : start + config.batch_size], config.max_length)
+        total += loss.item() * count
+        tokens += count
+    return total / tokens
