@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import textwrap
 from pathlib import Path
 
 
@@ -61,6 +63,78 @@ def _score(args) -> int:
     return 0
 
 
+def _align(args) -> int:
+    from lorarlhf.pipeline import CONFIGS, align
+
+    if args.method not in CONFIGS:
+        raise ValueError(f"--method {args.method!r} is not a method; choose one of {tuple(CONFIGS)}")
+    overrides = _overrides(CONFIGS[args.method], args.method, args.set or [])
+    reward_fn = _import_reward_fn(args.reward_fn) if args.reward_fn else None
+    result = align(
+        args.model, args.data, method=args.method, output_dir=args.output_dir, reward_fn=reward_fn, **overrides
+    )
+    print(f"\nwrote {result.output_dir}")
+    for name, value in result.metrics.items():
+        print(f"  {name:<28} {value:.4g}")
+    return 0
+
+
+def _overrides(config_cls, method: str, assignments: list[str]) -> dict:
+    """--set key=value pairs as typed config values; a malformed pair or an unknown key is a clear error."""
+    from lorarlhf.config import parse_option
+
+    overrides = {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--set {assignment!r} must look like key=value, e.g. --set steps=100")
+        overrides[name.strip()] = parse_option(config_cls, method, name.strip(), text.strip())
+    return overrides
+
+
+def _import_reward_fn(spec: str):
+    """A reward function named as file.py:name or package.module:name."""
+    import importlib
+    import importlib.util
+
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise ValueError(f"--reward-fn {spec!r} must be file.py:function or module:function")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"--reward-fn: file {target} not found")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as error:
+            raise ValueError(f"--reward-fn: cannot import module {target!r} ({error})") from error
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"--reward-fn: {target} has no function {name!r}")
+    return fn
+
+
+def _options(args) -> int:
+    """Every option of a method, its default and what it does: the same dataclass align() validates with."""
+    from dataclasses import MISSING, fields
+
+    from lorarlhf.config import option_docs
+    from lorarlhf.pipeline import CONFIGS
+
+    config_cls = CONFIGS[args.method]
+    docs = option_docs(config_cls)
+    print(f"options of --method {args.method} (lorarlhf align ... --set name=value):\n")
+    for item in sorted(fields(config_cls), key=lambda f: f.name):
+        default = item.default if item.default is not MISSING else None
+        print(f"  {item.name} = {default!r}")
+        print(textwrap.fill(docs.get(item.name, ""), width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lorarlhf import __version__
 
@@ -83,11 +157,42 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--quantize", default="nf4", choices=["nf4", "none"], help="base quantization (default nf4)")
     score.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     score.set_defaults(run=_score)
+
+    align = commands.add_parser(
+        "align",
+        help="align a model with preference data (sft, rm, dpo, ppo, grpo)",
+        description="Run lorarlhf.align(MODEL, DATA, method=...) and write the run to --output-dir.",
+        epilog="Every option of a method: lorarlhf options METHOD. Example: lorarlhf align demo prefs.jsonl "
+        "--method dpo --output-dir runs/dpo --set steps=200 --set beta=0.1",
+    )
+    align.add_argument("model", help='hub id, local model directory, or "demo" (the bundled tiny model)')
+    align.add_argument("data", help="a .jsonl/.json/.csv/.parquet file, a dataset directory, or a hub dataset id")
+    align.add_argument("--method", default="ppo", help="sft, rm, dpo, ppo or grpo (default ppo)")
+    align.add_argument(
+        "--output-dir", default=None, help="a new directory, or a previous run's (default lorarlhf-runs/)"
+    )
+    align.add_argument(
+        "--set", action="append", metavar="NAME=VALUE", help="set a config option, e.g. --set lr=1e-5 (repeatable)"
+    )
+    align.add_argument(
+        "--reward-fn",
+        default=None,
+        metavar="FILE.py:NAME",
+        help="a reward function for ppo/grpo instead of a reward model",
+    )
+    align.set_defaults(run=_align)
+
+    options = commands.add_parser("options", help="list a method's options, defaults and what they do")
+    options.add_argument("method", choices=["sft", "rm", "dpo", "ppo", "grpo"])
+    options.set_defaults(run=_options)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # bitsandbytes warns on every CPU run with AVX512-BF16 that an optional hub kernel is not installed;
+    # its pure-PyTorch path is what runs, and the line reads like an error to a user of this command.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as error:

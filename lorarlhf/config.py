@@ -7,8 +7,11 @@ allowed values, and `from_overrides` turns `align()` keyword arguments into a co
 
 from __future__ import annotations
 
+import ast
 import difflib
+import inspect
 import math
+import textwrap
 from dataclasses import asdict, dataclass, fields
 
 from lorarlhf.loading import QUANTIZE_CHOICES
@@ -191,3 +194,53 @@ class RLConfig(CommonConfig, SFTStageOptions):
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or value < 0):
                 raise ValueError(f"{name}={value!r} must be None or a number >= 0")
+
+
+# --------------------------------------------------------------------------- options as text (the CLI's --set)
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def option_docs(cls) -> dict[str, str]:
+    """Each field's help text: the docstring written under it in its dataclass (the nearest class wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, following in zip(body, body[1:], strict=False):
+            named = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            if named and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def parse_option(cls, method: str, name: str, text: str):
+    """`text` as the value of option `name` of `method`'s config class `cls`, by the field's type."""
+    types = {f.name: f.type for f in fields(cls)}
+    if name not in types:
+        cls.from_overrides(method, {name: None})  # raises the TypeError that names it and its close matches
+    kinds = [kind.strip() for kind in str(types[name]).split("|")]
+    if "None" in kinds and text.strip().lower() in ("none", "null"):
+        return None
+    for kind in kinds:
+        if kind == "bool":
+            if text.lower() in _TRUE + _FALSE:
+                return text.lower() in _TRUE
+        elif kind == "int":
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        elif kind == "float":
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        elif kind == "str":
+            return text
+    words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "None": "none"}
+    allowed = " or ".join(words.get(kind, kind) for kind in kinds)
+    raise ValueError(f"{name}={text!r} is not valid: {name} takes {allowed}")

@@ -33,6 +33,7 @@ from lorarlhf.export import export_merged
 from lorarlhf.grpo_config import GRPOConfig
 from lorarlhf.grpo_trainer import train_grpo
 from lorarlhf.hydra import HydraModel
+from lorarlhf.loading import check_source, load_tokenizer
 from lorarlhf.memory import peak_memory_gb
 from lorarlhf.plots import plot_training_curves, read_metrics
 from lorarlhf.ppo_config import PPOConfig
@@ -84,11 +85,13 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         raise ValueError(f"reward_fn is for the RL methods (ppo, grpo); method={method!r} does not sample responses")
     if config.merge and method == "rm":
         raise ValueError("merge=True merges the actor, which method='rm' does not train; it trains the reward role")
+    model = _resolve_model(model)
+    tokenizer = model.tokenizer if isinstance(model, HydraModel) else load_tokenizer(model)
+    inputs = _Inputs(data, tokenizer, config, method, reward_fn)  # reads the data now: bad rows fail fast
     out = _prepare_output_dir(output_dir, method)
     hydra = _hydra_for(model, config, method, reward_fn)
     (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
-    inputs = _Inputs(data, hydra, config, method)
-    sample_prompts = [] if method == "rm" else inputs.sample_prompts(reward_fn)
+    sample_prompts = [] if method == "rm" else inputs.sample_prompts()
     before = _sample(hydra, sample_prompts, config)
 
     metrics: dict[str, float] = {}
@@ -103,20 +106,20 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
 
         if method == "sft" or getattr(config, "sft", False):
             sft_config = config if method == "sft" else config.sft_stage_config()
-            train_demos, eval_demos = inputs.demonstrations()
+            train_demos, eval_demos = inputs.demos
             metrics.update(
                 train_sft(hydra, train_demos, sft_config, eval_demos=eval_demos, on_step=writer("sft")).metrics
             )
         if method == "dpo":
-            train_pairs, eval_pairs = inputs.pairs()
+            train_pairs, eval_pairs = inputs.pairs
             metrics.update(train_dpo(hydra, train_pairs, config, eval_pairs=eval_pairs, on_step=writer("dpo")).metrics)
         if method == "rm" or (method in RL_TRAINERS and reward_fn is None):
             rm_config = config if method == "rm" else _reward_stage_config(config)
-            train_pairs, eval_pairs = inputs.pairs()
+            train_pairs, eval_pairs = inputs.pairs
             rm_run = train_reward_model(hydra, train_pairs, rm_config, eval_pairs=eval_pairs, on_step=writer("rm"))
             metrics.update(rm_run.metrics)
         if method in RL_TRAINERS:
-            rl_run = RL_TRAINERS[method](hydra, inputs.prompts(), config, reward_fn=reward_fn, on_step=writer(method))
+            rl_run = RL_TRAINERS[method](hydra, inputs.prompts, config, reward_fn=reward_fn, on_step=writer(method))
             metrics.update(rl_run.metrics)
 
     samples = [
@@ -135,53 +138,43 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
 
 
 class _Inputs:
-    """The data in the forms the stages need, each read once: pairs and demonstrations split for
-    evaluation by prompt, RL prompts, and the prompts shown before and after training."""
+    """The data in the forms the method's stages need, read up front so bad data fails before the model
+    loads: preference pairs and demonstrations split for evaluation by prompt, RL prompts, and the prompts
+    shown before and after training."""
 
-    def __init__(self, data, hydra: HydraModel, config, method: str):
-        self.data, self.hydra, self.config, self.method = data, hydra, config, method
-        self._pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None
-        self._demos: tuple[list[Demonstration], list[Demonstration]] | None = None
+    def __init__(self, data, tokenizer, config, method: str, reward_fn):
+        self.data, self.tokenizer, self.config, self.method, self.reward_fn = data, tokenizer, config, method, reward_fn
+        self.demos = self._demonstrations() if method == "sft" or getattr(config, "sft", False) else None
+        self.pairs = self._pairs() if method in ("rm", "dpo") or (method in RL_TRAINERS and reward_fn is None) else None
+        self.prompts = self._prompts() if method in RL_TRAINERS else None
 
-    def pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        if self._pairs is None:
-            pairs = _pairs_from(self.data, self.hydra, self.config, self.method)
-            self._pairs = split_eval(pairs, self.config.eval_fraction, seed=self.config.seed)
-        return self._pairs
+    def _pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        pairs = _pairs_from(self.data, self.tokenizer, self.config, self.method)
+        return split_eval(pairs, self.config.eval_fraction, seed=self.config.seed)
 
-    def demonstrations(self) -> tuple[list[Demonstration], list[Demonstration]]:
-        if self._demos is None:
-            if _is_prompt_list(self.data):
-                raise ValueError(
-                    "SFT got prompts only: it needs demonstrations (prompt + completion) or preference pairs"
-                )
-            if _is_pair_list(self.data):
-                demos = winners(self.data)
-            else:
-                demos = load_demonstrations(
-                    self.data, tokenizer=self.hydra.tokenizer, max_length=self.config.max_length
-                )
-            self._demos = split_eval(demos, self.config.eval_fraction, seed=self.config.seed)
-        return self._demos
+    def _demonstrations(self) -> tuple[list[Demonstration], list[Demonstration]]:
+        if _is_prompt_list(self.data):
+            raise ValueError("SFT got prompts only: it needs demonstrations (prompt + completion) or preference pairs")
+        if _is_pair_list(self.data):
+            demos = winners(self.data)
+        else:
+            demos = load_demonstrations(self.data, tokenizer=self.tokenizer, max_length=self.config.max_length)
+        return split_eval(demos, self.config.eval_fraction, seed=self.config.seed)
 
-    def prompts(self) -> list[str]:
+    def _prompts(self) -> list[str]:
         """RL prompts: given directly, taken from PreferencePairs, or read from any data source."""
         if _is_prompt_list(self.data):
             return list(self.data)
         if _is_pair_list(self.data):
             return list(dict.fromkeys(pair.prompt for pair in self.data))
-        return load_prompts(self.data, tokenizer=self.hydra.tokenizer)
+        return load_prompts(self.data, tokenizer=self.tokenizer)
 
-    def sample_prompts(self, reward_fn) -> list[str]:
+    def sample_prompts(self) -> list[str]:
         """The first `samples` distinct prompts, held-out ones first where the method holds some out."""
-        if self.config.samples == 0:
-            return []
-        if self.method == "sft":
-            train, held_out = self.demonstrations()
-        elif self.method == "dpo" or reward_fn is None:
-            train, held_out = self.pairs()
-        else:
-            return self.prompts()[: self.config.samples]
+        split = self.demos if self.method == "sft" else self.pairs
+        if split is None:
+            return self.prompts[: self.config.samples]
+        train, held_out = split
         return list(dict.fromkeys(item.prompt for item in held_out + train))[: self.config.samples]
 
 
@@ -230,7 +223,8 @@ def _roles_for(method: str, config, reward_fn) -> tuple[str, ...]:
     return roles
 
 
-def _hydra_for(model, config, method: str, reward_fn) -> HydraModel:
+def _resolve_model(model):
+    """A HydraModel as given; "demo" as the bundled model's directory; a local path checked and made absolute."""
     if isinstance(model, HydraModel):
         return model
     if not isinstance(model, str | os.PathLike):
@@ -238,7 +232,13 @@ def _hydra_for(model, config, method: str, reward_fn) -> HydraModel:
     if model == "demo":
         from lorarlhf.demo.world import DEMO_MODEL_DIR
 
-        model = str(DEMO_MODEL_DIR)
+        model = DEMO_MODEL_DIR
+    return check_source(model)
+
+
+def _hydra_for(model, config, method: str, reward_fn) -> HydraModel:
+    if isinstance(model, HydraModel):
+        return model
     torch.manual_seed(config.seed)  # adapter and head initialisation
     return HydraModel.from_pretrained(
         model,
@@ -251,7 +251,7 @@ def _hydra_for(model, config, method: str, reward_fn) -> HydraModel:
     )
 
 
-def _pairs_from(data, hydra: HydraModel, config, method: str) -> list[PreferencePair]:
+def _pairs_from(data, tokenizer, config, method: str) -> list[PreferencePair]:
     if _is_pair_list(data):
         return list(data)
     if _is_prompt_list(data):
@@ -261,7 +261,7 @@ def _pairs_from(data, hydra: HydraModel, config, method: str) -> list[Preference
         options = dict(
             aggregate=config.aggregate, weight_rankings=config.weight_rankings, score_margin=config.score_margin
         )
-    return load_preferences(data, tokenizer=hydra.tokenizer, max_length=config.max_length, **options)
+    return load_preferences(data, tokenizer=tokenizer, max_length=config.max_length, **options)
 
 
 def _prepare_output_dir(output_dir, method: str) -> Path:

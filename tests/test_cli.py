@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lorarlhf.cli import main
 
 
@@ -47,3 +49,72 @@ def test_info_reports_versions(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "lorarlhf" in out and "nf4" in out
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def yes_no_records(n):
+    return [{"prompt": f"Question {i}:", "chosen": "cat yes", "rejected": "cat no"} for i in range(n)]
+
+
+def test_align_runs_a_method_with_typed_options(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "prefs.jsonl", yes_no_records(8))
+    argv = ["align", str(tiny_model_dir), str(data), "--method", "dpo", "--output-dir", str(tmp_path / "run")]
+    argv += ["--set", "steps=2", "--set", "beta=0.5", "--set", "quantize=none", "--set", "samples=0"]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["steps"], config["beta"], config["quantize"]) == (2, 0.5, None)
+    assert "dpo/eval_accuracy" in capsys.readouterr().out
+
+
+def test_align_with_a_reward_function_from_a_file(tmp_path, tiny_model_dir):
+    (tmp_path / "my_reward.py").write_text("def short(prompts, responses):\n    return [-len(r) for r in responses]\n")
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say {i}:"} for i in range(4)])
+    argv = ["align", str(tiny_model_dir), str(data), "--method", "grpo", "--output-dir", str(tmp_path / "run")]
+    argv += ["--reward-fn", f"{tmp_path / 'my_reward.py'}:short", "--set", "steps=1", "--set", "batch_size=2"]
+    argv += ["--set", "group_size=2", "--set", "max_new_tokens=3", "--set", "samples=0"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["stage"] == "grpo" and records[0]["rl/reward_mean"] <= -1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "stesp=3"], "unknown option 'stesp' for method='dpo'; did you mean 'steps'"),
+        (["--set", "steps=many"], "steps='many' is not valid: steps takes an integer"),
+        (["--set", "steps"], "--set 'steps' must look like key=value"),
+        (["--set", "beta=-1"], "beta=-1.0 must be a positive number"),
+        (["--method", "rlhf"], "--method 'rlhf' is not a method; choose one of"),
+        (["--reward-fn", "nowhere.py:f"], "--reward-fn: file nowhere.py not found"),
+        (["--data", "missing.jsonl"], "preference data file not found: "),
+        (["--data", "bad.jsonl"], "bad.jsonl, row 2, field 'rejected': must be a string"),
+        (["--model", "no/such/model/dir"], "model path 'no/such/model/dir' does not exist"),
+    ],
+)
+def test_align_user_errors_print_one_line_and_exit_2(tmp_path, tiny_model_dir, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "prefs.jsonl", yes_no_records(4))
+    write_jsonl(tmp_path / "bad.jsonl", [yes_no_records(1)[0], {"prompt": "p", "chosen": "a", "rejected": 5}])
+    model, data = str(tiny_model_dir), "prefs.jsonl"
+    if args[0] == "--model":
+        model, args = args[1], []
+    if args[:1] == ["--data"]:
+        data, args = args[1], []
+    method = [] if "--method" in args else ["--method", "dpo"]
+    code = main(["align", model, data, *method, "--output-dir", "run", "--set", "samples=0", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_options_lists_every_field_with_its_help(capsys):
+    assert main(["options", "ppo"]) == 0
+    out = capsys.readouterr().out
+    for name in ("steps = 200", "kl_coef = 0.05", "sft = False", "rm_steps = 200", "merge = False"):
+        assert name in out
+    assert "Weight of the KL to the reference" in out
