@@ -131,7 +131,7 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     metrics["peak_memory_gb"] = peak_memory_gb(hydra.device)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     hydra.save(out)
-    plot_training_curves(read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {hydra.source}")
+    plot_training_curves(read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {_short_name(hydra.source)}")
     if config.merge:
         export_merged(out, out / MERGED)
     return AlignResult(output_dir=out, metrics=metrics, model=hydra, samples=samples)
@@ -210,6 +210,12 @@ def _is_prompt_list(data) -> bool:
 
 def _is_pair_list(data) -> bool:
     return isinstance(data, list | tuple) and bool(data) and all(isinstance(item, PreferencePair) for item in data)
+
+
+def _short_name(source: str) -> str:
+    """A hub id as is; a local directory by its last two parts (".../lorarlhf/demo/model" -> "demo/model")."""
+    path = Path(source)
+    return "/".join(path.parts[-2:]) if path.is_absolute() else source
 
 
 def _roles_for(method: str, config, reward_fn) -> tuple[str, ...]:

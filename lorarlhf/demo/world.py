@@ -8,7 +8,7 @@ the same preference with individual error rates, so their votes disagree the way
 
 Every text is whole lowercase words and the punctuation tokens "." "," ":" separated by single spaces,
 so a word-level tokenizer (`word_tokenizer`) covers the world with no unknown token and a vocabulary of
-about 150, which keeps the model small enough to pretrain and align on a laptop CPU.
+about 100, which keeps the model small enough to pretrain and align on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ def _template_words(template: str) -> list[str]:
     return [word for word in template.split() if not word.startswith("{")]
 
 
+# Token ids follow this order, so the bundled model's embedding rows do too: a change to the world's words
+# needs the model rebuilt (examples/train_demo_model.py); the tests compare the saved vocabulary to this one.
 VOCABULARY: tuple[str, ...] = tuple(
     sorted(
         {
@@ -149,7 +151,7 @@ def gold_sentiment(text: str) -> float:
     return 1.0 if balance > 0 else 0.0 if balance < 0 else 0.5
 
 
-def _fill(rng: random.Random, template: str, product: str) -> str:
+def fill_clause(rng: random.Random, template: str, product: str) -> str:
     """Fill a template's slots; repeated slots in one clause ("{pos} , {pos} and {pos}") get distinct words."""
     used: set[str] = set()
     words = []
@@ -172,7 +174,7 @@ def sample_review(rng: random.Random, product: str, positive: bool) -> str:
         templates = rng.sample(clauses, rng.choices((1, 2, 3), weights=(3, 4, 3))[0])
         if len(templates) < 3 and rng.random() < NEUTRAL_RATE:
             templates.insert(rng.randrange(len(templates) + 1), rng.choice(NEUTRAL_CLAUSES))
-        text = " ".join(_fill(rng, template, product) for template in templates)
+        text = " ".join(fill_clause(rng, template, product) for template in templates)
         if len(text.split()) <= MAX_REVIEW_WORDS:
             return text
 
