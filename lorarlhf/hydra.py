@@ -199,6 +199,13 @@ class HydraModel(nn.Module):
         self._apply_role(self._role)  # peft marks new adapters trainable; restore the role's own state
 
     @torch.no_grad()
+    def is_trained(self, role: str) -> bool:
+        """Whether `role`'s adapter has moved from its initialisation (peft starts every LoRA B at zero)."""
+        if role not in self.adapters:
+            return False
+        return any(bool(p.any()) for n, p in self.peft.named_parameters() if ".lora_B." in n and f".{role}." in n)
+
+    @torch.no_grad()
     def copy_adapter(self, source: str, target: str) -> None:
         """Set adapter `target`'s LoRA weights to a copy of `source`'s (the actor starting from sft)."""
         for role in (source, target):

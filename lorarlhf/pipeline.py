@@ -3,7 +3,7 @@
 It builds (or takes) the Hydra, reads the data, runs the method's stages in order, and writes the run:
 
     sft     SFT on demonstrations                          (also first, for dpo/ppo/grpo with sft=True)
-    rm      reward model on preference pairs               (also first, for ppo/grpo without a reward_fn)
+    rm      reward model on preference pairs               (also first, for ppo/grpo on pairs without a reward_fn)
     dpo     DPO or a variant on preference pairs
     ppo     PPO on the data's prompts, rewarded by the reward role or by reward_fn
     grpo    GRPO likewise
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lorarlhf.checkpoint import ADAPTERS, MANIFEST
-from lorarlhf.data import PreferencePair, load_preferences, load_prompts, split_eval
+from lorarlhf.data import PreferencePair, _open_source, load_preferences, load_prompts, split_eval
 from lorarlhf.demonstrations import Demonstration, load_demonstrations, winners
 from lorarlhf.dpo_config import DPOConfig
 from lorarlhf.dpo_trainer import train_dpo
@@ -71,7 +71,8 @@ class AlignResult:
 def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, **overrides) -> AlignResult:
     """Align `model` with the preferences in `data` by `method`; any config field can be overridden by name.
 
-    model: hub id, local path, "demo" (the bundled tiny review model), or a HydraModel.
+    model: hub id, local path, "demo" (the bundled tiny review model), a HydraModel, or a previous run's
+    output_dir (its adapters continue; e.g. PPO on prompts with the reward adapter a method="rm" run trained).
     data: a path (.jsonl/.json/.csv/.parquet), a hub dataset id, a datasets.Dataset, or a list of dicts, of
     PreferencePairs or of prompt strings. Preference pairs for rm/dpo (and ppo/grpo without reward_fn),
     demonstrations (prompt + completion, or messages) or pairs for sft, prompts for ppo/grpo with reward_fn.
@@ -87,9 +88,10 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         raise ValueError("merge=True merges the actor, which method='rm' does not train; it trains the reward role")
     model = _resolve_model(model)
     tokenizer = model.tokenizer if isinstance(model, HydraModel) else load_tokenizer(model)
-    inputs = _Inputs(data, tokenizer, config, method, reward_fn)  # reads the data now: bad rows fail fast
+    train_reward = method == "rm" or (method in RL_TRAINERS and reward_fn is None and not _reuses_reward(model, data))
+    inputs = _Inputs(data, tokenizer, config, method, train_reward)  # reads the data now: bad rows fail fast
     out = _prepare_output_dir(output_dir, method)
-    hydra = _hydra_for(model, config, method, reward_fn)
+    hydra = _hydra_for(model, config, _roles_for(method, config, train_reward))
     (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
     sample_prompts = [] if method == "rm" else inputs.sample_prompts()
     before = _sample(hydra, sample_prompts, config)
@@ -113,7 +115,7 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         if method == "dpo":
             train_pairs, eval_pairs = inputs.pairs
             metrics.update(train_dpo(hydra, train_pairs, config, eval_pairs=eval_pairs, on_step=writer("dpo")).metrics)
-        if method == "rm" or (method in RL_TRAINERS and reward_fn is None):
+        if train_reward:
             rm_config = config if method == "rm" else _reward_stage_config(config)
             train_pairs, eval_pairs = inputs.pairs
             rm_run = train_reward_model(hydra, train_pairs, rm_config, eval_pairs=eval_pairs, on_step=writer("rm"))
@@ -142,10 +144,10 @@ class _Inputs:
     loads: preference pairs and demonstrations split for evaluation by prompt, RL prompts, and the prompts
     shown before and after training."""
 
-    def __init__(self, data, tokenizer, config, method: str, reward_fn):
-        self.data, self.tokenizer, self.config, self.method, self.reward_fn = data, tokenizer, config, method, reward_fn
+    def __init__(self, data, tokenizer, config, method: str, train_reward: bool):
+        self.data, self.tokenizer, self.config, self.method = data, tokenizer, config, method
         self.demos = self._demonstrations() if method == "sft" or getattr(config, "sft", False) else None
-        self.pairs = self._pairs() if method in ("rm", "dpo") or (method in RL_TRAINERS and reward_fn is None) else None
+        self.pairs = self._pairs() if method == "dpo" or train_reward else None
         self.prompts = self._prompts() if method in RL_TRAINERS else None
 
     def _pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -218,19 +220,38 @@ def _short_name(source: str) -> str:
     return "/".join(path.parts[-2:]) if path.is_absolute() else source
 
 
-def _roles_for(method: str, config, reward_fn) -> tuple[str, ...]:
+def _roles_for(method: str, config, train_reward: bool) -> tuple[str, ...]:
     """The adapters a run trains or reads, and no others (each costs its weights and optimizer state)."""
     roles = {"sft": ("sft", "actor"), "rm": ("reward",), "dpo": ("actor",), "ppo": ("actor", "critic")}
     roles = roles.get(method, ("actor",))
-    if method in RL_TRAINERS and reward_fn is None:
+    if method in RL_TRAINERS and train_reward:
         roles += ("reward",)
     if getattr(config, "sft", False):
         roles = ("sft", *roles)
     return roles
 
 
+def _reuses_reward(model, data) -> bool:
+    """RL without a reward_fn on prompts only, with a model whose reward adapter a previous run trained."""
+    return isinstance(model, HydraModel) and model.is_trained("reward") and not _has_pairs(data)
+
+
+def _has_pairs(data) -> bool:
+    """Whether `data` holds preferences (not only prompts), judged from its first record."""
+    if _is_pair_list(data):
+        return True
+    if _is_prompt_list(data):
+        return False
+    try:
+        _, records = _open_source(data, "train")
+        _, first = next(iter(records))
+    except (StopIteration, OSError, ValueError, TypeError):
+        return True  # let the loader report what is wrong with it
+    return not (isinstance(first, dict) and set(k for k, v in first.items() if v is not None) <= {"prompt"})
+
+
 def _resolve_model(model):
-    """A HydraModel as given; "demo" as the bundled model's directory; a local path checked and made absolute."""
+    """A HydraModel as given; a saved run's directory reloaded; "demo" as the bundled model's directory."""
     if isinstance(model, HydraModel):
         return model
     if not isinstance(model, str | os.PathLike):
@@ -239,16 +260,22 @@ def _resolve_model(model):
         from lorarlhf.demo.world import DEMO_MODEL_DIR
 
         model = DEMO_MODEL_DIR
+    if (Path(model) / MANIFEST).is_file():  # a previous run: its adapters go on, trained
+        return HydraModel.load(model)
     return check_source(model)
 
 
-def _hydra_for(model, config, method: str, reward_fn) -> HydraModel:
+def _hydra_for(model, config, roles: tuple[str, ...]) -> HydraModel:
+    """The Hydra with every adapter of `roles`: built, or a given one with the missing adapters added."""
     if isinstance(model, HydraModel):
+        for role in roles:
+            if role not in model.roles:
+                model.add_role(role)
         return model
     torch.manual_seed(config.seed)  # adapter and head initialisation
     return HydraModel.from_pretrained(
         model,
-        roles=_roles_for(method, config, reward_fn),
+        roles=roles,
         quantize=config.quantize,
         lora_r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -261,7 +288,10 @@ def _pairs_from(data, tokenizer, config, method: str) -> list[PreferencePair]:
     if _is_pair_list(data):
         return list(data)
     if _is_prompt_list(data):
-        raise ValueError(f"method={method!r} got prompts only: pass reward_fn, or preference pairs to learn a reward")
+        raise ValueError(
+            f"method={method!r} got prompts only: pass reward_fn, preference pairs to learn a reward, "
+            "or a model whose reward adapter is trained (a HydraModel or the output_dir of a method='rm' run)"
+        )
     options = {}
     if isinstance(config, RewardConfig):
         options = dict(

@@ -207,3 +207,21 @@ def test_preference_data_gives_its_winning_answers_as_demonstrations():
     assert load_demonstrations(records) == expected
     assert winners(load_preferences(records)) == expected
     assert winners([PreferencePair("x", "y", "z")]) == [Demonstration("x", "y")]
+
+
+def test_rl_on_prompts_reuses_the_reward_adapter_of_a_previous_rm_run(peaked_model_dir, tmp_path):
+    records = yes_no_pairs(16, seed=6)
+    rm = lorarlhf.align(str(peaked_model_dir), records, method="rm", output_dir=tmp_path / "rm", steps=5, quantize=None)
+    reward = [p.detach().clone() for p in rm.model.trainable_parameters("reward")]
+    prompts = [r["prompt"] for r in records]
+    result = lorarlhf.align(
+        str(tmp_path / "rm"), prompts, method="grpo", output_dir=tmp_path / "grpo", steps=2, batch_size=2,
+        group_size=2, max_new_tokens=4, samples=0,
+    )  # fmt: skip
+    stages = {json.loads(line)["stage"] for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"grpo"}  # no reward-model stage: the saved one scores the rollouts
+    assert set(result.model.adapters) == {"actor", "reward"}
+    assert all(torch.equal(a, b) for a, b in zip(reward, result.model.trainable_parameters("reward"), strict=True))
+    untrained = HydraModel.from_pretrained(str(peaked_model_dir), quantize=None)  # its reward adapter is fresh
+    with pytest.raises(ValueError, match="got prompts only: pass reward_fn, preference pairs to learn a reward"):
+        lorarlhf.align(untrained, prompts, method="grpo", output_dir=tmp_path / "x", steps=1)
