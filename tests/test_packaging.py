@@ -63,3 +63,31 @@ def test_run_from_the_repository_root_the_folder_is_not_the_hub_kernels_package(
         cwd=REPO,
     )
     assert out.splitlines()[-1] == "False True"
+
+
+def test_the_wheel_ships_the_demo_model_and_the_kernels(tmp_path):
+    import zipfile
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(REPO),
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("lorarlhf-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert f"lorarlhf/demo/model/{name}" in names
+    assert "lorarlhf/kernels/logprobs.py" in names and not any(n.startswith("kernels/") for n in names)
