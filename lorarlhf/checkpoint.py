@@ -266,6 +266,11 @@ def load_hydra(cls, output_dir: Path, *, base: str | None, device, dtype=None, g
         gradient_checkpointing=gradient_checkpointing,
         critic=manifest.get("critic", "separate"),
     )
+    return load_weights(hydra, output_dir)
+
+
+def load_weights(hydra, output_dir: Path):
+    """Set every adapter and head of `hydra` to the ones saved in `output_dir` (safetensors only)."""
     for role in hydra.adapters:
         path = output_dir / ADAPTERS / role / ADAPTER_WEIGHTS
         result = set_peft_model_state_dict(hydra.peft, _load_tensors(path), adapter_name=role)

@@ -48,6 +48,15 @@ class CommonConfig:
     merge: bool = False
     """Also save the actor merged into a full-precision copy of the base, as an ordinary transformers
     checkpoint in output_dir/merged (loads the base again, unquantized, on the CPU)."""
+    save_every: int = 0
+    """Write a checkpoint (weights, optimizer, generators, data position) to output_dir/checkpoints every
+    this many optimizer steps, counted across the run's stages (0: never)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    resume: bool = False
+    """Continue the run in output_dir from its newest complete checkpoint, exactly where it stopped."""
+    overwrite: bool = False
+    """Allow replacing an earlier run in output_dir (otherwise refused, so no finished run is lost)."""
 
     def __post_init__(self):
         _positive_int(self, "steps")
@@ -71,8 +80,14 @@ class CommonConfig:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
             raise ValueError(f"samples={self.samples!r} must be an integer >= 0")
-        if not isinstance(self.merge, bool):
-            raise ValueError(f"merge={self.merge!r} must be True or False")
+        for name in ("merge", "resume", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+        if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:
+            raise ValueError(f"save_every={self.save_every!r} must be an integer >= 0 (0: no checkpoints)")
+        _positive_int(self, "keep_checkpoints")
+        if self.resume and self.overwrite:
+            raise ValueError("resume=True continues the run in output_dir and overwrite=True replaces it; pick one")
 
     @classmethod
     def from_overrides(cls, method: str, overrides: dict):

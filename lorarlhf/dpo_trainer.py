@@ -17,15 +17,13 @@ Variants: conservative DPO (label smoothing), IPO, and CPL, which needs no refer
 
 from __future__ import annotations
 
-import random
-
 import torch
 from tqdm.auto import tqdm
 
 from lorarlhf.data import PreferencePair
 from lorarlhf.dpo_config import DPOConfig
 from lorarlhf.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
-from lorarlhf.training import StageRun, clipped_step, shuffled_batches
+from lorarlhf.training import ShuffledBatches, StageRun, clipped_step
 
 
 def pair_logprobs(hydra, pairs: list[PreferencePair], role: str, max_length: int | None = None):
@@ -51,24 +49,43 @@ def reference_logprobs(hydra, pairs: list[PreferencePair], config: DPOConfig) ->
 
 
 def train_dpo(
-    hydra, train_pairs: list[PreferencePair], config: DPOConfig, *, eval_pairs=None, on_step=None, progress=True
+    hydra,
+    train_pairs: list[PreferencePair],
+    config: DPOConfig,
+    *,
+    eval_pairs=None,
+    on_step=None,
+    progress=True,
+    checkpoints=None,
 ) -> StageRun:
-    """Train the actor adapter on preference pairs by config.loss; evaluate on `eval_pairs` when given."""
+    """Train the actor adapter on preference pairs by config.loss; evaluate on `eval_pairs` when given.
+
+    checkpoints: a lorarlhf.resume.StageCheckpoints to save through and resume from."""
     if not train_pairs:
         raise ValueError("no training pairs: DPO needs at least one preference pair")
     torch.manual_seed(config.seed)
     indexed = list(enumerate(train_pairs))
-    batches = shuffled_batches(indexed, config.batch_size, random.Random(config.seed))
+    batches = ShuffledBatches(indexed, config.batch_size, config.seed)
     ref_table = (
         reference_logprobs(hydra, train_pairs, config) if config.precompute_ref and config.loss != "cpl" else None
     )
     params = hydra.trainable_parameters("actor")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run = StageRun()
+    run, start = StageRun(), 1
+    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
+        batches.load_state_dict(state["batches"])
+        run.history, start = state["history"], state["step"] + 1
 
     hydra.disable_dropout()  # the policy and the reference pass must see the same network
     with hydra.train_mode():
-        for step in tqdm(range(1, config.steps + 1), desc=f"dpo ({config.loss})", disable=not progress):
+        bar = tqdm(
+            range(start, config.steps + 1),
+            desc=f"dpo ({config.loss})",
+            disable=not progress,
+            initial=start - 1,
+            total=config.steps,
+        )
+        for step in bar:
             rows = next(batches)
             pairs = [pair for _, pair in rows]
             chosen, rejected = pair_logprobs(hydra, pairs, "actor", config.max_length)  # (B,), (B,)
@@ -88,6 +105,8 @@ def train_dpo(
             run.history.append(record)
             if on_step is not None:
                 on_step(record)
+            if checkpoints is not None and checkpoints.due(step):
+                checkpoints.save(step, hydra, optimizer, {"batches": batches.state_dict(), "history": run.history})
     if eval_pairs:
         run.metrics.update(evaluate_dpo(hydra, eval_pairs, config))
     run.metrics["dpo/train_loss_last"] = run.history[-1]["dpo/loss"]

@@ -45,9 +45,11 @@ log = logging.getLogger("lorarlhf.grpo")
 
 
 def train_grpo(
-    hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None, on_step=None, progress=True
+    hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None, on_step=None, progress=True, checkpoints=None
 ) -> StageRun:
-    """Run GRPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role."""
+    """Run GRPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role.
+
+    checkpoints: a lorarlhf.resume.StageCheckpoints to save through (between rollouts) and resume from."""
     functions = reward_functions(reward_fn)
     if not functions and "reward" not in hydra.roles:
         raise ValueError("GRPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")
@@ -59,9 +61,13 @@ def train_grpo(
     params = hydra.trainable_parameters("actor")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run, steps, skipped_in_row, skipped = StageRun(), 0, 0, 0
-    bar = tqdm(total=config.steps, desc="grpo", disable=not progress)
+    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
+        stream.load_state_dict(state["stream"])
+        run.history, steps, skipped, skipped_in_row = state["history"], state["step"], *state["skipped"]
+    bar = tqdm(total=config.steps, initial=steps, desc="grpo", disable=not progress)
 
     while steps < config.steps:
+        steps_before = steps
         timer = PhaseTimer()
         samples, seeds = stream.next(config.batch_size, repeats=config.group_size)
         rollout, rewards = collect(hydra, samples, seeds, sampling, functions, config, timer)
@@ -112,6 +118,9 @@ def train_grpo(
         bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{sequence_kl:.3f}")
         if on_step is not None:
             on_step(record)
+        if checkpoints is not None and checkpoints.due(steps, steps_before):
+            state = {"stream": stream.state_dict(), "history": run.history, "skipped": [skipped, skipped_in_row]}
+            checkpoints.save(steps, hydra, optimizer, state)
     bar.close()
     run.metrics = {**final_metrics(run.history), "rl/skipped_steps": float(skipped)}
     return run

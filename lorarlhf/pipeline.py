@@ -17,14 +17,17 @@ merge=True the actor merged into the base as a transformers checkpoint in merged
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from lorarlhf.checkpoint import ADAPTERS, MANIFEST
+from lorarlhf.checkpoint import ADAPTERS, MANIFEST, load_weights
 from lorarlhf.data import PreferencePair, _open_source, load_preferences, load_prompts, split_eval
 from lorarlhf.demonstrations import Demonstration, load_demonstrations, winners
 from lorarlhf.dpo_config import DPOConfig
@@ -38,6 +41,7 @@ from lorarlhf.memory import peak_memory_gb
 from lorarlhf.plots import plot_training_curves, read_metrics
 from lorarlhf.ppo_config import PPOConfig
 from lorarlhf.ppo_trainer import train_ppo
+from lorarlhf.resume import CHECKPOINTS, RunCheckpoints
 from lorarlhf.reward_config import RewardConfig
 from lorarlhf.reward_trainer import train_reward_model
 from lorarlhf.sft_config import SFTConfig
@@ -49,6 +53,8 @@ RL_TRAINERS = {"ppo": train_ppo, "grpo": train_grpo}
 SAMPLES = "samples.jsonl"
 CURVES = "training_curves.png"
 MERGED = "merged"
+
+log = logging.getLogger("lorarlhf.pipeline")
 
 
 @dataclass
@@ -90,39 +96,55 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     tokenizer = model.tokenizer if isinstance(model, HydraModel) else load_tokenizer(model)
     train_reward = method == "rm" or (method in RL_TRAINERS and reward_fn is None and not _reuses_reward(model, data))
     inputs = _Inputs(data, tokenizer, config, method, train_reward)  # reads the data now: bad rows fail fast
-    out = _prepare_output_dir(output_dir, method)
+    out = _prepare_output_dir(output_dir, method, resume=config.resume, overwrite=config.overwrite)
     hydra = _hydra_for(model, config, _roles_for(method, config, train_reward))
+    checkpoints = _checkpoints(out, config, method, hydra)
     (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
     sample_prompts = [] if method == "rm" else inputs.sample_prompts()
-    before = _sample(hydra, sample_prompts, config)
+    if "before" not in checkpoints.extra:  # a resumed run keeps the samples its first start took
+        checkpoints.extra["before"] = _sample(hydra, sample_prompts, config)
+    before = checkpoints.extra["before"]
+
+    stages = []  # (name, optimizer steps, run(checkpoints, on_step) -> StageRun), in order
+    if method == "sft" or getattr(config, "sft", False):
+        sft_config = config if method == "sft" else config.sft_stage_config()
+        (train_demos, eval_demos) = inputs.demos
+        stages.append(
+            ("sft", sft_config.steps, partial(train_sft, hydra, train_demos, sft_config, eval_demos=eval_demos))
+        )
+    if method == "dpo":
+        (train_pairs, eval_pairs) = inputs.pairs
+        stages.append(("dpo", config.steps, partial(train_dpo, hydra, train_pairs, config, eval_pairs=eval_pairs)))
+    if train_reward:
+        rm_config = config if method == "rm" else _reward_stage_config(config)
+        (train_pairs, eval_pairs) = inputs.pairs
+        stages.append(
+            ("rm", rm_config.steps, partial(train_reward_model, hydra, train_pairs, rm_config, eval_pairs=eval_pairs))
+        )
+    if method in RL_TRAINERS:
+        trainer = partial(RL_TRAINERS[method], hydra, inputs.prompts, config, reward_fn=reward_fn)
+        stages.append((method, config.steps, trainer))
 
     metrics: dict[str, float] = {}
     with open(out / "metrics.jsonl", "w") as metrics_log:
+        metrics_log.writelines(json.dumps(record) + "\n" for record in checkpoints.records)  # a resumed run's past
 
         def writer(stage):
             def write(record):
-                metrics_log.write(json.dumps({"stage": stage, **record}) + "\n")
+                record = {"stage": stage, **record}
+                checkpoints.records.append(record)
+                metrics_log.write(json.dumps(record) + "\n")
                 metrics_log.flush()
 
             return write
 
-        if method == "sft" or getattr(config, "sft", False):
-            sft_config = config if method == "sft" else config.sft_stage_config()
-            train_demos, eval_demos = inputs.demos
-            metrics.update(
-                train_sft(hydra, train_demos, sft_config, eval_demos=eval_demos, on_step=writer("sft")).metrics
-            )
-        if method == "dpo":
-            train_pairs, eval_pairs = inputs.pairs
-            metrics.update(train_dpo(hydra, train_pairs, config, eval_pairs=eval_pairs, on_step=writer("dpo")).metrics)
-        if train_reward:
-            rm_config = config if method == "rm" else _reward_stage_config(config)
-            train_pairs, eval_pairs = inputs.pairs
-            rm_run = train_reward_model(hydra, train_pairs, rm_config, eval_pairs=eval_pairs, on_step=writer("rm"))
-            metrics.update(rm_run.metrics)
-        if method in RL_TRAINERS:
-            rl_run = RL_TRAINERS[method](hydra, inputs.prompts, config, reward_fn=reward_fn, on_step=writer(method))
-            metrics.update(rl_run.metrics)
+        for name, steps, run_stage in stages:
+            if name in checkpoints.completed:  # finished before the interruption: its adapters are loaded
+                metrics.update({k: v for k, v in checkpoints.completed[name].items() if k != "_steps"})
+                continue
+            stage_run = run_stage(on_step=writer(name), checkpoints=checkpoints.stage(name))
+            metrics.update(stage_run.metrics)
+            checkpoints.finish_stage(name, stage_run.metrics, steps)
 
     samples = [
         {"prompt": p, "before": b, "after": a}
@@ -196,6 +218,29 @@ def _sample(hydra: HydraModel, prompts: list[str], config) -> list[str]:
             do_sample=True,
             temperature=getattr(config, "temperature", 1.0),
         )
+
+
+def _checkpoints(out: Path, config, method: str, hydra: HydraModel) -> RunCheckpoints:
+    """The run's checkpoints; with resume=True, loaded from the newest usable one (weights included)."""
+    checkpoints = RunCheckpoints(
+        out, config.save_every, config.keep_checkpoints, identity={"method": method, "model": hydra.source}
+    )
+    if not config.resume:
+        return checkpoints
+    found = checkpoints.latest()
+    if found is None:
+        raise FileNotFoundError(
+            f"resume=True but {out / CHECKPOINTS} holds no usable checkpoint; "
+            "start the run with save_every=N to write some, or drop resume=True"
+        )
+    checkpoints.check_identity(found)
+    load_weights(hydra, found.path)  # finished stages' adapters; the interrupted stage restores the rest
+    checkpoints.resume_from = found
+    checkpoints.records = list(found.state["records"])
+    checkpoints.completed = dict(found.state["completed"])
+    checkpoints.extra = dict(found.state.get("extra", {}))
+    log.info("resuming %s from %s (stage %s)", out, found.path, found.state["stage"])
+    return checkpoints
 
 
 def _reward_stage_config(config) -> RewardConfig:
@@ -300,14 +345,29 @@ def _pairs_from(data, tokenizer, config, method: str) -> list[PreferencePair]:
     return load_preferences(data, tokenizer=tokenizer, max_length=config.max_length, **options)
 
 
-def _prepare_output_dir(output_dir, method: str) -> Path:
-    """A new directory, or one that holds only a previous run: a user's other files are never overwritten."""
+def _prepare_output_dir(output_dir, method: str, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """A new or empty directory, or an earlier run's with resume=True (continue) or overwrite=True (replace).
+
+    A finished or interrupted run is never replaced by accident, and a user's other files never are.
+    """
     if output_dir is None:
+        if resume:
+            raise ValueError("resume=True needs the output_dir of the run to continue")
         output_dir = Path("lorarlhf-runs") / f"{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output_dir {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+    has_run = out.is_dir() and any((out / name).exists() for name in (MANIFEST, CHECKPOINTS, "metrics.jsonl"))
+    if out.is_dir() and any(out.iterdir()) and not has_run:
         raise FileExistsError(f"output_dir {out} is not empty and holds no lorarlhf run; choose a new directory")
+    if resume and not has_run:
+        raise FileNotFoundError(f"resume=True but output_dir {out} holds no run to continue")
+    if has_run and not (resume or overwrite):
+        raise FileExistsError(
+            f"output_dir {out} holds an earlier run; pass resume=True to continue it, overwrite=True to replace it, "
+            "or choose a new directory"
+        )
+    if has_run and overwrite:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the replaced run's checkpoints must not be resumed
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -62,8 +62,12 @@ from lorarlhf.training import StageRun, clipped_step
 log = logging.getLogger("lorarlhf.ppo")
 
 
-def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, on_step=None, progress=True) -> StageRun:
-    """Run PPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role."""
+def train_ppo(
+    hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, on_step=None, progress=True, checkpoints=None
+) -> StageRun:
+    """Run PPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role.
+
+    checkpoints: a lorarlhf.resume.StageCheckpoints to save through (between rollouts) and resume from."""
     functions = reward_functions(reward_fn)
     if not functions and "reward" not in hydra.roles:
         raise ValueError("PPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")
@@ -88,9 +92,14 @@ def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, o
     params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run, steps, skipped_in_row, skipped = StageRun(), 0, 0, 0
-    bar = tqdm(total=config.steps, desc="ppo", disable=not progress)
+    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
+        stream.load_state_dict(state["stream"])
+        kl_control.load_state_dict(state["kl_control"])
+        run.history, steps, skipped, skipped_in_row = state["history"], state["step"], *state["skipped"]
+    bar = tqdm(total=config.steps, initial=steps, desc="ppo", disable=not progress)
 
     while steps < config.steps:
+        steps_before = steps
         timer = PhaseTimer()
         batch_prompts, seeds = stream.next(config.batch_size)
         rollout, rewards = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer)
@@ -152,6 +161,14 @@ def train_ppo(hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, o
         bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{sequence_kl:.3f}")
         if on_step is not None:
             on_step(record)
+        if checkpoints is not None and checkpoints.due(steps, steps_before):
+            state = {
+                "stream": stream.state_dict(),
+                "kl_control": kl_control.state_dict(),
+                "history": run.history,
+                "skipped": [skipped, skipped_in_row],
+            }
+            checkpoints.save(steps, hydra, optimizer, state)
     bar.close()
     run.metrics = {**final_metrics(run.history), "rl/skipped_steps": float(skipped)}
     return run

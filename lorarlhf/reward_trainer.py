@@ -17,7 +17,6 @@ utility of Song et al. (2023) against reward collapse (losses.py has the formula
 from __future__ import annotations
 
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from lorarlhf.losses import (
     reward_centering_loss,
 )
 from lorarlhf.reward_config import RewardConfig
-from lorarlhf.training import StageRun, clipped_step, shuffled_batches
+from lorarlhf.training import ShuffledBatches, StageRun, clipped_step
 
 log = logging.getLogger("lorarlhf.reward")
 
@@ -54,19 +53,31 @@ def train_reward_model(
     eval_pairs: list[PreferencePair] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
+    checkpoints=None,
 ) -> StageRun:
-    """Train the reward role on `train_pairs`; evaluate on `eval_pairs` when given."""
+    """Train the reward role on `train_pairs`; evaluate on `eval_pairs` when given.
+
+    checkpoints: a lorarlhf.resume.StageCheckpoints to save through and resume from."""
     if not train_pairs:
         raise ValueError("no training pairs: the reward model needs at least one preference pair")
     torch.manual_seed(config.seed)
     units = rankings_of(train_pairs) if config.objective == "listwise" else list(train_pairs)
-    batches = shuffled_batches(units, config.batch_size, random.Random(config.seed))
+    batches = ShuffledBatches(units, config.batch_size, config.seed)
     params = hydra.trainable_parameters("reward")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run = StageRun()
+    run, start = StageRun(), 1
+    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
+        batches.load_state_dict(state["batches"])
+        run.history, start = state["history"], state["step"] + 1
 
     with hydra.train_mode():
-        for step in tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress):
+        for step in tqdm(
+            range(start, config.steps + 1),
+            desc="reward model",
+            disable=not progress,
+            initial=start - 1,
+            total=config.steps,
+        ):
             batch = next(batches)
             if config.objective == "listwise":
                 rewards, lengths = ranking_rewards(hydra, batch, config.max_length)  # (G, K), (G,)
@@ -89,6 +100,8 @@ def train_reward_model(
             run.history.append(record)
             if on_step is not None:
                 on_step(record)
+            if checkpoints is not None and checkpoints.due(step):
+                checkpoints.save(step, hydra, optimizer, {"batches": batches.state_dict(), "history": run.history})
 
     if eval_pairs:
         run.metrics.update(evaluate_reward_model(hydra, eval_pairs, config))

@@ -17,6 +17,7 @@ from lorarlhf.memory import peak_memory_gb
 from lorarlhf.rewards import NonFiniteReward, score_rollout
 from lorarlhf.rollout import Rollout, SamplingConfig, generate_rollout
 from lorarlhf.tokenization import TokenizedBatch
+from lorarlhf.training import rng_state_from_json, rng_state_to_json
 
 log = logging.getLogger("lorarlhf.rl")
 
@@ -46,6 +47,13 @@ class PromptStream:
         seeds = [hash((self.seed, self.drawn + i)) & 0x7FFFFFFF for i in range(len(samples))]
         self.drawn += len(samples)
         return samples, seeds
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_state_to_json(self.rng.getstate()), "order": list(self.order), "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(rng_state_from_json(state["rng"]))
+        self.order, self.drawn = list(state["order"]), int(state["drawn"])
 
 
 class PhaseTimer:

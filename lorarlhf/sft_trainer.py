@@ -16,7 +16,6 @@ policy's KL is measured to the model it started from, not to the bare base.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
 import torch
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lorarlhf.demonstrations import Demonstration
 from lorarlhf.sft_config import SFTConfig
-from lorarlhf.training import StageRun, clipped_step, shuffled_batches
+from lorarlhf.training import ShuffledBatches, StageRun, clipped_step
 
 
 def train_sft(
@@ -35,20 +34,28 @@ def train_sft(
     eval_demos: list[Demonstration] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
+    checkpoints=None,
 ) -> StageRun:
-    """Train the sft adapter (added when missing) on `train_demos`; the actor then starts from it."""
+    """Train the sft adapter (added when missing) on `train_demos`; the actor then starts from it.
+
+    checkpoints: a lorarlhf.resume.StageCheckpoints to save through and resume from."""
     if not train_demos:
         raise ValueError("no training demonstrations: SFT needs at least one (prompt, completion)")
     if "sft" not in hydra.adapters:
         hydra.add_role("sft")
     torch.manual_seed(config.seed)
-    batches = shuffled_batches(list(train_demos), config.batch_size, random.Random(config.seed))
+    batches = ShuffledBatches(list(train_demos), config.batch_size, config.seed)
     params = hydra.trainable_parameters("sft")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run = StageRun()
+    run, start = StageRun(), 1
+    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
+        batches.load_state_dict(state["batches"])
+        run.history, start = state["history"], state["step"] + 1
 
     with hydra.train_mode():
-        for step in tqdm(range(1, config.steps + 1), desc="sft", disable=not progress):
+        for step in tqdm(
+            range(start, config.steps + 1), desc="sft", disable=not progress, initial=start - 1, total=config.steps
+        ):
             demos = next(batches)
             loss, tokens = completion_nll(hydra, demos, config.max_length)
             optimizer.zero_grad(set_to_none=True)
@@ -63,6 +70,8 @@ def train_sft(
             run.history.append(record)
             if on_step is not None:
                 on_step(record)
+            if checkpoints is not None and checkpoints.due(step):
+                checkpoints.save(step, hydra, optimizer, {"batches": batches.state_dict(), "history": run.history})
     if eval_demos:
         run.metrics["sft/eval_loss"] = evaluate_sft(hydra, eval_demos, config)
     run.metrics["sft/train_loss_last"] = run.history[-1]["sft/loss"]

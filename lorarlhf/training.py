@@ -20,13 +20,45 @@ class StageRun:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def shuffled_batches(units: list, batch_size: int, rng: random.Random) -> Iterator[list]:
-    """Endless batches: each epoch a fresh permutation, so every unit is seen once per epoch."""
-    while True:
-        order = list(range(len(units)))
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            yield [units[i] for i in order[start : start + batch_size]]
+class ShuffledBatches:
+    """Endless batches: each epoch a fresh seeded permutation, so every unit is seen once per epoch.
+
+    Its position is a small JSON-able state (`state_dict`), so a resumed run draws exactly the batches the
+    interrupted one would have drawn next.
+    """
+
+    def __init__(self, units: list, batch_size: int, seed: int):
+        self.units, self.batch_size = units, batch_size
+        self.rng = random.Random(seed)
+        self.order: list[int] = []  # the rest of the current epoch's permutation
+
+    def __iter__(self) -> Iterator[list]:
+        return self
+
+    def __next__(self) -> list:
+        if not self.order:
+            self.order = list(range(len(self.units)))
+            self.rng.shuffle(self.order)
+        taken, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return [self.units[i] for i in taken]
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_state_to_json(self.rng.getstate()), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(rng_state_from_json(state["rng"]))
+        self.order = list(state["order"])
+
+
+def rng_state_to_json(state: tuple) -> list:
+    """random.Random.getstate() as JSON-able lists."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def rng_state_from_json(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
 
 
 def clipped_step(optimizer, params, max_grad_norm: float) -> float | None:

@@ -288,7 +288,7 @@ def test_align_ppo_on_preferences_trains_the_reward_model_first(peaked_model_dir
     assert "rm/eval_accuracy" in result.metrics and "rl/reward_last" in result.metrics
     stages = [json.loads(line)["stage"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert stages == ["rm"] * 3 + ["ppo"]  # one rollout: its two PPO epochs are the 2 optimizer steps
-    with pytest.raises(ValueError, match="got prompts only: pass reward_fn, or preference pairs"):
+    with pytest.raises(ValueError, match="got prompts only: pass reward_fn, preference pairs to learn a reward"):
         lorarlhf.align(str(peaked_model_dir), PROMPTS, method="ppo", output_dir=tmp_path / "other", steps=1)
 
 
