@@ -43,6 +43,9 @@ class CommonConfig:
     """Gradient clipping threshold (global L2 norm)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    max_skipped_steps: int = 3
+    """Steps in a row with a NaN or infinite reward, loss or gradient (each skipped, never applied) before the
+    run stops with an error saying where the NaN came from."""
     samples: int = 4
     """Prompts whose completions are sampled before and after training into samples.jsonl (0: none)."""
     merge: bool = False
@@ -86,6 +89,7 @@ class CommonConfig:
         if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:
             raise ValueError(f"save_every={self.save_every!r} must be an integer >= 0 (0: no checkpoints)")
         _positive_int(self, "keep_checkpoints")
+        _positive_int(self, "max_skipped_steps")
         if self.resume and self.overwrite:
             raise ValueError("resume=True continues the run in output_dir and overwrite=True replaces it; pick one")
 
@@ -180,8 +184,6 @@ class RLConfig(CommonConfig, SFTStageOptions):
     """Clip rewards to [-reward_clip, reward_clip] after normalisation (None: no clipping)."""
     grad_accumulation: int = 1
     """Micro-batches per minibatch: the same update with 1/grad_accumulation of the activation memory."""
-    max_skipped_steps: int = 3
-    """Rollouts in a row with a NaN/infinite reward or loss before the run stops with an error."""
     rm_steps: int = 200
     """Reward-model steps trained first when the data is preference pairs and no reward_fn is given."""
     rm_lr: float = 1e-4
@@ -190,7 +192,7 @@ class RLConfig(CommonConfig, SFTStageOptions):
     def __post_init__(self):
         super().__post_init__()
         self._check_sft_stage()
-        for name in ("max_new_tokens", "grad_accumulation", "max_skipped_steps", "rm_steps"):
+        for name in ("max_new_tokens", "grad_accumulation", "rm_steps"):
             _positive_int(self, name)
         _positive_number(self, "rm_lr")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:

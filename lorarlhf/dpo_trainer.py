@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from lorarlhf.data import PreferencePair
 from lorarlhf.dpo_config import DPOConfig
 from lorarlhf.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
-from lorarlhf.training import ShuffledBatches, StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, ShuffledBatches, StageRun, guarded_step
 
 
 def pair_logprobs(hydra, pairs: list[PreferencePair], role: str, max_length: int | None = None):
@@ -71,9 +71,10 @@ def train_dpo(
     )
     params = hydra.trainable_parameters("actor")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run, start = StageRun(), 1
+    run, start, guard = StageRun(), 1, NonFiniteGuard("dpo", config.max_skipped_steps)
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
+        guard.load_state_dict(state["guard"])
         run.history, start = state["history"], state["step"] + 1
 
     hydra.disable_dropout()  # the policy and the reference pass must see the same network
@@ -90,9 +91,7 @@ def train_dpo(
             pairs = [pair for _, pair in rows]
             chosen, rejected = pair_logprobs(hydra, pairs, "actor", config.max_length)  # (B,), (B,)
             loss, margin = _loss(hydra, pairs, [i for i, _ in rows], chosen, rejected, ref_table, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = clipped_step(optimizer, params, config.max_grad_norm)  # None: not finite, not applied
+            grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
             record = {
                 "step": step,
                 "dpo/loss": loss.item(),
@@ -106,10 +105,12 @@ def train_dpo(
             if on_step is not None:
                 on_step(record)
             if checkpoints is not None and checkpoints.due(step):
-                checkpoints.save(step, hydra, optimizer, {"batches": batches.state_dict(), "history": run.history})
+                state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
+                checkpoints.save(step, hydra, optimizer, state)
     if eval_pairs:
         run.metrics.update(evaluate_dpo(hydra, eval_pairs, config))
     run.metrics["dpo/train_loss_last"] = run.history[-1]["dpo/loss"]
+    run.metrics.update(guard.metrics())
     return run
 
 

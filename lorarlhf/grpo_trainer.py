@@ -28,7 +28,6 @@ from lorarlhf.rewards import reward_functions
 from lorarlhf.rl_loop import (
     PhaseTimer,
     PromptStream,
-    check_skips,
     collect,
     final_metrics,
     fit_prompts,
@@ -39,7 +38,7 @@ from lorarlhf.rl_loop import (
     sampling_of,
 )
 from lorarlhf.rl_losses import group_advantages, grpo_policy_loss, masked_mean
-from lorarlhf.training import StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, StageRun, clipped_step
 
 log = logging.getLogger("lorarlhf.grpo")
 
@@ -60,10 +59,11 @@ def train_grpo(
     sampling = sampling_of(config)
     params = hydra.trainable_parameters("actor")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run, steps, skipped_in_row, skipped = StageRun(), 0, 0, 0
+    run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         stream.load_state_dict(state["stream"])
-        run.history, steps, skipped, skipped_in_row = state["history"], state["step"], *state["skipped"]
+        guard.load_state_dict(state["guard"])
+        run.history, steps = state["history"], state["step"]
     bar = tqdm(total=config.steps, initial=steps, desc="grpo", disable=not progress)
 
     while steps < config.steps:
@@ -72,8 +72,7 @@ def train_grpo(
         samples, seeds = stream.next(config.batch_size, repeats=config.group_size)
         rollout, rewards = collect(hydra, samples, seeds, sampling, functions, config, timer)
         if rewards is None:
-            skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
-            check_skips(skipped_in_row, config.max_skipped_steps, "the reward was NaN or infinite")
+            guard.skip(f"a reward was NaN or infinite in the rollout after step {steps}")
             continue
         raw_scores, scores = rewards
         advantages = group_advantages(scores, config.group_size, scale_by_std=config.scale_rewards)  # (B*G,)
@@ -93,10 +92,9 @@ def train_grpo(
                     step_stats = _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp,
                                          advantages, config)  # fmt: skip
                     if step_stats is None:
-                        skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
-                        check_skips(skipped_in_row, config.max_skipped_steps, "the loss or its gradient was not finite")
+                        guard.skip(f"the loss or a gradient was not finite at step {steps + 1}")
                         continue
-                    skipped_in_row = 0
+                    guard.ok()
                     stats.append(step_stats)
                     steps += 1
                     bar.update(1)
@@ -119,10 +117,10 @@ def train_grpo(
         if on_step is not None:
             on_step(record)
         if checkpoints is not None and checkpoints.due(steps, steps_before):
-            state = {"stream": stream.state_dict(), "history": run.history, "skipped": [skipped, skipped_in_row]}
+            state = {"stream": stream.state_dict(), "history": run.history, "guard": guard.state_dict()}
             checkpoints.save(steps, hydra, optimizer, state)
     bar.close()
-    run.metrics = {**final_metrics(run.history), "rl/skipped_steps": float(skipped)}
+    run.metrics = {**final_metrics(run.history), **guard.metrics()}
     return run
 
 

@@ -152,6 +152,7 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     ]
     if samples:
         (out / SAMPLES).write_text("".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
+    metrics["skipped_nonfinite_steps"] = sum(v for k, v in metrics.items() if k.endswith("/skipped_nonfinite_steps"))
     metrics["peak_memory_gb"] = peak_memory_gb(hydra.device)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     hydra.save(out)

@@ -33,7 +33,6 @@ from lorarlhf.rewards import reward_functions
 from lorarlhf.rl_loop import (
     PhaseTimer,
     PromptStream,
-    check_skips,
     collect,
     final_metrics,
     fit_prompts,
@@ -57,7 +56,7 @@ from lorarlhf.rl_losses import (
     masked_whiten,
 )
 from lorarlhf.tokenization import TokenizedBatch
-from lorarlhf.training import StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, StageRun, clipped_step
 
 log = logging.getLogger("lorarlhf.ppo")
 
@@ -91,11 +90,12 @@ def train_ppo(
     )
     params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run, steps, skipped_in_row, skipped = StageRun(), 0, 0, 0
+    run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         stream.load_state_dict(state["stream"])
         kl_control.load_state_dict(state["kl_control"])
-        run.history, steps, skipped, skipped_in_row = state["history"], state["step"], *state["skipped"]
+        guard.load_state_dict(state["guard"])
+        run.history, steps = state["history"], state["step"]
     bar = tqdm(total=config.steps, initial=steps, desc="ppo", disable=not progress)
 
     while steps < config.steps:
@@ -104,8 +104,7 @@ def train_ppo(
         batch_prompts, seeds = stream.next(config.batch_size)
         rollout, rewards = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer)
         if rewards is None:
-            skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
-            check_skips(skipped_in_row, config.max_skipped_steps, "the reward was NaN or infinite")
+            guard.skip(f"a reward was NaN or infinite in the rollout after step {steps}")
             continue
         raw_scores, scores = rewards
         batch = rollout.batch()
@@ -132,10 +131,9 @@ def train_ppo(
                     step_stats = _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values,
                                          advantages, returns, config)  # fmt: skip
                     if step_stats is None:  # non-finite loss or gradient: nothing was applied
-                        skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
-                        check_skips(skipped_in_row, config.max_skipped_steps, "the loss or its gradient was not finite")
+                        guard.skip(f"the loss or a gradient was not finite at step {steps + 1}")
                         continue
-                    skipped_in_row = 0
+                    guard.ok()
                     stats.append(step_stats)
                     steps += 1
                     bar.update(1)
@@ -166,11 +164,11 @@ def train_ppo(
                 "stream": stream.state_dict(),
                 "kl_control": kl_control.state_dict(),
                 "history": run.history,
-                "skipped": [skipped, skipped_in_row],
+                "guard": guard.state_dict(),
             }
             checkpoints.save(steps, hydra, optimizer, state)
     bar.close()
-    run.metrics = {**final_metrics(run.history), "rl/skipped_steps": float(skipped)}
+    run.metrics = {**final_metrics(run.history), **guard.metrics()}
     return run
 
 

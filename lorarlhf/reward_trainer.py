@@ -32,7 +32,7 @@ from lorarlhf.losses import (
     reward_centering_loss,
 )
 from lorarlhf.reward_config import RewardConfig
-from lorarlhf.training import ShuffledBatches, StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, ShuffledBatches, StageRun, guarded_step
 
 log = logging.getLogger("lorarlhf.reward")
 
@@ -65,9 +65,10 @@ def train_reward_model(
     batches = ShuffledBatches(units, config.batch_size, config.seed)
     params = hydra.trainable_parameters("reward")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run, start = StageRun(), 1
+    run, start, guard = StageRun(), 1, NonFiniteGuard("rm", config.max_skipped_steps)
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
+        guard.load_state_dict(state["guard"])
         run.history, start = state["history"], state["step"] + 1
 
     with hydra.train_mode():
@@ -86,9 +87,7 @@ def train_reward_model(
             else:
                 chosen, rejected = pair_rewards(hydra, batch, config.max_length)  # (B,), (B,)
                 loss = _pairwise_loss(chosen, rejected, batch, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = clipped_step(optimizer, params, config.max_grad_norm)  # None: not finite, not applied
+            grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
 
             record = {
                 "step": step,
@@ -101,13 +100,15 @@ def train_reward_model(
             if on_step is not None:
                 on_step(record)
             if checkpoints is not None and checkpoints.due(step):
-                checkpoints.save(step, hydra, optimizer, {"batches": batches.state_dict(), "history": run.history})
+                state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
+                checkpoints.save(step, hydra, optimizer, state)
 
     if eval_pairs:
         run.metrics.update(evaluate_reward_model(hydra, eval_pairs, config))
     else:
         log.warning("no held-out pairs (eval_fraction=%s): rm/eval_* metrics are not reported", config.eval_fraction)
     run.metrics["rm/train_loss_last"] = run.history[-1]["rm/loss"]
+    run.metrics.update(guard.metrics())
     return run
 
 

@@ -125,11 +125,6 @@ def rollout_record(rollout: Rollout, raw: torch.Tensor, shaped: torch.Tensor, ti
     }
 
 
-def check_skips(skipped_in_row: int, limit: int, reason: str) -> None:
-    if skipped_in_row >= limit:
-        raise RuntimeError(f"{skipped_in_row} rollouts in a row were skipped: {reason}; stopping the run")
-
-
 def rows_of(batch: TokenizedBatch, rows: torch.Tensor) -> TokenizedBatch:
     return TokenizedBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows])
 

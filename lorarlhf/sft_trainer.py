@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lorarlhf.demonstrations import Demonstration
 from lorarlhf.sft_config import SFTConfig
-from lorarlhf.training import ShuffledBatches, StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, ShuffledBatches, StageRun, guarded_step
 
 
 def train_sft(
@@ -47,9 +47,10 @@ def train_sft(
     batches = ShuffledBatches(list(train_demos), config.batch_size, config.seed)
     params = hydra.trainable_parameters("sft")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    run, start = StageRun(), 1
+    run, start, guard = StageRun(), 1, NonFiniteGuard("sft", config.max_skipped_steps)
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
+        guard.load_state_dict(state["guard"])
         run.history, start = state["history"], state["step"] + 1
 
     with hydra.train_mode():
@@ -58,9 +59,7 @@ def train_sft(
         ):
             demos = next(batches)
             loss, tokens = completion_nll(hydra, demos, config.max_length)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = clipped_step(optimizer, params, config.max_grad_norm)  # None: not finite, not applied
+            grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
             record = {
                 "step": step,
                 "sft/loss": loss.item(),
@@ -71,10 +70,12 @@ def train_sft(
             if on_step is not None:
                 on_step(record)
             if checkpoints is not None and checkpoints.due(step):
-                checkpoints.save(step, hydra, optimizer, {"batches": batches.state_dict(), "history": run.history})
+                state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
+                checkpoints.save(step, hydra, optimizer, state)
     if eval_demos:
         run.metrics["sft/eval_loss"] = evaluate_sft(hydra, eval_demos, config)
     run.metrics["sft/train_loss_last"] = run.history[-1]["sft/loss"]
+    run.metrics.update(guard.metrics())
     if "actor" in hydra.adapters:
         hydra.copy_adapter("sft", "actor")
     return run

@@ -1,4 +1,5 @@
-"""What every training stage shares: its returned record, the stream of shuffled batches, the optimizer step."""
+"""What every training stage shares: its returned record, the stream of shuffled batches, the optimizer step
+and the guard that keeps non-finite numbers away from the weights."""
 
 from __future__ import annotations
 
@@ -70,3 +71,56 @@ def clipped_step(optimizer, params, max_grad_norm: float) -> float | None:
         return None
     optimizer.step()
     return grad_norm.item()
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped: too many steps in a row had a NaN or infinite reward, loss or gradient."""
+
+
+class NonFiniteGuard:
+    """Counts steps skipped for a NaN or infinite reward, loss or gradient; stops the run after `limit` in a row.
+
+    One bad batch is skipped and training goes on; a run that only produces NaN stops with an error that
+    says where the NaN came from, instead of training on garbage or looping forever.
+    """
+
+    def __init__(self, stage: str, limit: int):
+        self.stage, self.limit = stage, limit
+        self.total, self.in_row = 0, 0
+
+    def skip(self, reason: str) -> None:
+        self.total, self.in_row = self.total + 1, self.in_row + 1
+        log.warning("%s: skipping a step: %s", self.stage, reason)
+        if self.in_row >= self.limit:
+            raise NonFiniteError(
+                f"{self.stage}: {self.in_row} steps in a row were skipped, the last because {reason}; stopping the "
+                "run (check the data and the reward for NaN/inf, or lower lr)"
+            )
+
+    def ok(self) -> None:
+        self.in_row = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{self.stage}/skipped_nonfinite_steps": float(self.total)}
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "in_row": self.in_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.in_row = int(state["total"]), int(state["in_row"])
+
+
+def guarded_step(loss: torch.Tensor, optimizer, params, max_grad_norm: float, guard: NonFiniteGuard, where: str):
+    """Backward and a clipped optimizer step, unless the loss or the gradient is not finite: then nothing is
+    applied, the guard counts it, and None is returned instead of the gradient norm."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        guard.skip(f"the loss was {loss.item()} at {where}")
+        return None
+    loss.backward()
+    grad_norm = clipped_step(optimizer, params, max_grad_norm)
+    if grad_norm is None:
+        guard.skip(f"a gradient was not finite at {where} (the loss was {loss.item():.4g})")
+    else:
+        guard.ok()
+    return grad_norm

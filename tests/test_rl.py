@@ -253,8 +253,10 @@ def test_non_finite_rewards_are_skipped_then_stop_the_run(peaked_model_dir):
         reward_fn=flaky,
         progress=False,
     )
-    assert run.metrics["rl/skipped_steps"] == 1 and len(run.history) == 2
-    with pytest.raises(RuntimeError, match=r"3 rollouts in a row were skipped: the reward was NaN or infinite"):
+    assert run.metrics["rl/skipped_nonfinite_steps"] == 1 and len(run.history) == 2
+    with pytest.raises(
+        RuntimeError, match=r"rl: 3 steps in a row were skipped, the last because a reward was NaN or infinite"
+    ):
         train_grpo(
             hydra,
             PROMPTS,
