@@ -238,7 +238,16 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} cannot be read ({error}); the file is damaged or truncated") from error
 
 
-def load_hydra(cls, output_dir: Path, *, base: str | None, device, dtype=None, gradient_checkpointing: bool = False):
+def load_hydra(
+    cls,
+    output_dir: Path,
+    *,
+    base: str | None,
+    device,
+    dtype=None,
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+):
     """Rebuild a saved Hydra on its base model (or on `base`, which must be the same weights).
 
     dtype None: the run's own compute dtype when loaded on the same kind of device, else the device's default.
@@ -249,10 +258,18 @@ def load_hydra(cls, output_dir: Path, *, base: str | None, device, dtype=None, g
     device = resolve_device(device)
     if dtype is None and manifest.get("device") == device.type and manifest.get("dtype") in DTYPE_NAMES:
         dtype = manifest["dtype"]
-    causal_lm = load_base_model(source, quantize=quantize, device=device, dtype=resolve_dtype(dtype, device))
+    causal_lm = load_base_model(
+        source,
+        quantize=quantize,
+        device=device,
+        dtype=resolve_dtype(dtype, device),
+        trust_remote_code=trust_remote_code,
+    )
     check_base_matches(manifest["base"], causal_lm, source)
     tokenizer_dir = output_dir / TOKENIZER
-    tokenizer = load_tokenizer(str(tokenizer_dir) if tokenizer_dir.is_dir() else source)
+    tokenizer = load_tokenizer(
+        str(tokenizer_dir) if tokenizer_dir.is_dir() else source, trust_remote_code=trust_remote_code
+    )
     lora = manifest["lora"]
     hydra = cls(
         causal_lm,

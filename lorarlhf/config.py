@@ -60,6 +60,8 @@ class CommonConfig:
     """Continue the run in output_dir from its newest complete checkpoint, exactly where it stopped."""
     overwrite: bool = False
     """Allow replacing an earlier run in output_dir (otherwise refused, so no finished run is lost)."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code when loading it (read it first: it runs as you)."""
 
     def __post_init__(self):
         _positive_int(self, "steps")
@@ -83,7 +85,7 @@ class CommonConfig:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
             raise ValueError(f"samples={self.samples!r} must be an integer >= 0")
-        for name in ("merge", "resume", "overwrite"):
+        for name in ("merge", "resume", "overwrite", "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:

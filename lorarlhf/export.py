@@ -15,7 +15,14 @@ import torch
 from lorarlhf.checkpoint import ADAPTERS
 
 
-def export_merged(run_dir: str | Path, out_dir: str | Path, *, role: str = "actor", device: str = "cpu") -> Path:
+def export_merged(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    role: str = "actor",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> Path:
     """Merge `role`'s adapter of the saved run in `run_dir` into its base; save to `out_dir` (new or empty)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -29,10 +36,16 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, *, role: str = "acto
         raise FileNotFoundError(f"{run_dir} has no {role!r} adapter to merge; its roles are {manifest['roles']}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not an empty directory; choose a new one for the merged model")
-    base = AutoModelForCausalLM.from_pretrained(manifest["base"]["name_or_path"], dtype="auto", device_map={"": device})
+    base = AutoModelForCausalLM.from_pretrained(
+        manifest["base"]["name_or_path"],
+        dtype="auto",
+        device_map={"": device},
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(run_dir / TOKENIZER).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(run_dir / TOKENIZER, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
     del merged, base
     if device != "cpu":
         torch.cuda.empty_cache()

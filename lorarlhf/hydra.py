@@ -127,6 +127,7 @@ class HydraModel(nn.Module):
         roles: tuple[str, ...] = DEFAULT_ROLES,
         gradient_checkpointing: bool = False,
         critic: str = "separate",
+        trust_remote_code: bool = False,
     ) -> HydraModel:
         """Load a causal LM (hub id or local directory), freeze it, and put an adapter on it per role.
 
@@ -137,7 +138,8 @@ class HydraModel(nn.Module):
         gradient_checkpointing: recompute activations in backward (in training mode, after `.train()`),
             each segment under the role it ran with, trading compute for activation memory.
         critic: "separate" (its own adapter + value head) or "shared" (the actor's adapter + value head).
-        The model starts in eval mode, as transformers models do.
+        trust_remote_code: run the model repository's own Python code (off: only transformers' own models).
+        Weights are read from safetensors only. The model starts in eval mode, as transformers models do.
         """
         quantize = check_quantize(quantize)
         source = check_source(name_or_path)
@@ -145,8 +147,10 @@ class HydraModel(nn.Module):
         roles = _check_roles(roles)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        base = load_base_model(source, quantize=quantize, device=device, dtype=dtype)
-        tokenizer = load_tokenizer(source)
+        base = load_base_model(
+            source, quantize=quantize, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
         return cls(
             base,
             tokenizer,
@@ -167,10 +171,12 @@ class HydraModel(nn.Module):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
     ) -> HydraModel:
         """Reload a run written by `save`; `base` overrides the recorded base model location.
 
         dtype None keeps the run's compute dtype on the same kind of device, else picks the device's default.
+        Nothing is unpickled: adapters and heads are safetensors, the manifest JSON.
         """
         return load_hydra(
             cls,
@@ -179,6 +185,7 @@ class HydraModel(nn.Module):
             device=device,
             dtype=dtype,
             gradient_checkpointing=gradient_checkpointing,
+            trust_remote_code=trust_remote_code,
         )
 
     def save(self, output_dir: str | os.PathLike) -> Path:

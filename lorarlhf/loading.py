@@ -96,33 +96,63 @@ def bnb_config(compute_dtype: torch.dtype):
 
 
 def load_base_model(
-    name_or_path: str, *, quantize: str | None, device: torch.device, dtype: torch.dtype
+    name_or_path: str,
+    *,
+    quantize: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    """The causal LM, frozen, on `device`, NF4-quantized when asked; errors name the model."""
+    """The causal LM, frozen, on `device`, NF4-quantized when asked; errors name the model.
+
+    Weights are read from safetensors files only (a pickled .bin checkpoint can run code when loaded), and
+    a model's own Python code runs only with trust_remote_code=True.
+    """
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise OSError(
             f"could not load a model config from {name_or_path!r}: it is not a local directory and could not be "
             f"fetched from the Hugging Face Hub ({error.__class__.__name__}: {error})"
         ) from error
+    except ValueError as error:
+        raise ValueError(_remote_code_hint(name_or_path, error)) from error
     logit_scale(config)  # refuse an unsupported LM head before loading any weights
-    kwargs = {"dtype": dtype, "device_map": {"": device}}
+    kwargs = {"dtype": dtype, "device_map": {"": device}, "use_safetensors": True}
     if quantize == "nf4":
         kwargs["quantization_config"] = bnb_config(dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs
+        )
     except ValueError as error:
         if "Unrecognized configuration class" in str(error):
             raise ValueError(
                 f"model {name_or_path!r} (model_type={config.model_type!r}) is not a causal language model: "
                 "lorarlhf needs a model with an LM head (AutoModelForCausalLM)"
             ) from error
+        raise ValueError(_remote_code_hint(name_or_path, error)) from error
+    except OSError as error:
+        if "safetensors" in str(error):
+            raise OSError(
+                f"model {name_or_path!r} has no safetensors weights; lorarlhf loads weights only from safetensors "
+                "(a pickled .bin file can run code when loaded). Convert it once, e.g. "
+                "model.save_pretrained(dir, safe_serialization=True) in a trusted environment"
+            ) from error
         raise
     if quantize is not None:
         _keep_cpu_4bit_differentiable(model)
     model.requires_grad_(False)
     return model
+
+
+def _remote_code_hint(name_or_path: str, error: Exception) -> str:
+    if "trust_remote_code" in str(error):
+        return (
+            f"model {name_or_path!r} needs its own Python code to load; lorarlhf runs it only with "
+            "trust_remote_code=True (read that code first: it runs with your permissions)"
+        )
+    return str(error)
 
 
 def logit_scale(config) -> float:
@@ -154,9 +184,12 @@ def _keep_cpu_4bit_differentiable(model: PreTrainedModel) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     """The model's tokenizer, with a pad token (EOS when the model has none) for batching."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        raise ValueError(_remote_code_hint(name_or_path, error)) from error
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token")

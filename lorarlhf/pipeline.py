@@ -92,8 +92,11 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         raise ValueError(f"reward_fn is for the RL methods (ppo, grpo); method={method!r} does not sample responses")
     if config.merge and method == "rm":
         raise ValueError("merge=True merges the actor, which method='rm' does not train; it trains the reward role")
-    model = _resolve_model(model)
-    tokenizer = model.tokenizer if isinstance(model, HydraModel) else load_tokenizer(model)
+    model = _resolve_model(model, config)
+    if isinstance(model, HydraModel):
+        tokenizer = model.tokenizer
+    else:
+        tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
     train_reward = method == "rm" or (method in RL_TRAINERS and reward_fn is None and not _reuses_reward(model, data))
     inputs = _Inputs(data, tokenizer, config, method, train_reward)  # reads the data now: bad rows fail fast
     out = _prepare_output_dir(output_dir, method, resume=config.resume, overwrite=config.overwrite)
@@ -158,7 +161,7 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     hydra.save(out)
     plot_training_curves(read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {_short_name(hydra.source)}")
     if config.merge:
-        export_merged(out, out / MERGED)
+        export_merged(out, out / MERGED, trust_remote_code=config.trust_remote_code)
     return AlignResult(output_dir=out, metrics=metrics, model=hydra, samples=samples)
 
 
@@ -296,7 +299,7 @@ def _has_pairs(data) -> bool:
     return not (isinstance(first, dict) and set(k for k, v in first.items() if v is not None) <= {"prompt"})
 
 
-def _resolve_model(model):
+def _resolve_model(model, config):
     """A HydraModel as given; a saved run's directory reloaded; "demo" as the bundled model's directory."""
     if isinstance(model, HydraModel):
         return model
@@ -307,7 +310,7 @@ def _resolve_model(model):
 
         model = DEMO_MODEL_DIR
     if (Path(model) / MANIFEST).is_file():  # a previous run: its adapters go on, trained
-        return HydraModel.load(model)
+        return HydraModel.load(model, trust_remote_code=config.trust_remote_code)
     return check_source(model)
 
 
@@ -327,6 +330,7 @@ def _hydra_for(model, config, roles: tuple[str, ...]) -> HydraModel:
         lora_alpha=config.lora_alpha,
         gradient_checkpointing=config.gradient_checkpointing,
         critic=getattr(config, "critic", "separate"),
+        trust_remote_code=config.trust_remote_code,
     )
 
 

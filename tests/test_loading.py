@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import T5Config
@@ -93,3 +98,53 @@ def test_tokenizer_without_pad_token_pads_with_eos(tmp_path):
     hydra = HydraModel.from_pretrained(path, quantize=None)
     assert hydra.tokenizer.pad_token == hydra.tokenizer.eos_token
     assert hydra.score(["a", "longer prompt"], ["b", "c"]).shape == (2,)
+
+
+# --------------------------------------------------------------------------- nothing runs that the user did not allow
+
+
+class _Trap:
+    """Unpickling this creates a marker file: proof that a pickle was loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickled_weights_are_never_loaded(tmp_path, tiny_model_dir):
+    model_dir = tmp_path / "bin-model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    (model_dir / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
+    with pytest.raises(OSError, match="has no safetensors weights; lorarlhf loads weights only from safetensors"):
+        HydraModel.from_pretrained(model_dir, quantize=None)
+    assert not marker.exists()
+
+
+def test_a_saved_run_is_never_unpickled(tmp_path, tiny_model_dir):
+    HydraModel.from_pretrained(tiny_model_dir, quantize=None, roles=("actor",)).save(tmp_path / "run")
+    marker = tmp_path / "unpickled"
+    (tmp_path / "run" / "adapters" / "actor" / "adapter_model.safetensors").write_bytes(pickle.dumps(_Trap(marker)))
+    with pytest.raises(ValueError, match="adapter_model.safetensors cannot be read"):
+        HydraModel.load(tmp_path / "run")
+    assert not marker.exists()
+
+
+def test_a_models_own_code_runs_only_with_trust_remote_code(tmp_path, tiny_model_dir):
+    model_dir = tmp_path / "remote-code"
+    shutil.copytree(tiny_model_dir, model_dir)
+    marker = tmp_path / "executed"
+    (model_dir / "configuration_custom.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n"
+        "from transformers import LlamaConfig\n\nclass CustomConfig(LlamaConfig):\n    model_type = 'custom'\n"
+    )
+    config = json.loads((model_dir / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig"}
+    config["model_type"] = "custom"  # not a transformers model: only its own code can load it
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="needs its own Python code to load; lorarlhf runs it only with trust_remote"):
+        HydraModel.from_pretrained(model_dir, quantize=None)
+    assert not marker.exists()
