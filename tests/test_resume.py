@@ -88,7 +88,7 @@ def test_a_run_resumed_from_a_checkpoint_ends_exactly_like_an_uninterrupted_one(
 def test_a_killed_process_resumes_exactly(tiny_model_dir, tmp_path):
     data_path = tmp_path / "prefs.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in yes_no_pairs(16)))
-    options = dict(method="dpo", quantize=None, steps=300, save_every=2, keep_checkpoints=3, samples=0, lr=5e-3)
+    options = dict(method="dpo", quantize=None, steps=80, save_every=2, keep_checkpoints=3, samples=0, lr=5e-3)
     script = textwrap.dedent(f"""
         import torch, lorarlhf
         torch.set_num_threads(1)
