@@ -19,6 +19,7 @@ penalty to the reference inside the loss.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -38,7 +39,7 @@ from lorarlhf.rl_loop import (
     sampling_of,
 )
 from lorarlhf.rl_losses import group_advantages, grpo_policy_loss, masked_mean
-from lorarlhf.training import NonFiniteGuard, StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, clipped_step
 
 log = logging.getLogger("lorarlhf.grpo")
 
@@ -60,6 +61,7 @@ def train_grpo(
     params = hydra.trainable_parameters("actor")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
+    backoff = OutOfMemoryBackoff("rl")
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         stream.load_state_dict(state["stream"])
         guard.load_state_dict(state["guard"])
@@ -70,7 +72,7 @@ def train_grpo(
         steps_before = steps
         timer = PhaseTimer()
         samples, seeds = stream.next(config.batch_size, repeats=config.group_size)
-        rollout, rewards = collect(hydra, samples, seeds, sampling, functions, config, timer)
+        rollout, rewards = collect(hydra, samples, seeds, sampling, functions, config, timer, backoff)
         if rewards is None:
             guard.skip(f"a reward was NaN or infinite in the rollout after step {steps}")
             continue
@@ -80,17 +82,17 @@ def train_grpo(
         mask = batch.response_mask  # (B*G, T)
 
         with timer("reference"), torch.no_grad():  # in grad_accumulation chunks, like the updates
-            chunks, t = config.grad_accumulation, config.temperature
-            logprobs = hydra.token_logprobs
-            ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)  # (B, T)
-            old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
+            ref_logp, old_logp, old_entropy = backoff.run(
+                partial(_scoring_passes, hydra, batch, config), "the reference and rollout-policy passes"
+            )  # (B, T) each
 
         stats = []
         with timer("train"), hydra.train_mode():
             for _ in range(config.num_iterations):
                 for minibatch in torch.randperm(len(samples)).chunk(config.num_minibatches):
-                    step_stats = _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp,
-                                         advantages, config)  # fmt: skip
+                    update = partial(_update, hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp,
+                                     advantages, config)  # fmt: skip
+                    step_stats = backoff.run(update, "the update")
                     if step_stats is None:
                         guard.skip(f"the loss or a gradient was not finite at step {steps + 1}")
                         continue
@@ -124,11 +126,20 @@ def train_grpo(
     return run
 
 
-def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp, advantages, config):
-    """One optimizer step on a minibatch, in grad_accumulation micro-batches; None if it was not finite."""
+def _scoring_passes(hydra, batch, config: GRPOConfig, smaller: int = 1):
+    """Reference log-probs, rollout-policy log-probs and entropy, without autograd, in grad_accumulation x
+    `smaller` chunks."""
+    chunks, t, logprobs = config.grad_accumulation * smaller, config.temperature, hydra.token_logprobs
+    ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)
+    old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
+    return ref_logp, old_logp, old_entropy
+
+
+def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp, advantages, config, smaller=1):
+    """One optimizer step on a minibatch, in grad_accumulation (x `smaller`) micro-batches; None if not finite."""
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
-    micro_batches = minibatch.chunk(config.grad_accumulation)
+    micro_batches = minibatch.chunk(config.grad_accumulation * smaller)
     minibatch_tokens = mask[minibatch].sum().clamp_min(1)
     for rows in micro_batches:
         # Weight each micro-batch by its share of what the loss averages over (tokens, or sequences), so

@@ -56,7 +56,7 @@ from lorarlhf.rl_losses import (
     masked_whiten,
 )
 from lorarlhf.tokenization import TokenizedBatch
-from lorarlhf.training import NonFiniteGuard, StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, clipped_step
 
 log = logging.getLogger("lorarlhf.ppo")
 
@@ -81,7 +81,6 @@ def train_ppo(
     torch.manual_seed(config.seed)
     prompts = fit_prompts(hydra.tokenizer, prompts, config)
     stream = PromptStream(prompts, config.seed)
-    t = config.temperature
     sampling = sampling_of(config)
     kl_control = (
         AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -91,6 +90,7 @@ def train_ppo(
     params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
+    backoff = OutOfMemoryBackoff("rl")
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         stream.load_state_dict(state["stream"])
         kl_control.load_state_dict(state["kl_control"])
@@ -102,7 +102,7 @@ def train_ppo(
         steps_before = steps
         timer = PhaseTimer()
         batch_prompts, seeds = stream.next(config.batch_size)
-        rollout, rewards = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer)
+        rollout, rewards = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer, backoff)
         if rewards is None:
             guard.skip(f"a reward was NaN or infinite in the rollout after step {steps}")
             continue
@@ -111,11 +111,9 @@ def train_ppo(
         mask = batch.response_mask  # (B, T): the sampled tokens
 
         with timer("reference"), torch.no_grad():  # in grad_accumulation chunks, like the updates
-            chunks = config.grad_accumulation
-            logprobs = hydra.token_logprobs
-            ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)  # (B, T)
-            old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
-            old_values = in_chunks(batch, chunks, partial(state_values, hydra))  # (B, T)
+            ref_logp, old_logp, old_entropy, old_values = backoff.run(
+                partial(_scoring_passes, hydra, batch, config), "the reference and rollout-policy passes"
+            )  # (B, T) each
 
         kl = token_kl(old_logp, ref_logp, estimator=config.kl_estimator) * mask  # (B, T)
         token_rewards = -kl_control.value * kl + last_token_scores(scores, mask)  # (B, T)
@@ -128,8 +126,9 @@ def train_ppo(
             for _ in range(config.ppo_epochs):
                 order = torch.randperm(len(batch_prompts))
                 for minibatch in order.chunk(config.num_minibatches):
-                    step_stats = _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values,
-                                         advantages, returns, config)  # fmt: skip
+                    update = partial(_update, hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values,
+                                     advantages, returns, config)  # fmt: skip
+                    step_stats = backoff.run(update, "the update")
                     if step_stats is None:  # non-finite loss or gradient: nothing was applied
                         guard.skip(f"the loss or a gradient was not finite at step {steps + 1}")
                         continue
@@ -172,11 +171,22 @@ def train_ppo(
     return run
 
 
-def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values, advantages, returns, config):
-    """One optimizer step on a minibatch, in grad_accumulation micro-batches; None if it was not finite."""
+def _scoring_passes(hydra, batch, config: PPOConfig, smaller: int = 1):
+    """Reference log-probs, rollout-policy log-probs and entropy, and values of the rollout, without autograd,
+    in grad_accumulation x `smaller` chunks."""
+    chunks, t, logprobs = config.grad_accumulation * smaller, config.temperature, hydra.token_logprobs
+    ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)
+    old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
+    return ref_logp, old_logp, old_entropy, in_chunks(batch, chunks, partial(state_values, hydra))
+
+
+def _update(
+    hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values, advantages, returns, config, smaller=1
+):
+    """One optimizer step on a minibatch, in grad_accumulation (x `smaller`) micro-batches; None if not finite."""
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
-    micro_batches = minibatch.chunk(config.grad_accumulation)
+    micro_batches = minibatch.chunk(config.grad_accumulation * smaller)
     minibatch_tokens = mask[minibatch].sum().clamp_min(1)
     for rows in micro_batches:
         # The losses are token means; weighting each micro-batch by its share of the minibatch's tokens

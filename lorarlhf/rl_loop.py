@@ -10,12 +10,13 @@ import random
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
 from lorarlhf.memory import peak_memory_gb
 from lorarlhf.rewards import NonFiniteReward, score_rollout
-from lorarlhf.rollout import Rollout, SamplingConfig, generate_rollout
+from lorarlhf.rollout import Rollout, SamplingConfig, generate_in_pieces
 from lorarlhf.tokenization import TokenizedBatch
 from lorarlhf.training import rng_state_from_json, rng_state_to_json
 
@@ -73,11 +74,11 @@ class PhaseTimer:
             self.seconds[phase] += time.perf_counter() - start
 
 
-def collect(hydra, prompts, seeds, sampling: SamplingConfig, functions, config, timer: PhaseTimer):
+def collect(hydra, prompts, seeds, sampling: SamplingConfig, functions, config, timer: PhaseTimer, backoff):
     """Sample and score one batch: (rollout, (raw, shaped) rewards), the rewards None when one is NaN or
-    infinite (the caller skips and counts it)."""
+    infinite (the caller skips and counts it). Out of memory, it samples the batch in smaller pieces."""
     with timer("generate"):
-        rollout = generate_rollout(hydra, prompts, sampling, seeds)
+        rollout = backoff.run(partial(generate_in_pieces, hydra, prompts, sampling, seeds), "generation")
     with timer("score"):
         try:
             rewards = score_rollout(

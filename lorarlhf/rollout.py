@@ -149,3 +149,39 @@ def _sample(logits: torch.Tensor, sampling: SamplingConfig, generators: list[tor
     cdf = probs.cumsum(dim=-1)  # (B, V)
     picks = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).squeeze(-1)
     return picks.clamp(max=probs.shape[-1] - 1)  # guards the float edge where u * total rounds up to total
+
+
+def generate_in_pieces(hydra, prompts: list[str], sampling: SamplingConfig, seeds: list[int], pieces: int) -> Rollout:
+    """generate_rollout over `pieces` slices of the prompts, merged into one Rollout (less memory at once).
+
+    Each prompt samples from its own seed, so its response does not depend on how the batch was cut."""
+    if pieces <= 1 or len(prompts) <= 1:
+        return generate_rollout(hydra, prompts, sampling, seeds)
+    size = -(-len(prompts) // pieces)  # ceil
+    parts = [
+        generate_rollout(hydra, prompts[i : i + size], sampling, seeds[i : i + size])
+        for i in range(0, len(prompts), size)
+    ]
+    return merge_rollouts(parts, pad_id=hydra.tokenizer.pad_token_id)
+
+
+def merge_rollouts(parts: list[Rollout], *, pad_id: int) -> Rollout:
+    """Rollouts of disjoint prompt slices as one: prompts re-padded on the left, responses on the right."""
+    width = max(part.prompt_ids.shape[1] for part in parts)
+    length = max(part.response_ids.shape[1] for part in parts)
+
+    def left(t, value, n):
+        return torch.nn.functional.pad(t, (n - t.shape[1], 0), value=value)
+
+    def right(t, value, n):
+        return torch.nn.functional.pad(t, (0, n - t.shape[1]), value=value)
+
+    return Rollout(
+        prompt_ids=torch.cat([left(p.prompt_ids, pad_id, width) for p in parts]),
+        prompt_mask=torch.cat([left(p.prompt_mask, False, width) for p in parts]),
+        response_ids=torch.cat([right(p.response_ids, pad_id, length) for p in parts]),
+        response_mask=torch.cat([right(p.response_mask, False, length) for p in parts]),
+        finished=torch.cat([p.finished for p in parts]),
+        prompts=[text for p in parts for text in p.prompts],
+        responses=[text for p in parts for text in p.responses],
+    )

@@ -124,3 +124,34 @@ def guarded_step(loss: torch.Tensor, optimizer, params, max_grad_norm: float, gu
     else:
         guard.ok()
     return grad_norm
+
+
+class OutOfMemoryBackoff:
+    """After a CUDA out-of-memory error, cut the work into twice as many pieces and retry it, up to `limit` times.
+
+    `run(fn, what)` calls fn(factor), factor being how many times smaller than configured each micro-batch
+    should be (1 at first). The effective batch never changes, only how much of it is in memory at once,
+    and no data is skipped; the factor stays raised for the rest of the stage (one long prompt that did not
+    fit is likely to come back).
+    """
+
+    def __init__(self, stage: str, limit: int = 4):
+        self.stage, self.limit = stage, limit
+        self.factor = 1
+
+    def run(self, fn, what: str):
+        while True:
+            try:
+                return fn(self.factor)
+            except torch.OutOfMemoryError as error:
+                if self.factor >= 2**self.limit:
+                    raise RuntimeError(
+                        f"{self.stage}: out of memory in {what} even with micro-batches {self.factor}x smaller; "
+                        "lower batch_size, max_length or max_new_tokens"
+                    ) from error
+                self.factor *= 2
+                log.warning(
+                    "%s: out of memory in %s; retrying with micro-batches %dx smaller", self.stage, what, self.factor
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
