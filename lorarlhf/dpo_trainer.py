@@ -9,6 +9,7 @@ Variants: conservative DPO (label smoothing), IPO, and CPL, which needs no refer
     for step in 1..steps:
         batch     <- next shuffled pairs
         logp      <- actor log p(chosen), log p(rejected), one forward pass over the stacked batch
+                     (in slices if memory runs out)
         ref_logp  <- reference log-probs (adapters off), unless precomputed or CPL
         loss      <- DPO | IPO | CPL on them
         update    <- AdamW on the actor adapter, gradient norm clipped
@@ -17,13 +18,22 @@ Variants: conservative DPO (label smoothing), IPO, and CPL, which needs no refer
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from tqdm.auto import tqdm
 
 from lorarlhf.data import PreferencePair
 from lorarlhf.dpo_config import DPOConfig
 from lorarlhf.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
-from lorarlhf.training import NonFiniteGuard, ShuffledBatches, StageRun, guarded_step
+from lorarlhf.training import (
+    NonFiniteGuard,
+    OutOfMemoryBackoff,
+    ShuffledBatches,
+    StageRun,
+    guarded_step,
+    sliced_backward,
+)
 
 
 def pair_logprobs(hydra, pairs: list[PreferencePair], role: str, max_length: int | None = None):
@@ -72,6 +82,7 @@ def train_dpo(
     params = hydra.trainable_parameters("actor")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run, start, guard = StageRun(), 1, NonFiniteGuard("dpo", config.max_skipped_steps)
+    backoff = OutOfMemoryBackoff("dpo")
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
         guard.load_state_dict(state["guard"])
@@ -89,8 +100,14 @@ def train_dpo(
         for step in bar:
             rows = next(batches)
             pairs = [pair for _, pair in rows]
-            chosen, rejected = pair_logprobs(hydra, pairs, "actor", config.max_length)  # (B,), (B,)
-            loss, margin = _loss(hydra, pairs, [i for i, _ in rows], chosen, rejected, ref_table, config)
+
+            def attempt(pieces, rows=rows, pairs=pairs):  # the whole batch's gradient, in `pieces` slices
+                optimizer.zero_grad(set_to_none=True)
+                ref = _reference(hydra, pairs, [i for i, _ in rows], ref_table, config, pieces)
+                return sliced_backward(partial(_policy, hydra, config), pairs, partial(_loss, ref, config), pieces)
+
+            loss, (margin, logp) = backoff.run(attempt, "the update")
+            chosen, rejected = logp[:, 0], logp[:, 1]
             grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
             record = {
                 "step": step,
@@ -114,24 +131,42 @@ def train_dpo(
     return run
 
 
-def _loss(hydra, pairs, indices, chosen, rejected, ref_table, config: DPOConfig):
-    """The configured loss and each pair's implicit-reward margin (positive = the chosen answer wins)."""
+def _policy(hydra, config: DPOConfig, pairs: list[PreferencePair]) -> torch.Tensor:
+    """(B, 2): the actor's summed log-probs of each pair's chosen and rejected answers."""
+    return torch.stack(pair_logprobs(hydra, pairs, "actor", config.max_length), dim=1)
+
+
+@torch.no_grad()
+def _reference(hydra, pairs, indices, ref_table, config: DPOConfig, pieces: int = 1) -> torch.Tensor | None:
+    """(B, 2) reference log-probs of the pairs: looked up when precomputed, None for CPL (it has no reference)."""
+    if config.loss == "cpl":
+        return None
+    if ref_table is not None:
+        return ref_table[torch.tensor(indices)].to(hydra.device)
+    size = -(-len(pairs) // max(pieces, 1))
+    parts = [
+        pair_logprobs(hydra, pairs[i : i + size], "reference", config.max_length) for i in range(0, len(pairs), size)
+    ]
+    return torch.cat([torch.stack(part, dim=1) for part in parts])
+
+
+def _loss(ref: torch.Tensor | None, config: DPOConfig, logp: torch.Tensor):
+    """The configured loss of the policy's (B, 2) log-probs, with (each pair's implicit-reward margin, the
+    log-probs): positive margin = the chosen answer wins."""
+    chosen, rejected = logp[:, 0], logp[:, 1]
     if config.loss == "cpl":
         margin = config.cpl_alpha * (chosen - config.cpl_lambda * rejected)
-        return cpl_loss(chosen, rejected, alpha=config.cpl_alpha, lam=config.cpl_lambda), margin.detach()
-    if ref_table is not None:
-        ref = ref_table[torch.tensor(indices)].to(chosen.device)
-        ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
-    else:
-        with torch.no_grad():
-            ref_chosen, ref_rejected = pair_logprobs(hydra, pairs, "reference", config.max_length)
-    h = dpo_log_ratio_margin(chosen, rejected, ref_chosen, ref_rejected)
+        return cpl_loss(chosen, rejected, alpha=config.cpl_alpha, lam=config.cpl_lambda), (
+            margin.detach(),
+            logp.detach(),
+        )
+    h = dpo_log_ratio_margin(chosen, rejected, ref[:, 0], ref[:, 1])
     loss = (
         ipo_loss(h, beta=config.beta)
         if config.loss == "ipo"
         else dpo_loss(h, beta=config.beta, label_smoothing=config.label_smoothing)
     )
-    return loss, (config.beta * h).detach()
+    return loss, ((config.beta * h).detach(), logp.detach())
 
 
 @torch.no_grad()
@@ -140,8 +175,7 @@ def evaluate_dpo(hydra, pairs: list[PreferencePair], config: DPOConfig) -> dict[
     margins = []
     for start in range(0, len(pairs), config.batch_size):
         batch = pairs[start : start + config.batch_size]
-        chosen, rejected = pair_logprobs(hydra, batch, "actor", config.max_length)
-        _, margin = _loss(hydra, batch, [], chosen, rejected, None, config)
+        _, (margin, _) = _loss(_reference(hydra, batch, [], None, config), config, _policy(hydra, config, batch))
         margins.append(margin.float().cpu())
     margin = torch.cat(margins)
     return {

@@ -8,7 +8,7 @@ utility of Song et al. (2023) against reward collapse (losses.py has the formula
 
     for step in 1..steps:
         batch   <- next shuffled pairs (or whole rankings, listwise)
-        rewards <- reward role on [chosen; rejected] in one forward pass
+        rewards <- reward role on [chosen; rejected] in one forward pass (in slices if memory runs out)
         loss    <- Bradley-Terry (+ centering) | Plackett-Luce | prompt-aware utility
         update  <- AdamW on the reward adapter + head, gradient norm clipped
     evaluate on the held-out prompts: accuracy, margin, calibration (ECE), per-prompt reward spread
@@ -32,7 +32,14 @@ from lorarlhf.losses import (
     reward_centering_loss,
 )
 from lorarlhf.reward_config import RewardConfig
-from lorarlhf.training import NonFiniteGuard, ShuffledBatches, StageRun, guarded_step
+from lorarlhf.training import (
+    NonFiniteGuard,
+    OutOfMemoryBackoff,
+    ShuffledBatches,
+    StageRun,
+    guarded_step,
+    sliced_backward,
+)
 
 log = logging.getLogger("lorarlhf.reward")
 
@@ -66,6 +73,7 @@ def train_reward_model(
     params = hydra.trainable_parameters("reward")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run, start, guard = StageRun(), 1, NonFiniteGuard("rm", config.max_skipped_steps)
+    backoff = OutOfMemoryBackoff("rm")
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
         guard.load_state_dict(state["guard"])
@@ -80,13 +88,14 @@ def train_reward_model(
             total=config.steps,
         ):
             batch = next(batches)
-            if config.objective == "listwise":
-                rewards, lengths = ranking_rewards(hydra, batch, config.max_length)  # (G, K), (G,)
-                loss = plackett_luce_loss(rewards, lengths)
-                chosen, rejected = rewards[:, 0], rewards[:, 1]  # best vs second best, for the records
-            else:
-                chosen, rejected = pair_rewards(hydra, batch, config.max_length)  # (B,), (B,)
-                loss = _pairwise_loss(chosen, rejected, batch, config)
+            forward, loss_of = _objective(hydra, batch, config)
+
+            def attempt(pieces, batch=batch, forward=forward, loss_of=loss_of):  # the batch's gradient, in slices
+                optimizer.zero_grad(set_to_none=True)
+                return sliced_backward(forward, batch, loss_of, pieces)
+
+            loss, rewards = backoff.run(attempt, "the update")
+            chosen, rejected = rewards[:, 0], rewards[:, 1]  # listwise: best vs second best, for the records
             grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
 
             record = {
@@ -110,6 +119,24 @@ def train_reward_model(
     run.metrics["rm/train_loss_last"] = run.history[-1]["rm/loss"]
     run.metrics.update(guard.metrics())
     return run
+
+
+def _objective(hydra, batch: list, config: RewardConfig):
+    """(forward, loss_of) of a batch: per-item rewards, and the configured loss of them with the rewards."""
+    if config.objective == "listwise":
+        lengths = torch.tensor([len(ranking.responses) for ranking in batch], device=hydra.device)
+        width = int(lengths.max())
+
+        def forward(rankings):  # (G, K): every ranking's rewards, best first, padded to the batch's widest
+            rewards, _ = ranking_rewards(hydra, rankings, config.max_length)
+            return torch.nn.functional.pad(rewards, (0, width - rewards.shape[1]))
+
+        return forward, lambda rewards: (plackett_luce_loss(rewards, lengths), rewards.detach())
+
+    def forward_pairs(pairs):  # (B, 2): rewards of chosen and rejected
+        return torch.stack(pair_rewards(hydra, pairs, config.max_length), dim=1)
+
+    return forward_pairs, lambda r: (_pairwise_loss(r[:, 0], r[:, 1], batch, config), r.detach())
 
 
 def _pairwise_loss(chosen, rejected, pairs, config: RewardConfig) -> torch.Tensor:

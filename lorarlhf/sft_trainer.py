@@ -8,7 +8,7 @@ policy's KL is measured to the model it started from, not to the bare base.
 
     for step in 1..steps:
         batch <- next shuffled demonstrations
-        loss  <- -mean log p(completion tokens | prompt), as the sft role
+        loss  <- -mean log p(completion tokens | prompt), as the sft role (in slices if memory runs out)
         update <- AdamW on the sft adapter, gradient norm clipped
     evaluate on held-out prompts: mean token NLL (sft/eval_loss)
     actor <- copy of sft
@@ -17,13 +17,21 @@ policy's KL is measured to the model it started from, not to the bare base.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
 
 from lorarlhf.demonstrations import Demonstration
 from lorarlhf.sft_config import SFTConfig
-from lorarlhf.training import NonFiniteGuard, ShuffledBatches, StageRun, guarded_step
+from lorarlhf.training import (
+    NonFiniteGuard,
+    OutOfMemoryBackoff,
+    ShuffledBatches,
+    StageRun,
+    guarded_step,
+    sliced_backward,
+)
 
 
 def train_sft(
@@ -48,6 +56,8 @@ def train_sft(
     params = hydra.trainable_parameters("sft")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run, start, guard = StageRun(), 1, NonFiniteGuard("sft", config.max_skipped_steps)
+    backoff = OutOfMemoryBackoff("sft")
+    forward = partial(completion_logprobs, hydra, max_length=config.max_length)
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
         guard.load_state_dict(state["guard"])
@@ -58,7 +68,12 @@ def train_sft(
             range(start, config.steps + 1), desc="sft", disable=not progress, initial=start - 1, total=config.steps
         ):
             demos = next(batches)
-            loss, tokens = completion_nll(hydra, demos, config.max_length)
+
+            def attempt(pieces, demos=demos):  # the whole batch's gradient, in `pieces` slices
+                optimizer.zero_grad(set_to_none=True)
+                return sliced_backward(forward, demos, mean_token_nll, pieces)
+
+            loss, tokens = backoff.run(attempt, "the update")
             grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
             record = {
                 "step": step,
@@ -81,20 +96,24 @@ def train_sft(
     return run
 
 
-def completion_nll(hydra, demos: list[Demonstration], max_length: int | None = None):
-    """Mean negative log-likelihood per completion token under the sft role, and the token count."""
+def completion_logprobs(hydra, demos: list[Demonstration], max_length: int | None = None) -> torch.Tensor:
+    """Per demonstration: the summed log-prob of its completion under the sft role, and its token count: (B, 2)."""
     batch = hydra.encode([d.prompt for d in demos], [d.completion for d in demos], max_length=max_length)
     logp = hydra.token_logprobs(batch, role="sft")  # (B, T), 0 off the completion
-    tokens = batch.response_mask.sum()
-    return -logp.sum() / tokens, int(tokens)
+    return torch.stack([logp.sum(1), batch.response_mask.sum(1).to(logp.dtype)], dim=1)
+
+
+def mean_token_nll(scalars: torch.Tensor):
+    """Mean negative log-likelihood per completion token of a batch, and its token count."""
+    tokens = scalars[:, 1].sum()
+    return -scalars[:, 0].sum() / tokens, int(tokens.item())
 
 
 @torch.no_grad()
 def evaluate_sft(hydra, demos: list[Demonstration], config: SFTConfig) -> float:
     """Token-weighted mean NLL of the held-out completions."""
-    total, tokens = 0.0, 0
-    for start in range(0, len(demos), config.batch_size):
-        loss, count = completion_nll(hydra, demos[start : start + config.batch_size], config.max_length)
-        total += loss.item() * count
-        tokens += count
-    return total / tokens
+    parts = [
+        completion_logprobs(hydra, demos[start : start + config.batch_size], config.max_length)
+        for start in range(0, len(demos), config.batch_size)
+    ]
+    return mean_token_nll(torch.cat(parts))[0].item()

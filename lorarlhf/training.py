@@ -111,19 +111,45 @@ class NonFiniteGuard:
 
 
 def guarded_step(loss: torch.Tensor, optimizer, params, max_grad_norm: float, guard: NonFiniteGuard, where: str):
-    """Backward and a clipped optimizer step, unless the loss or the gradient is not finite: then nothing is
-    applied, the guard counts it, and None is returned instead of the gradient norm."""
-    optimizer.zero_grad(set_to_none=True)
+    """A clipped optimizer step on the gradients the backward of `loss` left, unless the loss or a gradient
+    is not finite: then nothing is applied, the guard counts it, and None is returned instead of the norm."""
     if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
         guard.skip(f"the loss was {loss.item()} at {where}")
         return None
-    loss.backward()
     grad_norm = clipped_step(optimizer, params, max_grad_norm)
     if grad_norm is None:
         guard.skip(f"a gradient was not finite at {where} (the loss was {loss.item():.4g})")
     else:
         guard.ok()
     return grad_norm
+
+
+def sliced_backward(forward, items: list, loss_of, pieces: int = 1):
+    """Backpropagate loss_of(forward(items)) holding the activations of 1/pieces of the batch at a time.
+
+    forward(items) gives per-item scalars (n, k); loss_of(scalars) gives (loss, stats). With pieces > 1 the
+    scalars are computed slice by slice without autograd, the loss's gradient with respect to them is taken
+    on the whole batch, and each slice runs again and is backpropagated with its rows of that gradient: the
+    gradient of one pass, for any loss of per-item scalars, at the price of one more forward pass. A loss
+    that is not finite is returned without a backward. Returns (loss, stats), the loss detached.
+    """
+    if pieces <= 1 or len(items) <= 1:
+        loss, stats = loss_of(forward(items))
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.detach(), stats
+    size = -(-len(items) // pieces)  # ceil
+    slices = [items[i : i + size] for i in range(0, len(items), size)]
+    with torch.no_grad():
+        scalars = torch.cat([forward(part) for part in slices])
+    scalars.requires_grad_(True)
+    loss, stats = loss_of(scalars)
+    if torch.isfinite(loss):
+        (grad,) = torch.autograd.grad(loss, scalars)
+        for part, part_grad in zip(slices, grad.split([len(part) for part in slices]), strict=True):
+            forward(part).backward(part_grad)
+    return loss.detach(), stats
 
 
 class OutOfMemoryBackoff:
