@@ -69,6 +69,7 @@ def _align(args) -> int:
     if args.method not in CONFIGS:
         raise ValueError(f"--method {args.method!r} is not a method; choose one of {tuple(CONFIGS)}")
     overrides = _overrides(CONFIGS[args.method], args.method, args.set or [])
+    overrides.update({flag: True for flag in ("resume", "overwrite") if getattr(args, flag)})
     reward_fn = _import_reward_fn(args.reward_fn) if args.reward_fn else None
     result = align(
         args.model, args.data, method=args.method, output_dir=args.output_dir, reward_fn=reward_fn, **overrides
@@ -191,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.py:NAME",
         help="a reward function for ppo/grpo instead of a reward model",
     )
+    align.add_argument(
+        "--resume", action="store_true", help="continue the run in --output-dir from its newest checkpoint"
+    )
+    align.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
     align.set_defaults(run=_align)
 
     demo = commands.add_parser(

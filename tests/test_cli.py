@@ -118,3 +118,14 @@ def test_options_lists_every_field_with_its_help(capsys):
     for name in ("steps = 200", "kl_coef = 0.05", "sft = False", "rm_steps = 200", "merge = False"):
         assert name in out
     assert "Weight of the KL to the reference" in out
+
+
+def test_align_resume_and_overwrite_flags(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "prefs.jsonl", yes_no_records(8))
+    argv = ["align", str(tiny_model_dir), str(data), "--method", "dpo", "--output-dir", str(tmp_path / "run")]
+    argv += ["--set", "steps=2", "--set", "save_every=1", "--set", "quantize=none", "--set", "samples=0"]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "holds an earlier run; pass resume=True to continue it" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0  # the newest checkpoint is the last step: nothing left to train
+    assert main([*argv, "--overwrite"]) == 0
