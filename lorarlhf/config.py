@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, fields
 
 from lorarlhf.loading import QUANTIZE_CHOICES
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
 
 @dataclass
 class CommonConfig:
@@ -43,6 +45,10 @@ class CommonConfig:
     """Gradient clipping threshold (global L2 norm)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    lr_schedule: str = "constant"
+    """Learning rate over the steps: "constant", "linear" (decay to 0) or "cosine" (decay to 0)."""
+    warmup_steps: int = 0
+    """Steps of linear warmup from lr/warmup_steps to lr before the schedule."""
     max_skipped_steps: int = 3
     """Steps in a row with a NaN or infinite reward, loss or gradient (each skipped, never applied) before the
     run stops with an error saying where the NaN came from."""
@@ -91,6 +97,10 @@ class CommonConfig:
         if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:
             raise ValueError(f"save_every={self.save_every!r} must be an integer >= 0 (0: no checkpoints)")
         _positive_int(self, "keep_checkpoints")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not supported; choose one of {LR_SCHEDULES}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0")
         _positive_int(self, "max_skipped_steps")
         if self.resume and self.overwrite:
             raise ValueError("resume=True continues the run in output_dir and overwrite=True replaces it; pick one")

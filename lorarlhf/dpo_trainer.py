@@ -32,6 +32,7 @@ from lorarlhf.training import (
     ShuffledBatches,
     StageRun,
     guarded_step,
+    make_optimizer,
     sliced_backward,
 )
 
@@ -80,12 +81,13 @@ def train_dpo(
         reference_logprobs(hydra, train_pairs, config) if config.precompute_ref and config.loss != "cpl" else None
     )
     params = hydra.trainable_parameters("actor")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer, schedule = make_optimizer(params, config)
     run, start, guard = StageRun(), 1, NonFiniteGuard("dpo", config.max_skipped_steps)
     backoff = OutOfMemoryBackoff("dpo")
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
         guard.load_state_dict(state["guard"])
+        schedule.load_state_dict(state["schedule"])
         run.history, start = state["history"], state["step"] + 1
 
     hydra.disable_dropout()  # the policy and the reference pass must see the same network
@@ -109,6 +111,9 @@ def train_dpo(
             loss, (margin, logp) = backoff.run(attempt, "the update")
             chosen, rejected = logp[:, 0], logp[:, 1]
             grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
+            lr = schedule.get_last_lr()[0]
+            if grad_norm is not None:
+                schedule.step()
             record = {
                 "step": step,
                 "dpo/loss": loss.item(),
@@ -117,12 +122,14 @@ def train_dpo(
                 "dpo/chosen_logp": chosen.mean().item(),
                 "dpo/rejected_logp": rejected.mean().item(),
                 "dpo/grad_norm": float("nan") if grad_norm is None else grad_norm,
+                "dpo/lr": lr,
             }
             run.history.append(record)
             if on_step is not None:
                 on_step(record)
             if checkpoints is not None and checkpoints.due(step):
                 state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
+                state["schedule"] = schedule.state_dict()
                 checkpoints.save(step, hydra, optimizer, state)
     if eval_pairs:
         run.metrics.update(evaluate_dpo(hydra, eval_pairs, config))

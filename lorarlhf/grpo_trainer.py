@@ -39,7 +39,7 @@ from lorarlhf.rl_loop import (
     sampling_of,
 )
 from lorarlhf.rl_losses import group_advantages, grpo_policy_loss, masked_mean
-from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, clipped_step, make_optimizer
 
 log = logging.getLogger("lorarlhf.grpo")
 
@@ -59,12 +59,13 @@ def train_grpo(
     stream = PromptStream(prompts, config.seed)
     sampling = sampling_of(config)
     params = hydra.trainable_parameters("actor")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer, schedule = make_optimizer(params, config)
     run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
     backoff = OutOfMemoryBackoff("rl")
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         stream.load_state_dict(state["stream"])
         guard.load_state_dict(state["guard"])
+        schedule.load_state_dict(state["schedule"])
         run.history, steps = state["history"], state["step"]
     bar = tqdm(total=config.steps, initial=steps, desc="grpo", disable=not progress)
 
@@ -99,6 +100,7 @@ def train_grpo(
                     guard.ok()
                     stats.append(step_stats)
                     steps += 1
+                    schedule.step()
                     bar.update(1)
                     if steps >= config.steps:
                         break
@@ -110,6 +112,7 @@ def train_grpo(
             "step": steps,
             **rollout_record(rollout, raw_scores, scores, timer),
             "rl/kl": sequence_kl,
+            "rl/lr": schedule.get_last_lr()[0],
             "rl/advantage_abs": advantages.abs().mean().item(),
             "rl/entropy": masked_mean(old_entropy, mask).item(),
             **mean_stats(stats),
@@ -119,7 +122,12 @@ def train_grpo(
         if on_step is not None:
             on_step(record)
         if checkpoints is not None and checkpoints.due(steps, steps_before):
-            state = {"stream": stream.state_dict(), "history": run.history, "guard": guard.state_dict()}
+            state = {
+                "stream": stream.state_dict(),
+                "history": run.history,
+                "guard": guard.state_dict(),
+                "schedule": schedule.state_dict(),
+            }
             checkpoints.save(steps, hydra, optimizer, state)
     bar.close()
     run.metrics = {**final_metrics(run.history), **guard.metrics()}

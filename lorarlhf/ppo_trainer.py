@@ -56,7 +56,7 @@ from lorarlhf.rl_losses import (
     masked_whiten,
 )
 from lorarlhf.tokenization import TokenizedBatch
-from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, clipped_step
+from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, clipped_step, make_optimizer
 
 log = logging.getLogger("lorarlhf.ppo")
 
@@ -88,13 +88,14 @@ def train_ppo(
         else FixedKLController(config.kl_coef)
     )
     params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer, schedule = make_optimizer(params, config)
     run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
     backoff = OutOfMemoryBackoff("rl")
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         stream.load_state_dict(state["stream"])
         kl_control.load_state_dict(state["kl_control"])
         guard.load_state_dict(state["guard"])
+        schedule.load_state_dict(state["schedule"])
         run.history, steps = state["history"], state["step"]
     bar = tqdm(total=config.steps, initial=steps, desc="ppo", disable=not progress)
 
@@ -135,6 +136,7 @@ def train_ppo(
                     guard.ok()
                     stats.append(step_stats)
                     steps += 1
+                    schedule.step()
                     bar.update(1)
                     if config.target_kl is not None and step_stats["rl/approx_kl"] > 1.5 * config.target_kl:
                         stop = True  # the policy moved too far from the rollout's: collect a fresh batch
@@ -149,6 +151,7 @@ def train_ppo(
             "step": steps,
             **rollout_record(rollout, raw_scores, scores, timer),
             "rl/kl": sequence_kl,
+            "rl/lr": schedule.get_last_lr()[0],
             "rl/kl_coef": kl_control.value,
             "rl/entropy": masked_mean(old_entropy, mask).item(),
             "rl/explained_variance": explained_variance(old_values, returns, mask),
@@ -164,6 +167,7 @@ def train_ppo(
                 "kl_control": kl_control.state_dict(),
                 "history": run.history,
                 "guard": guard.state_dict(),
+                "schedule": schedule.state_dict(),
             }
             checkpoints.save(steps, hydra, optimizer, state)
     bar.close()

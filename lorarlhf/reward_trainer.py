@@ -38,6 +38,7 @@ from lorarlhf.training import (
     ShuffledBatches,
     StageRun,
     guarded_step,
+    make_optimizer,
     sliced_backward,
 )
 
@@ -71,12 +72,13 @@ def train_reward_model(
     units = rankings_of(train_pairs) if config.objective == "listwise" else list(train_pairs)
     batches = ShuffledBatches(units, config.batch_size, config.seed)
     params = hydra.trainable_parameters("reward")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer, schedule = make_optimizer(params, config)
     run, start, guard = StageRun(), 1, NonFiniteGuard("rm", config.max_skipped_steps)
     backoff = OutOfMemoryBackoff("rm")
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
         guard.load_state_dict(state["guard"])
+        schedule.load_state_dict(state["schedule"])
         run.history, start = state["history"], state["step"] + 1
 
     with hydra.train_mode():
@@ -97,6 +99,9 @@ def train_reward_model(
             loss, rewards = backoff.run(attempt, "the update")
             chosen, rejected = rewards[:, 0], rewards[:, 1]  # listwise: best vs second best, for the records
             grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
+            lr = schedule.get_last_lr()[0]
+            if grad_norm is not None:
+                schedule.step()
 
             record = {
                 "step": step,
@@ -104,12 +109,14 @@ def train_reward_model(
                 "rm/accuracy": (chosen > rejected).float().mean().item(),
                 "rm/margin": (chosen - rejected).mean().item(),
                 "rm/grad_norm": float("nan") if grad_norm is None else grad_norm,
+                "rm/lr": lr,
             }
             run.history.append(record)
             if on_step is not None:
                 on_step(record)
             if checkpoints is not None and checkpoints.due(step):
                 state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
+                state["schedule"] = schedule.state_dict()
                 checkpoints.save(step, hydra, optimizer, state)
 
     if eval_pairs:

@@ -30,6 +30,7 @@ from lorarlhf.training import (
     ShuffledBatches,
     StageRun,
     guarded_step,
+    make_optimizer,
     sliced_backward,
 )
 
@@ -54,13 +55,14 @@ def train_sft(
     torch.manual_seed(config.seed)
     batches = ShuffledBatches(list(train_demos), config.batch_size, config.seed)
     params = hydra.trainable_parameters("sft")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer, schedule = make_optimizer(params, config)
     run, start, guard = StageRun(), 1, NonFiniteGuard("sft", config.max_skipped_steps)
     backoff = OutOfMemoryBackoff("sft")
     forward = partial(completion_logprobs, hydra, max_length=config.max_length)
     if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
         batches.load_state_dict(state["batches"])
         guard.load_state_dict(state["guard"])
+        schedule.load_state_dict(state["schedule"])
         run.history, start = state["history"], state["step"] + 1
 
     with hydra.train_mode():
@@ -75,17 +77,22 @@ def train_sft(
 
             loss, tokens = backoff.run(attempt, "the update")
             grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
+            lr = schedule.get_last_lr()[0]
+            if grad_norm is not None:
+                schedule.step()
             record = {
                 "step": step,
                 "sft/loss": loss.item(),
                 "sft/tokens": float(tokens),
                 "sft/grad_norm": float("nan") if grad_norm is None else grad_norm,
+                "sft/lr": lr,
             }
             run.history.append(record)
             if on_step is not None:
                 on_step(record)
             if checkpoints is not None and checkpoints.due(step):
                 state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
+                state["schedule"] = schedule.state_dict()
                 checkpoints.save(step, hydra, optimizer, state)
     if eval_demos:
         run.metrics["sft/eval_loss"] = evaluate_sft(hydra, eval_demos, config)

@@ -4,6 +4,7 @@ and the guard that keeps non-finite numbers away from the weights."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +61,25 @@ def rng_state_to_json(state: tuple) -> list:
 def rng_state_from_json(state: list) -> tuple:
     version, internal, gauss = state
     return version, tuple(internal), gauss
+
+
+def make_optimizer(params, config):
+    """AdamW on `params` and its learning-rate schedule: linear warmup over warmup_steps, then constant, or
+    a linear or cosine decay to 0 at config.steps. The schedule advances once per applied update."""
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup, total, shape = config.warmup_steps, config.steps, config.lr_schedule
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if shape == "linear":
+            return 1.0 - progress
+        if shape == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def clipped_step(optimizer, params, max_grad_norm: float) -> float | None:

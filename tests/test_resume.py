@@ -65,8 +65,8 @@ def cut_back_to(run_dir, step: int) -> None:
 @pytest.mark.parametrize(
     ("method", "options"),
     [
-        ("dpo", dict(sft=True, sft_steps=4, steps=6, lr=5e-3)),  # a resume inside the second stage
-        ("ppo", dict(rm_steps=3, steps=6, batch_size=4, max_new_tokens=4)),  # RL: prompt stream, KL state, RNG
+        ("dpo", dict(sft=True, sft_steps=4, steps=6, lr=5e-3, lr_schedule="cosine", warmup_steps=2)),  # in stage 2
+        ("ppo", dict(rm_steps=3, steps=6, batch_size=4, max_new_tokens=4, lr_schedule="linear")),  # RL state
     ],
 )
 def test_a_run_resumed_from_a_checkpoint_ends_exactly_like_an_uninterrupted_one(
