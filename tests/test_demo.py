@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+
+import pytest
 
 from lorarlhf.cli import main
 from lorarlhf.demo.runner import run_demo
@@ -24,6 +27,9 @@ def test_a_shortened_demo_makes_the_model_clearly_more_positive(tmp_path):
     assert "positive reviews (gold rule)" in table and f"{report.gold_after:.2f}" in table
 
 
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="the command line: runs once, on the PyTorch kernels"
+)
 def test_cli_demo_quick_prints_the_table(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo"), "--set", "samples=0"]) == 0

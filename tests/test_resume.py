@@ -85,6 +85,9 @@ def test_a_run_resumed_from_a_checkpoint_ends_exactly_like_an_uninterrupted_one(
     assert resumed.samples[0]["before"] == whole.samples[0]["before"]
 
 
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="process-level: runs once, on the PyTorch kernels"
+)
 def test_a_killed_process_resumes_exactly(tiny_model_dir, tmp_path):
     data_path = tmp_path / "prefs.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in yes_no_pairs(16)))

@@ -1,0 +1,277 @@
+"""The memory planner: peak GPU memory of a run, per phase, from the model's config alone.
+
+No weights are loaded (AutoConfig suffices), so a user learns before downloading 16 GB whether a run fits,
+and align() can choose micro-batches that fit the card instead of finding out by running out of memory.
+
+What a phase holds, in bytes:
+
+    weights      the base once: 4-bit NF4 linear layers (two codes per byte, one 8-bit scale per 64 weights,
+                 one fp32 scale per 256 scales, code tables), embeddings, LM head and norms in the compute dtype
+    adapters     per role: LoRA A and B of every adapted linear layer, fp32, plus a scalar head where it has one
+    training     per trainable role: its gradients (fp32) and AdamW's two moments (fp32)
+    kv cache     generation: keys and values of every layer for every sequence at full length
+    activations  the update: with gradient checkpointing one hidden state per layer and sequence position,
+                 plus one layer recomputed in full; without it, every layer's intermediates
+    kernels      the fused log-prob kernels: a few float32 tiles of at most 32 MiB
+    cuda         the CUDA context and allocator slack, a measured constant
+
+Every estimate is a formula in these terms; the parts that can be checked without a GPU (weights, adapters,
+optimizer state, KV cache) are tested exactly against real objects on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from lorarlhf.kernels._common import LOGITS_CHUNK_BYTES
+
+GiB = 2**30
+NF4_BLOCK = 64  # weights per first-level scale
+NF4_SCALE_BLOCK = 256  # first-level scales per second-level (fp32) scale under double quantization
+NF4_CODE_BYTES = 16 * 4  # the 16-entry NF4 code, fp32, per quantized layer
+SCALE_CODE_BYTES = 256 * 4 + 4  # the 8-bit dynamic code of the scales, fp32, and the scales' offset
+CUDA_CONTEXT_BYTES = int(0.5 * GiB)  # CUDA context + cuBLAS workspace + allocator rounding, measured on H100/4090
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ADAM_STATES = 2  # exp_avg and exp_avg_sq
+ROLES_BY_METHOD = {
+    "sft": ("sft",),
+    "rm": ("reward",),
+    "dpo": ("actor",),
+    "ppo": ("actor", "critic"),
+    "grpo": ("actor",),
+}
+HEAD_ROLES = ("critic", "reward")
+
+
+@dataclass
+class Shape:
+    """What the estimate needs from a causal LM's config."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    tied_embeddings: bool
+
+    @classmethod
+    def from_config(cls, config) -> Shape:
+        text = getattr(config, "text_config", None) or config  # multimodal configs nest the language model's
+        heads = text.num_attention_heads
+        return cls(
+            vocab_size=text.vocab_size,
+            hidden_size=text.hidden_size,
+            intermediate_size=text.intermediate_size,
+            num_layers=text.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+            tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+
+    def linear_layers(self) -> list[tuple[int, int]]:
+        """(in, out) features of every linear layer of one decoder layer (Llama-style attention and MLP)."""
+        h, q, kv, inter = (
+            self.hidden_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.intermediate_size,
+        )
+        return [(h, q), (h, kv), (h, kv), (q, h), (h, inter), (h, inter), (inter, h)]
+
+
+def nf4_bytes(n: int) -> int:
+    """Bytes of one linear weight of n entries in NF4 with double quantization, quantization state included."""
+    blocks = math.ceil(n / NF4_BLOCK)
+    return math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / NF4_SCALE_BLOCK) + NF4_CODE_BYTES + SCALE_CODE_BYTES
+
+
+def weight_bytes(shape: Shape, *, quantize: str | None, dtype_bytes: int) -> int:
+    """The base model's weights: linear layers (NF4 or the compute dtype), embeddings, LM head, norms."""
+    linear = [i * o for i, o in shape.linear_layers()] * shape.num_layers
+    layers = sum(nf4_bytes(n) for n in linear) if quantize == "nf4" else sum(linear) * dtype_bytes
+    embeddings = shape.vocab_size * shape.hidden_size * dtype_bytes * (1 if shape.tied_embeddings else 2)
+    norms = (2 * shape.num_layers + 1) * shape.hidden_size * dtype_bytes
+    return layers + embeddings + norms
+
+
+def adapter_bytes(shape: Shape, *, lora_r: int, role: str) -> int:
+    """One role's LoRA adapter on every linear layer (fp32), plus its scalar head (weight and bias)."""
+    params = lora_r * sum(i + o for i, o in shape.linear_layers()) * shape.num_layers
+    if role in HEAD_ROLES:
+        params += shape.hidden_size + 1
+    return 4 * params
+
+
+def kv_cache_bytes(shape: Shape, *, sequences: int, tokens: int, dtype_bytes: int) -> int:
+    """Keys and values of every layer for `sequences` sequences of `tokens` tokens."""
+    return 2 * shape.num_layers * sequences * tokens * shape.num_kv_heads * shape.head_dim * dtype_bytes
+
+
+def activation_bytes(shape: Shape, *, sequences: int, tokens: int, dtype_bytes: int, checkpointing: bool) -> int:
+    """Activations an update keeps for backward: with checkpointing, every layer's input plus one layer in
+    full; without, every layer in full (attention projections, MLP intermediates, norms; flash attention)."""
+    h, inter = shape.hidden_size, shape.intermediate_size
+    q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    per_layer = sequences * tokens * (4 * h + q + 2 * kv + q + 3 * inter) * dtype_bytes
+    if checkpointing:
+        return shape.num_layers * sequences * tokens * h * dtype_bytes + per_layer
+    return shape.num_layers * per_layer
+
+
+def kernel_bytes(shape: Shape) -> int:
+    """The fused kernels' tiles: a float32 logits tile and its temporaries, each within the chunk budget."""
+    tile = min(LOGITS_CHUNK_BYTES, max(1, LOGITS_CHUNK_BYTES // (shape.vocab_size * 4)) * shape.vocab_size * 4)
+    return 3 * tile
+
+
+@dataclass
+class MemoryPlan:
+    """A run's estimated peak memory per phase, and the micro-batches that fit the card."""
+
+    model: str
+    method: str
+    items: dict[str, int]
+    """Bytes of what every phase holds (weights, adapters, optimizer state, ...)."""
+    phases: dict[str, int]
+    """Peak bytes of each phase: generation, scoring (no-grad passes), update."""
+    batch_size: int
+    micro_batch: int
+    """Sequences per forward/backward of the update that fit (the rest by gradient accumulation)."""
+    generation_batch: int
+    """Sequences sampled at once that fit."""
+    gpu_memory_gb: float | None
+    fits: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_gb(self) -> float:
+        return max(self.phases.values()) / GiB
+
+    @property
+    def grad_accumulation(self) -> int:
+        return max(1, math.ceil(self.batch_size / self.micro_batch))
+
+    def __str__(self) -> str:
+        lines = [f"memory plan: {self.model}, method={self.method}, batch {self.batch_size}"]
+        lines.append(f"  {'item':<34}{'GiB':>9}")
+        lines += [f"  {name:<34}{size / GiB:>9.3f}" for name, size in self.items.items()]
+        lines.append(f"  {'phase peak':<34}{'GiB':>9}")
+        lines += [f"  {name:<34}{size / GiB:>9.3f}" for name, size in self.phases.items()]
+        card = "no card given" if self.gpu_memory_gb is None else f"{self.gpu_memory_gb:g} GB card"
+        verdict = "fits" if self.fits else "does NOT fit"
+        lines.append(f"  peak {self.peak_gb:.2f} GiB on a {card}: {verdict}")
+        lines.append(
+            f"  recommended: micro-batch {self.micro_batch} (grad_accumulation={self.grad_accumulation}), "
+            f"generation batch {self.generation_batch}"
+        )
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def plan(
+    model,
+    *,
+    method: str = "ppo",
+    batch_size: int = 8,
+    max_length: int = 512,
+    max_new_tokens: int = 64,
+    group_size: int = 8,
+    gpu_memory_gb: float | None = None,
+    lora_r: int = 16,
+    quantize: str | None = "nf4",
+    dtype: str = "bfloat16",
+    gradient_checkpointing: bool = True,
+    reward_model: bool = True,
+    safety_margin: float = 0.1,
+) -> MemoryPlan:
+    """Estimate a run's peak GPU memory per phase from `model`'s config, and the micro-batches that fit.
+
+    model: a hub id or local directory (only config.json is read), or a transformers config.
+    gpu_memory_gb: the card's memory; the micro-batch is the largest that keeps every phase within it, less
+    `safety_margin`. reward_model: for ppo/grpo, whether a reward adapter scores the rollouts (False: a
+    reward function). GRPO samples batch_size x group_size sequences.
+    """
+    if method not in ROLES_BY_METHOD:
+        raise ValueError(f"method={method!r} is not a method; choose one of {tuple(ROLES_BY_METHOD)}")
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {tuple(DTYPE_BYTES)}")
+    for name, value in (("batch_size", batch_size), ("max_length", max_length), ("lora_r", lora_r)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    config, name = _config_of(model)
+    shape = Shape.from_config(config)
+    width = DTYPE_BYTES[dtype]
+    trainable = ROLES_BY_METHOD[method]
+    roles = trainable + (("reward",) if method in ("ppo", "grpo") and reward_model else ())
+
+    items = {"base weights": weight_bytes(shape, quantize=quantize, dtype_bytes=width)}
+    for role in roles:
+        items[f"{role} adapter"] = adapter_bytes(shape, lora_r=lora_r, role=role)
+    train_bytes = sum(adapter_bytes(shape, lora_r=lora_r, role=r) for r in trainable) * (1 + ADAM_STATES)
+    items["gradients + AdamW state"] = train_bytes
+    items["fused-kernel tiles"] = kernel_bytes(shape)
+    items["CUDA context"] = CUDA_CONTEXT_BYTES
+    fixed = sum(items.values())
+
+    sequences = batch_size * (group_size if method == "grpo" else 1) * (2 if method in ("dpo", "rm") else 1)
+    rl = method in ("ppo", "grpo")
+
+    def update(micro: int) -> int:
+        return fixed + activation_bytes(
+            shape, sequences=micro, tokens=max_length, dtype_bytes=width, checkpointing=gradient_checkpointing
+        )
+
+    def generation(batch: int) -> int:
+        return fixed + kv_cache_bytes(shape, sequences=batch, tokens=max_length, dtype_bytes=width)
+
+    budget = None if gpu_memory_gb is None else gpu_memory_gb * 1e9 * (1 - safety_margin)
+    micro = _largest_fitting(sequences, update, budget)
+    generation_batch = _largest_fitting(sequences, generation, budget) if rl else 0
+    phases = {"update": update(micro)}
+    if rl:
+        phases["generation"] = generation(generation_batch)
+        phases["scoring (no-grad passes)"] = fixed + micro * max_length * shape.hidden_size * width * 2
+        items["KV cache (generation batch)"] = kv_cache_bytes(
+            shape, sequences=generation_batch, tokens=max_length, dtype_bytes=width
+        )
+    items["activations (micro-batch)"] = phases["update"] - fixed
+    fits = budget is None or max(phases.values()) <= budget
+    notes = []
+    if not fits:
+        notes.append(
+            "even one sequence per micro-batch does not fit: lower max_length, use quantize='nf4' or a smaller model"
+        )
+    if method in ("dpo", "rm"):
+        notes.append("a pair is two sequences (chosen and rejected): batch_size pairs are 2 x batch_size sequences")
+    return MemoryPlan(
+        model=name,
+        method=method,
+        items=items,
+        phases=phases,
+        batch_size=sequences,
+        micro_batch=micro,
+        generation_batch=generation_batch,
+        gpu_memory_gb=gpu_memory_gb,
+        fits=fits,
+        notes=notes,
+    )
+
+
+def _largest_fitting(total: int, peak, budget: float | None) -> int:
+    """The largest divisor-friendly micro-batch (total, total/2, ... 1) whose peak is within the budget."""
+    size = total
+    while budget is not None and size > 1 and peak(size) > budget:
+        size = math.ceil(size / 2)
+    return size
+
+
+def _config_of(model):
+    if hasattr(model, "vocab_size") or hasattr(model, "text_config"):
+        return model, getattr(model, "_name_or_path", "") or type(model).__name__
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model), str(model)

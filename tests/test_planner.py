@@ -1,0 +1,69 @@
+"""The memory planner: what can be checked on a CPU is checked exactly against real objects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from lorarlhf import HydraModel
+from lorarlhf.planner import GiB, Shape, adapter_bytes, kv_cache_bytes, plan, weight_bytes
+
+LLAMA3_8B = LlamaConfig(
+    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, tie_word_embeddings=False,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("quantize", ["nf4", None])
+def test_weight_and_adapter_bytes_equal_a_loaded_hydra(tiny_model_dir, quantize):
+    shape = Shape.from_config(AutoConfig.from_pretrained(tiny_model_dir))
+    hydra = HydraModel.from_pretrained(tiny_model_dir, quantize=quantize, device="cpu", lora_r=4)
+    report = hydra.memory_report()
+    assert weight_bytes(shape, quantize=quantize, dtype_bytes=4) == report["base"]
+    for role in ("actor", "critic", "reward"):
+        assert adapter_bytes(shape, lora_r=4, role=role) == report[role]
+
+
+def test_optimizer_state_is_two_fp32_moments_per_trainable_weight(tiny_model_dir):
+    hydra = HydraModel.from_pretrained(tiny_model_dir, quantize=None, device="cpu", lora_r=4, roles=("actor",))
+    params = hydra.trainable_parameters("actor")
+    optimizer = torch.optim.AdamW(params)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    moments = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.dim())
+    shape = Shape.from_config(AutoConfig.from_pretrained(tiny_model_dir))
+    assert moments == 2 * adapter_bytes(shape, lora_r=4, role="actor")
+    tiny = plan(tiny_model_dir, method="grpo", lora_r=4, reward_model=False)
+    assert tiny.items["gradients + AdamW state"] == 3 * adapter_bytes(shape, lora_r=4, role="actor")
+
+
+def test_kv_cache_formula_equals_a_real_cache(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    cache = model(input_ids=torch.randint(3, 200, (3, 17)), use_cache=True).past_key_values
+    real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    shape = Shape.from_config(model.config)
+    assert kv_cache_bytes(shape, sequences=3, tokens=17, dtype_bytes=4) == real
+
+
+def test_a_smaller_card_gets_smaller_micro_batches_and_a_readable_table():
+    roomy = plan(LLAMA3_8B, method="grpo", batch_size=8, group_size=8, max_length=1024, gpu_memory_gb=80)
+    tight = plan(LLAMA3_8B, method="grpo", batch_size=8, group_size=8, max_length=1024, gpu_memory_gb=24)
+    assert roomy.batch_size == tight.batch_size == 64
+    assert tight.micro_batch < roomy.micro_batch and tight.fits
+    assert tight.peak_gb * GiB <= 24e9 * 0.9
+    assert tight.micro_batch * tight.grad_accumulation >= 64
+    table = str(tight)
+    assert "base weights" in table and "recommended: micro-batch" in table and "fits" in table
+    assert 4.5 < tight.items["base weights"] / GiB < 6  # NF4 linears + bf16 embeddings and LM head of an 8B model
+    hopeless = plan(LLAMA3_8B, method="ppo", quantize=None, gpu_memory_gb=8)
+    assert not hopeless.fits and "does NOT fit" in str(hopeless)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"method='rlhf' is not a method; choose one of"):
+        plan(LLAMA3_8B, method="rlhf")
+    with pytest.raises(ValueError, match=r"batch_size=0 must be a positive integer"):
+        plan(LLAMA3_8B, batch_size=0)
+    with pytest.raises(ValueError, match=r"dtype='int8' is not supported"):
+        plan(LLAMA3_8B, dtype="int8")
