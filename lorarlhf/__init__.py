@@ -15,6 +15,7 @@ _EXPORTS = {
     "PreferencePair": "lorarlhf.data",
     "align": "lorarlhf.pipeline",
     "load_preferences": "lorarlhf.data",
+    "plan": "lorarlhf.planner",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -147,6 +147,29 @@ def _demo(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from lorarlhf.planner import plan
+
+    quantize = None if args.quantize == "none" else args.quantize
+    print(
+        plan(
+            args.model,
+            method=args.method,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            max_new_tokens=args.max_new_tokens,
+            group_size=args.group_size,
+            gpu_memory_gb=args.gpu_memory_gb,
+            lora_r=args.lora_r,
+            quantize=quantize,
+            dtype=args.dtype,
+            gradient_checkpointing=not args.no_gradient_checkpointing,
+            reward_model=not args.reward_fn,
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lorarlhf import __version__
 
@@ -210,6 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seeds the votes, the adapters and the sampling (default 0)")
     demo.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a PPO option, e.g. --set steps=80")
     demo.set_defaults(run=_demo)
+
+    planner = commands.add_parser(
+        "plan",
+        help="estimate a run's peak GPU memory per phase from the model's config (no weights loaded)",
+        description="An itemised estimate of peak GPU memory per phase and the micro-batch that fits the card.",
+    )
+    planner.add_argument("model", help="hub id or local model directory (only config.json is read)")
+    planner.add_argument("--method", default="ppo", choices=["sft", "rm", "dpo", "ppo", "grpo"])
+    planner.add_argument("--batch-size", type=int, default=8, help="prompts (rl), pairs (rm, dpo) or examples")
+    planner.add_argument("--max-length", type=int, default=512, help="prompt + response tokens (default 512)")
+    planner.add_argument("--max-new-tokens", type=int, default=64, help="sampled tokens (ppo, grpo)")
+    planner.add_argument("--group-size", type=int, default=8, help="GRPO samples per prompt (default 8)")
+    planner.add_argument("--gpu-memory-gb", type=float, default=None, help="the card's memory, e.g. 24")
+    planner.add_argument("--lora-r", type=int, default=16)
+    planner.add_argument("--quantize", default="nf4", choices=["nf4", "none"])
+    planner.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    planner.add_argument("--no-gradient-checkpointing", action="store_true")
+    planner.add_argument("--reward-fn", action="store_true", help="ppo/grpo rewarded by a function, no reward adapter")
+    planner.set_defaults(run=_plan)
 
     options = commands.add_parser("options", help="list a method's options, defaults and what they do")
     options.add_argument("method", choices=["sft", "rm", "dpo", "ppo", "grpo"])

@@ -49,6 +49,12 @@ class CommonConfig:
     """Learning rate over the steps: "constant", "linear" (decay to 0) or "cosine" (decay to 0)."""
     warmup_steps: int = 0
     """Steps of linear warmup from lr/warmup_steps to lr before the schedule."""
+    grad_accumulation: int = 1
+    """Micro-batches each update is computed in: the same update with 1/grad_accumulation of the activation
+    memory (on a GPU, gpu_memory_gb may raise it to fit the card)."""
+    gpu_memory_gb: float | str | None = "auto"
+    """On a GPU, plan the run's memory (lorarlhf.plan) for this many GB, or "auto" for the free memory, and
+    raise grad_accumulation until it fits; None: no planning (an out-of-memory error still backs off)."""
     max_skipped_steps: int = 3
     """Steps in a row with a NaN or infinite reward, loss or gradient (each skipped, never applied) before the
     run stops with an error saying where the NaN came from."""
@@ -102,6 +108,10 @@ class CommonConfig:
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0")
         _positive_int(self, "max_skipped_steps")
+        _positive_int(self, "grad_accumulation")
+        card = self.gpu_memory_gb
+        if card is not None and card != "auto" and (not _is_number(card) or card <= 0):
+            raise ValueError(f"gpu_memory_gb={self.gpu_memory_gb!r} must be 'auto', None or a positive number")
         if self.resume and self.overwrite:
             raise ValueError("resume=True continues the run in output_dir and overwrite=True replaces it; pick one")
 
@@ -162,7 +172,7 @@ class SFTStageOptions:
         from lorarlhf.sft_config import SFTConfig
 
         shared = ("batch_size", "seed", "quantize", "lora_r", "lora_alpha", "max_length", "eval_fraction")
-        shared += ("gradient_checkpointing", "max_grad_norm", "weight_decay")
+        shared += ("gradient_checkpointing", "max_grad_norm", "weight_decay", "grad_accumulation", "max_skipped_steps")
         return SFTConfig(steps=self.sft_steps, lr=self.sft_lr, **{name: getattr(self, name) for name in shared})
 
 
@@ -194,8 +204,6 @@ class RLConfig(CommonConfig, SFTStageOptions):
     """"none" or "batch" (whiten each rollout batch's rewards)."""
     reward_clip: float | None = None
     """Clip rewards to [-reward_clip, reward_clip] after normalisation (None: no clipping)."""
-    grad_accumulation: int = 1
-    """Micro-batches per minibatch: the same update with 1/grad_accumulation of the activation memory."""
     rm_steps: int = 200
     """Reward-model steps trained first when the data is preference pairs and no reward_fn is given."""
     rm_lr: float = 1e-4
@@ -204,7 +212,7 @@ class RLConfig(CommonConfig, SFTStageOptions):
     def __post_init__(self):
         super().__post_init__()
         self._check_sft_stage()
-        for name in ("max_new_tokens", "grad_accumulation", "rm_steps"):
+        for name in ("max_new_tokens", "rm_steps"):
             _positive_int(self, name)
         _positive_number(self, "rm_lr")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:

@@ -105,6 +105,7 @@ def train_dpo(
 
             def attempt(pieces, rows=rows, pairs=pairs):  # the whole batch's gradient, in `pieces` slices
                 optimizer.zero_grad(set_to_none=True)
+                pieces *= config.grad_accumulation
                 ref = _reference(hydra, pairs, [i for i, _ in rows], ref_table, config, pieces)
                 return sliced_backward(partial(_policy, hydra, config), pairs, partial(_loss, ref, config), pieces)
 

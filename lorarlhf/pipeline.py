@@ -38,6 +38,7 @@ from lorarlhf.grpo_trainer import train_grpo
 from lorarlhf.hydra import HydraModel
 from lorarlhf.loading import check_source, load_tokenizer
 from lorarlhf.memory import peak_memory_gb
+from lorarlhf.planner import MemoryPlan, plan
 from lorarlhf.plots import plot_training_curves, read_metrics
 from lorarlhf.ppo_config import PPOConfig
 from lorarlhf.ppo_trainer import train_ppo
@@ -102,6 +103,9 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     out = _prepare_output_dir(output_dir, method, resume=config.resume, overwrite=config.overwrite)
     hydra = _hydra_for(model, config, _roles_for(method, config, train_reward))
     checkpoints = _checkpoints(out, config, method, hydra)
+    if hydra.device.type == "cuda" and config.gpu_memory_gb is not None:
+        memory_plan = fit_to_card(config, method, hydra, train_reward, _card_gb(config.gpu_memory_gb, hydra.device))
+        (out / "memory_plan.txt").write_text(str(memory_plan) + "\n")
     (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
     sample_prompts = [] if method == "rm" else inputs.sample_prompts()
     if "before" not in checkpoints.extra:  # a resumed run keeps the samples its first start took
@@ -224,6 +228,51 @@ def _sample(hydra: HydraModel, prompts: list[str], config) -> list[str]:
         )
 
 
+def fit_to_card(config, method: str, hydra: HydraModel, train_reward: bool, gpu_memory_gb: float) -> MemoryPlan:
+    """Plan the run for a card of `gpu_memory_gb` and raise config.grad_accumulation until each micro-batch fits.
+
+    The effective batch stays the user's: only how much of it is in memory at once changes.
+    """
+    weights = hydra.causal_lm.get_output_embeddings().weight
+    memory_plan = plan(
+        hydra.causal_lm.config,
+        method=method,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        max_new_tokens=getattr(config, "max_new_tokens", 0),
+        group_size=getattr(config, "group_size", 1),
+        gpu_memory_gb=gpu_memory_gb,
+        lora_r=config.lora_r,
+        quantize=config.quantize,
+        dtype=str(weights.dtype).removeprefix("torch."),
+        gradient_checkpointing=config.gradient_checkpointing,
+        reward_model=train_reward or (method in RL_TRAINERS and hydra.is_trained("reward")),
+    )
+    units = config.batch_size  # what an update is cut into: prompts x samples for RL, pairs or demonstrations
+    if method in RL_TRAINERS:
+        units = config.batch_size * getattr(config, "group_size", 1) // config.num_minibatches
+    wanted = min(units, max(config.grad_accumulation, memory_plan.grad_accumulation))
+    if method in RL_TRAINERS:  # micro-batches must split each minibatch evenly
+        wanted = next(d for d in range(wanted, units + 1) if units % d == 0)
+    if wanted != config.grad_accumulation:
+        log.info("grad_accumulation %d -> %d to fit %.1f GB", config.grad_accumulation, wanted, gpu_memory_gb)
+        config.grad_accumulation = wanted
+    log.info("%s", memory_plan)
+    if not memory_plan.fits:
+        log.warning(
+            "the plan does not fit %.1f GB even at one sequence per micro-batch; expect out-of-memory", gpu_memory_gb
+        )
+    return memory_plan
+
+
+def _card_gb(setting, device) -> float:
+    """The memory a run may use: the number given, or ("auto") what is free plus what this process holds."""
+    if setting != "auto":
+        return float(setting)
+    free, _ = torch.cuda.mem_get_info(device)
+    return (free + torch.cuda.memory_allocated(device)) / 1e9
+
+
 def _checkpoints(out: Path, config, method: str, hydra: HydraModel) -> RunCheckpoints:
     """The run's checkpoints; with resume=True, loaded from the newest usable one (weights included)."""
     checkpoints = RunCheckpoints(
@@ -250,6 +299,7 @@ def _checkpoints(out: Path, config, method: str, hydra: HydraModel) -> RunCheckp
 def _reward_stage_config(config) -> RewardConfig:
     """The reward-model stage run before PPO/GRPO when the data is preferences and no reward_fn is given."""
     shared = ("seed", "quantize", "lora_r", "lora_alpha", "max_length", "eval_fraction", "gradient_checkpointing")
+    shared += ("grad_accumulation", "max_skipped_steps")
     return RewardConfig(
         steps=config.rm_steps, lr=config.rm_lr, batch_size=config.batch_size, **{k: getattr(config, k) for k in shared}
     )

@@ -94,7 +94,7 @@ def train_reward_model(
 
             def attempt(pieces, batch=batch, forward=forward, loss_of=loss_of):  # the batch's gradient, in slices
                 optimizer.zero_grad(set_to_none=True)
-                return sliced_backward(forward, batch, loss_of, pieces)
+                return sliced_backward(forward, batch, loss_of, pieces * config.grad_accumulation)
 
             loss, rewards = backoff.run(attempt, "the update")
             chosen, rejected = rewards[:, 0], rewards[:, 1]  # listwise: best vs second best, for the records

@@ -73,7 +73,7 @@ def train_sft(
 
             def attempt(pieces, demos=demos):  # the whole batch's gradient, in `pieces` slices
                 optimizer.zero_grad(set_to_none=True)
-                return sliced_backward(forward, demos, mean_token_nll, pieces)
+                return sliced_backward(forward, demos, mean_token_nll, pieces * config.grad_accumulation)
 
             loss, tokens = backoff.run(attempt, "the update")
             grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")

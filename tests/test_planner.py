@@ -67,3 +67,29 @@ def test_bad_arguments_are_named():
         plan(LLAMA3_8B, batch_size=0)
     with pytest.raises(ValueError, match=r"dtype='int8' is not supported"):
         plan(LLAMA3_8B, dtype="int8")
+
+
+def test_align_raises_grad_accumulation_to_fit_a_small_card(tiny_model_dir):
+    from lorarlhf.grpo_config import GRPOConfig
+    from lorarlhf.pipeline import fit_to_card
+
+    hydra = HydraModel.from_pretrained(tiny_model_dir, quantize="nf4", device="cpu", lora_r=4, roles=("actor",))
+    config = GRPOConfig(batch_size=4, group_size=4, max_length=128, max_new_tokens=32, lora_r=4)
+    roomy = fit_to_card(config, "grpo", hydra, train_reward=False, gpu_memory_gb=80)
+    assert config.grad_accumulation == 1 and roomy.fits
+    # A card just above the fixed costs: every micro-batch must shrink, and still split the batch evenly.
+    fixed = sum(v for k, v in roomy.items.items() if not k.startswith(("activations", "KV cache")))
+    config = GRPOConfig(batch_size=4, group_size=4, max_length=128, max_new_tokens=32, lora_r=4)
+    tight = fit_to_card(config, "grpo", hydra, train_reward=False, gpu_memory_gb=(fixed + 300_000) / 0.9e9)
+    assert config.grad_accumulation > 1 and 16 % config.grad_accumulation == 0
+    assert config.grad_accumulation >= tight.grad_accumulation
+
+
+def test_plan_command_prints_the_table(tiny_model_dir, capsys):
+    from lorarlhf.cli import main
+
+    assert main(["plan", str(tiny_model_dir), "--method", "dpo", "--gpu-memory-gb", "24", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "memory plan" in out and "base weights" in out and "recommended: micro-batch 8" in out
+    assert main(["plan", str(tiny_model_dir), "--batch-size", "0"]) == 2
+    assert "batch_size=0 must be a positive integer" in capsys.readouterr().err
