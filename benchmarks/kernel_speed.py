@@ -1,7 +1,7 @@
 """Token log-probs from hidden states, forward + backward: eager PyTorch, Liger-Kernel, TRL, lorarlhf side by side.
 
-    python benchmarks/kernels.py            # CUDA: N in {4096, 8192, 16384}, H 4096, V 128,256, bf16
-    python benchmarks/kernels.py --cpu      # small sizes on the CPU, so the script runs everywhere
+    python benchmarks/kernel_speed.py            # CUDA: N in {4096, 8192, 16384}, H 4096, V 128,256, bf16
+    python benchmarks/kernel_speed.py --cpu      # small sizes on the CPU, so the script runs everywhere
 
 The LM head is frozen (the LoRA case): gradients flow to the hidden states only. For each provider and N it
 records the median time of forward + backward (triton.testing.do_bench on CUDA, wall clock on CPU); the peak
