@@ -4,6 +4,9 @@ tokens/s, beside the memory planner's estimate.
     python benchmarks/fit_24gb.py            # CUDA: Llama-3-8B, Qwen2.5-7B and Mistral-7B shapes
     python benchmarks/fit_24gb.py --smoke    # CPU: a ~112M Llama shape, to check the script end to end
 
+Beside the Hydra's PPO, the same PPO iteration runs with the four roles as four separately loaded NF4
+models (the classic layout), so the memory and per-sample latency ratios come from one run.
+
 Each shape is built from its config with random weights (bf16, saved once as safetensors under --work-dir),
 loaded as lorarlhf loads any model: NF4 base, LoRA r 16 on every linear layer, gradient checkpointing. The
 run uses the batch and lengths the task names (PPO 8 x (512 prompt + 512 sampled) tokens; GRPO 4 prompts x 8
@@ -101,7 +104,78 @@ def run_method(model_dir: Path, method: str, args, device: str) -> dict:
         "plan_error": (memory_plan.peak_gb * 2**30 - measured) / measured,
         "seconds_per_phase": phases,
         "tokens_per_s": last["rl/tokens_per_s"],
+        "seconds_per_sample": sum(phases.values()) / (config.batch_size * group),
         "iterations": len(records),
+    }
+
+
+def run_classic_ppo(model_dir: Path, args, device: str, grad_accumulation: int) -> dict:
+    """The same PPO iteration with the four roles as four separately loaded NF4 models (the classic layout):
+    actor and critic each with their own base and adapter, a reward model, a frozen reference model."""
+    from functools import partial
+
+    from lorarlhf import HydraModel
+    from lorarlhf.ppo_config import PPOConfig
+    from lorarlhf.ppo_trainer import state_values
+    from lorarlhf.rl_loop import PhaseTimer, in_chunks, last_token_scores, rows_of, sampling_of
+    from lorarlhf.rl_losses import clipped_policy_loss, clipped_value_loss, gae, masked_whiten
+    from lorarlhf.rollout import generate_rollout
+
+    load = partial(HydraModel.from_pretrained, model_dir, quantize="nf4", lora_r=16, device=device)
+    actor, critic = (
+        load(roles=("actor",), gradient_checkpointing=True),
+        load(roles=("critic",), gradient_checkpointing=True),
+    )
+    reward, reference = load(roles=("reward",)), load(roles=("actor",))  # the reference runs with its adapter off
+    config = PPOConfig(
+        batch_size=args.ppo_batch, max_length=args.prompt_tokens + args.new_tokens, max_new_tokens=args.new_tokens,
+        grad_accumulation=grad_accumulation,
+    )  # fmt: skip
+    params = actor.trainable_parameters("actor") + critic.trainable_parameters("critic")
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    prompts = [prompt_of_length(args.prompt_tokens)] * config.batch_size
+    reset_peak(device)
+    seconds = []
+    try:
+        for iteration in range(args.iterations):
+            timer = PhaseTimer()
+            seeds = list(range(iteration * config.batch_size, (iteration + 1) * config.batch_size))
+            with timer("generate"):
+                rollout = generate_rollout(actor, prompts, sampling_of(config), seeds)
+            batch, ga = rollout.batch(), config.grad_accumulation
+            mask = batch.response_mask
+            with timer("score"), torch.no_grad():
+                scores = in_chunks(batch, ga, lambda b: reward.rewards(b.input_ids, b.attention_mask))
+            with timer("reference"), torch.no_grad():
+                ref_logp = in_chunks(batch, ga, reference.token_logprobs, role="reference")
+                old_logp = in_chunks(batch, ga, actor.token_logprobs, role="actor")
+                old_values = in_chunks(batch, ga, partial(state_values, critic))
+            token_rewards = -config.kl_coef * (old_logp - ref_logp) * mask + last_token_scores(scores, mask)
+            advantages, returns = gae(token_rewards, old_values, mask, gamma=config.gamma, lam=config.lam)
+            advantages = masked_whiten(advantages, mask)
+            with timer("train"), actor.train_mode(), critic.train_mode():
+                for _ in range(config.ppo_epochs):
+                    optimizer.zero_grad(set_to_none=True)
+                    for rows in torch.arange(len(prompts)).chunk(ga):
+                        sub, share = rows_of(batch, rows), mask[rows].sum() / mask.sum()
+                        logp = actor.token_logprobs(sub, role="actor")
+                        pg, _ = clipped_policy_loss(
+                            logp, old_logp[rows], advantages[rows], mask[rows], clip=config.clip
+                        )
+                        vf = clipped_value_loss(state_values(critic, sub), old_values[rows], returns[rows], mask[rows],
+                                                clip=config.value_clip)  # fmt: skip
+                        ((pg + config.vf_coef * vf) * share).backward()
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+            seconds.append(sum(timer.seconds.values()))
+    except torch.OutOfMemoryError as error:
+        return {"method": "ppo (classic: 4 models)", "error": f"out of memory: {str(error)[:120]}"}
+    return {
+        "method": "ppo (classic: 4 models)",
+        "grad_accumulation": grad_accumulation,
+        "peak_gb": peak_bytes(device) / 2**30,
+        "seconds_per_sample": seconds[-1] / config.batch_size,
+        "seconds_per_phase": dict(timer.seconds),
     }
 
 
@@ -126,6 +200,12 @@ def main() -> None:
             row = {"shape": name, **run_method(model_dir, method, args, device)}
             print(row, flush=True)
             rows.append(row)
+        hydra_ppo = rows[-2]
+        classic = {"shape": name, **run_classic_ppo(model_dir, args, device, hydra_ppo["grad_accumulation"])}
+        if "seconds_per_sample" in classic:
+            classic["hydra_latency_ratio"] = hydra_ppo["seconds_per_sample"] / classic["seconds_per_sample"]
+        print(classic, flush=True)
+        rows.append(classic)
     path = write_results("fit_24gb", device, rows, budget_gb=BUDGET_GB, smoke=args.smoke)
     print(f"wrote {path}")
 
