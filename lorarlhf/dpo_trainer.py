@@ -23,6 +23,7 @@ from functools import partial
 import torch
 from tqdm.auto import tqdm
 
+from lorarlhf import distributed
 from lorarlhf.data import PreferencePair
 from lorarlhf.dpo_config import DPOConfig
 from lorarlhf.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
@@ -95,12 +96,12 @@ def train_dpo(
         bar = tqdm(
             range(start, config.steps + 1),
             desc=f"dpo ({config.loss})",
-            disable=not progress,
+            disable=not progress or not distributed.is_main(),
             initial=start - 1,
             total=config.steps,
         )
         for step in bar:
-            rows = next(batches)
+            rows = distributed.shard(next(batches))  # this process's share of the global batch
             pairs = [pair for _, pair in rows]
 
             def attempt(pieces, rows=rows, pairs=pairs):  # the whole batch's gradient, in `pieces` slices
@@ -125,6 +126,7 @@ def train_dpo(
                 "dpo/grad_norm": float("nan") if grad_norm is None else grad_norm,
                 "dpo/lr": lr,
             }
+            record = distributed.mean_record(record)
             run.history.append(record)
             if on_step is not None:
                 on_step(record)

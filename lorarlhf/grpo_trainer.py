@@ -24,6 +24,7 @@ from functools import partial
 import torch
 from tqdm.auto import tqdm
 
+from lorarlhf import distributed
 from lorarlhf.grpo_config import GRPOConfig
 from lorarlhf.rewards import reward_functions
 from lorarlhf.rl_loop import (
@@ -39,7 +40,7 @@ from lorarlhf.rl_loop import (
     sampling_of,
 )
 from lorarlhf.rl_losses import group_advantages, grpo_policy_loss, masked_mean
-from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, clipped_step, make_optimizer
+from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, make_optimizer, synced_step
 
 log = logging.getLogger("lorarlhf.grpo")
 
@@ -67,12 +68,13 @@ def train_grpo(
         guard.load_state_dict(state["guard"])
         schedule.load_state_dict(state["schedule"])
         run.history, steps = state["history"], state["step"]
-    bar = tqdm(total=config.steps, initial=steps, desc="grpo", disable=not progress)
+    bar = tqdm(total=config.steps, initial=steps, desc="grpo", disable=not progress or not distributed.is_main())
 
     while steps < config.steps:
         steps_before = steps
         timer = PhaseTimer()
         samples, seeds = stream.next(config.batch_size, repeats=config.group_size)
+        samples, seeds = distributed.shard(samples, config.group_size), distributed.shard(seeds, config.group_size)
         rollout, rewards = collect(hydra, samples, seeds, sampling, functions, config, timer, backoff)
         if rewards is None:
             guard.skip(f"a reward was NaN or infinite in the rollout after step {steps}")
@@ -117,6 +119,7 @@ def train_grpo(
             "rl/entropy": masked_mean(old_entropy, mask).item(),
             **mean_stats(stats),
         }
+        record = distributed.mean_record(record)
         run.history.append(record)
         bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{sequence_kl:.3f}")
         if on_step is not None:
@@ -147,6 +150,7 @@ def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp
     """One optimizer step on a minibatch, in grad_accumulation (x `smaller`) micro-batches; None if not finite."""
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
+    finite = True
     micro_batches = minibatch.chunk(config.grad_accumulation * smaller)
     minibatch_tokens = mask[minibatch].sum().clamp_min(1)
     for rows in micro_batches:
@@ -168,12 +172,12 @@ def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp
             loss_type=config.loss_type,
         )
         if not torch.isfinite(loss):
-            log.warning("skipping an update: the GRPO loss is %s", loss.item())
-            optimizer.zero_grad(set_to_none=True)
-            return None
+            log.warning("skipping an update: the loss is %s", loss.item())
+            finite = False
+            break
         (loss * share).backward()
         parts = {"rl/loss": loss.item(), **{f"rl/{k}": v for k, v in loss_stats.items()}}
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + value * share
-    grad_norm = clipped_step(optimizer, params, config.max_grad_norm)
+    grad_norm = synced_step(optimizer, params, config.max_grad_norm, finite)  # averaged over processes
     return None if grad_norm is None else {**totals, "rl/grad_norm": grad_norm}

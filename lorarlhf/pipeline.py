@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from lorarlhf import distributed
 from lorarlhf.checkpoint import ADAPTERS, MANIFEST, load_weights
 from lorarlhf.data import PreferencePair, _open_source, load_preferences, load_prompts, split_eval
 from lorarlhf.demonstrations import Demonstration, load_demonstrations, winners
@@ -93,6 +95,10 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         raise ValueError(f"reward_fn is for the RL methods (ppo, grpo); method={method!r} does not sample responses")
     if config.merge and method == "rm":
         raise ValueError("merge=True merges the actor, which method='rm' does not train; it trains the reward role")
+    distributed.init_from_environment()  # under accelerate launch / torchrun: one process per GPU
+    main = distributed.is_main()  # only the first process writes files
+    if output_dir is None and distributed.world_size() > 1:
+        raise ValueError("running on several processes needs an explicit output_dir that all of them share")
     model = _resolve_model(model, config)
     if isinstance(model, HydraModel):
         tokenizer = model.tokenizer
@@ -100,13 +106,17 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
     train_reward = method == "rm" or (method in RL_TRAINERS and reward_fn is None and not _reuses_reward(model, data))
     inputs = _Inputs(data, tokenizer, config, method, train_reward)  # reads the data now: bad rows fail fast
-    out = _prepare_output_dir(output_dir, method, resume=config.resume, overwrite=config.overwrite)
+    prepare = partial(_prepare_output_dir, output_dir, method, resume=config.resume, overwrite=config.overwrite)
+    out = prepare() if main else Path(output_dir)
+    distributed.barrier()  # the others start once the first process has checked and made the directory
     hydra = _hydra_for(model, config, _roles_for(method, config, train_reward))
     checkpoints = _checkpoints(out, config, method, hydra)
     if hydra.device.type == "cuda" and config.gpu_memory_gb is not None:
         memory_plan = fit_to_card(config, method, hydra, train_reward, _card_gb(config.gpu_memory_gb, hydra.device))
-        (out / "memory_plan.txt").write_text(str(memory_plan) + "\n")
-    (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
+        if main:
+            (out / "memory_plan.txt").write_text(str(memory_plan) + "\n")
+    if main:
+        (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
     sample_prompts = [] if method == "rm" else inputs.sample_prompts()
     if "before" not in checkpoints.extra:  # a resumed run keeps the samples its first start took
         checkpoints.extra["before"] = _sample(hydra, sample_prompts, config)
@@ -133,15 +143,17 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         stages.append((method, config.steps, trainer))
 
     metrics: dict[str, float] = {}
-    with open(out / "metrics.jsonl", "w") as metrics_log:
-        metrics_log.writelines(json.dumps(record) + "\n" for record in checkpoints.records)  # a resumed run's past
+    with open(out / "metrics.jsonl", "w") if main else nullcontext() as metrics_log:
+        if main:
+            metrics_log.writelines(json.dumps(record) + "\n" for record in checkpoints.records)  # a resumed past
 
         def writer(stage):
             def write(record):
                 record = {"stage": stage, **record}
                 checkpoints.records.append(record)
-                metrics_log.write(json.dumps(record) + "\n")
-                metrics_log.flush()
+                if main:
+                    metrics_log.write(json.dumps(record) + "\n")
+                    metrics_log.flush()
 
             return write
 
@@ -157,15 +169,17 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         {"prompt": p, "before": b, "after": a}
         for p, b, a in zip(sample_prompts, before, _sample(hydra, sample_prompts, config), strict=True)
     ]
-    if samples:
+    if samples and main:
         (out / SAMPLES).write_text("".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
     metrics["skipped_nonfinite_steps"] = sum(v for k, v in metrics.items() if k.endswith("/skipped_nonfinite_steps"))
     metrics["peak_memory_gb"] = peak_memory_gb(hydra.device)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    hydra.save(out)
-    plot_training_curves(read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {_short_name(hydra.source)}")
-    if config.merge:
-        export_merged(out, out / MERGED, trust_remote_code=config.trust_remote_code)
+    if main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        hydra.save(out)
+        plot_training_curves(read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {_short_name(hydra.source)}")
+        if config.merge:
+            export_merged(out, out / MERGED, trust_remote_code=config.trust_remote_code)
+    distributed.barrier()
     return AlignResult(output_dir=out, metrics=metrics, model=hydra, samples=samples)
 
 
@@ -381,6 +395,7 @@ def _hydra_for(model, config, roles: tuple[str, ...]) -> HydraModel:
         gradient_checkpointing=config.gradient_checkpointing,
         critic=getattr(config, "critic", "separate"),
         trust_remote_code=config.trust_remote_code,
+        device=distributed.local_device(),
     )
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lorarlhf import distributed
 from lorarlhf.kernels import token_kl
 from lorarlhf.ppo_config import PPOConfig
 from lorarlhf.rewards import reward_functions
@@ -56,7 +57,7 @@ from lorarlhf.rl_losses import (
     masked_whiten,
 )
 from lorarlhf.tokenization import TokenizedBatch
-from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, clipped_step, make_optimizer
+from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, make_optimizer, synced_step
 
 log = logging.getLogger("lorarlhf.ppo")
 
@@ -97,12 +98,12 @@ def train_ppo(
         guard.load_state_dict(state["guard"])
         schedule.load_state_dict(state["schedule"])
         run.history, steps = state["history"], state["step"]
-    bar = tqdm(total=config.steps, initial=steps, desc="ppo", disable=not progress)
+    bar = tqdm(total=config.steps, initial=steps, desc="ppo", disable=not progress or not distributed.is_main())
 
     while steps < config.steps:
         steps_before = steps
         timer = PhaseTimer()
-        batch_prompts, seeds = stream.next(config.batch_size)
+        batch_prompts, seeds = (distributed.shard(part) for part in stream.next(config.batch_size))
         rollout, rewards = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer, backoff)
         if rewards is None:
             guard.skip(f"a reward was NaN or infinite in the rollout after step {steps}")
@@ -120,7 +121,11 @@ def train_ppo(
         token_rewards = -kl_control.value * kl + last_token_scores(scores, mask)  # (B, T)
         advantages, returns = gae(token_rewards, old_values, mask, gamma=config.gamma, lam=config.lam)
         if config.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = (
+                masked_whiten(advantages, mask)
+                if distributed.world_size() == 1
+                else distributed.global_masked_whiten(advantages, mask)
+            )
 
         stats, stop = [], False
         with timer("train"), hydra.train_mode():
@@ -145,7 +150,7 @@ def train_ppo(
                 if stop or steps >= config.steps:
                     break
 
-        sequence_kl = kl.sum(dim=1).mean().item()  # mean per-sequence KL to the reference
+        sequence_kl = distributed.mean(kl.sum(dim=1).mean().item())  # mean per-sequence KL, every process
         kl_control.update(sequence_kl, len(batch_prompts))
         record = {
             "step": steps,
@@ -157,6 +162,7 @@ def train_ppo(
             "rl/explained_variance": explained_variance(old_values, returns, mask),
             **mean_stats(stats),
         }
+        record = distributed.mean_record(record)
         run.history.append(record)
         bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{sequence_kl:.3f}")
         if on_step is not None:
@@ -190,6 +196,7 @@ def _update(
     """One optimizer step on a minibatch, in grad_accumulation (x `smaller`) micro-batches; None if not finite."""
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
+    finite = True
     micro_batches = minibatch.chunk(config.grad_accumulation * smaller)
     minibatch_tokens = mask[minibatch].sum().clamp_min(1)
     for rows in micro_batches:
@@ -208,9 +215,9 @@ def _update(
         if entropy is not None:
             loss = loss - config.ent_coef * entropy_bonus(entropy, mask[rows])
         if not torch.isfinite(loss):
-            log.warning("skipping an update: the PPO loss is %s", loss.item())
-            optimizer.zero_grad(set_to_none=True)
-            return None
+            log.warning("skipping an update: the loss is %s", loss.item())
+            finite = False
+            break
         (loss * share).backward()
         parts = {
             "rl/policy_loss": pg_loss.item(),
@@ -219,7 +226,7 @@ def _update(
         }
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + value * share
-    grad_norm = clipped_step(optimizer, params, config.max_grad_norm)
+    grad_norm = synced_step(optimizer, params, config.max_grad_norm, finite)  # averaged over processes
     return None if grad_norm is None else {**totals, "rl/grad_norm": grad_norm}
 
 

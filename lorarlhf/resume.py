@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from lorarlhf import distributed
 from lorarlhf.checkpoint import ADAPTER_WEIGHTS, ADAPTERS, HEADS, _load_tensors, load_weights, read_manifest
 from lorarlhf.training import rng_state_from_json, rng_state_to_json
 
@@ -173,8 +174,15 @@ class StageCheckpoints:
         previous = step - 1 if previous is None else previous
         return (self.steps_before + step) // every > (self.steps_before + previous) // every
 
-    def save(self, step: int, hydra, optimizer, trainer_state: dict) -> Path:
-        return self.run.write(self.steps_before + step, self.stage, hydra, optimizer, {**trainer_state, "step": step})
+    def save(self, step: int, hydra, optimizer, trainer_state: dict) -> Path | None:
+        """Write the checkpoint (the first process only; the others wait for it); its path on that process."""
+        path = None
+        if distributed.is_main():
+            path = self.run.write(
+                self.steps_before + step, self.stage, hydra, optimizer, {**trainer_state, "step": step}
+            )
+        distributed.barrier()
+        return path
 
 
 def validate(path: Path) -> dict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from lorarlhf import distributed
 from lorarlhf.data import PreferencePair
 from lorarlhf.losses import (
     bradley_terry_loss,
@@ -85,11 +86,11 @@ def train_reward_model(
         for step in tqdm(
             range(start, config.steps + 1),
             desc="reward model",
-            disable=not progress,
+            disable=not progress or not distributed.is_main(),
             initial=start - 1,
             total=config.steps,
         ):
-            batch = next(batches)
+            batch = distributed.shard(next(batches))  # this process's share of the global batch
             forward, loss_of = _objective(hydra, batch, config)
 
             def attempt(pieces, batch=batch, forward=forward, loss_of=loss_of):  # the batch's gradient, in slices
@@ -111,6 +112,7 @@ def train_reward_model(
                 "rm/grad_norm": float("nan") if grad_norm is None else grad_norm,
                 "rm/lr": lr,
             }
+            record = distributed.mean_record(record)
             run.history.append(record)
             if on_step is not None:
                 on_step(record)

@@ -22,6 +22,7 @@ from functools import partial
 import torch
 from tqdm.auto import tqdm
 
+from lorarlhf import distributed
 from lorarlhf.demonstrations import Demonstration
 from lorarlhf.sft_config import SFTConfig
 from lorarlhf.training import (
@@ -67,9 +68,13 @@ def train_sft(
 
     with hydra.train_mode():
         for step in tqdm(
-            range(start, config.steps + 1), desc="sft", disable=not progress, initial=start - 1, total=config.steps
+            range(start, config.steps + 1),
+            desc="sft",
+            disable=not progress or not distributed.is_main(),
+            initial=start - 1,
+            total=config.steps,
         ):
-            demos = next(batches)
+            demos = distributed.shard(next(batches))  # this process's share of the global batch
 
             def attempt(pieces, demos=demos):  # the whole batch's gradient, in `pieces` slices
                 optimizer.zero_grad(set_to_none=True)
@@ -87,6 +92,7 @@ def train_sft(
                 "sft/grad_norm": float("nan") if grad_norm is None else grad_norm,
                 "sft/lr": lr,
             }
+            record = distributed.mean_record(record)
             run.history.append(record)
             if on_step is not None:
                 on_step(record)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lorarlhf import distributed
+
 log = logging.getLogger("lorarlhf.training")
 
 
@@ -130,16 +132,28 @@ class NonFiniteGuard:
         self.total, self.in_row = int(state["total"]), int(state["in_row"])
 
 
-def guarded_step(loss: torch.Tensor, optimizer, params, max_grad_norm: float, guard: NonFiniteGuard, where: str):
-    """A clipped optimizer step on the gradients the backward of `loss` left, unless the loss or a gradient
-    is not finite: then nothing is applied, the guard counts it, and None is returned instead of the norm."""
-    if not torch.isfinite(loss):
+def synced_step(optimizer, params, max_grad_norm: float, finite: bool = True) -> float | None:
+    """Average the gradients over processes, clip and step; None, and no step on any process, when any
+    process's loss was not finite (`finite` False) or the averaged gradient is not."""
+    if distributed.world_size() > 1:
+        finite = distributed.mean(float(finite)) == 1.0  # every process takes the same branch
+        if finite:
+            distributed.average_gradients(params)
+    if not finite:
         optimizer.zero_grad(set_to_none=True)
-        guard.skip(f"the loss was {loss.item()} at {where}")
         return None
-    grad_norm = clipped_step(optimizer, params, max_grad_norm)
-    if grad_norm is None:
-        guard.skip(f"a gradient was not finite at {where} (the loss was {loss.item():.4g})")
+    return clipped_step(optimizer, params, max_grad_norm)
+
+
+def guarded_step(loss: torch.Tensor, optimizer, params, max_grad_norm: float, guard: NonFiniteGuard, where: str):
+    """A clipped optimizer step on the gradients the backward of `loss` left (averaged over processes),
+    unless a loss or a gradient is not finite: then nothing is applied, the guard counts it, and None is
+    returned instead of the gradient norm."""
+    grad_norm = synced_step(optimizer, params, max_grad_norm, finite=bool(torch.isfinite(loss)))
+    if not torch.isfinite(loss):
+        guard.skip(f"the loss was {loss.item()} at {where}")
+    elif grad_norm is None:
+        guard.skip(f"a gradient (or another process's loss) was not finite at {where} (the loss was {loss.item():.4g})")
     else:
         guard.ok()
     return grad_norm

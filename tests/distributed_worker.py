@@ -1,0 +1,70 @@
+"""One process of a data-parallel test run (tests/test_distributed.py starts one per rank, or one alone).
+
+    python distributed_worker.py METHOD MODEL_DIR OUT_DIR BATCH_SIZE
+
+Trains METHOD on a fixed synthetic task, records a hash of the trainable weights after every step, and
+writes them, the history and the final weights to OUT_DIR/rank<r>.json and .safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from lorarlhf import HydraModel, distributed
+from lorarlhf.data import PreferencePair
+
+
+def main() -> None:
+    method, model_dir, out_dir, batch_size = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(1)
+    distributed.init_from_environment()
+    torch.manual_seed(0)
+    roles = {"dpo": ("actor",), "rm": ("reward",), "grpo": ("actor",)}[method]
+    hydra = HydraModel.from_pretrained(model_dir, quantize=None, lora_r=4, roles=roles)
+    role = roles[0]
+    hashes, history = [], []
+
+    def on_step(record):
+        digest = hashlib.sha256()
+        for param in hydra.trainable_parameters(role):
+            digest.update(param.detach().contiguous().numpy().tobytes())
+        hashes.append(digest.hexdigest())
+        history.append(record)
+
+    pairs = [PreferencePair(f"Question {i}:", f"{w} yes", f"{w} no") for i, w in enumerate(["cat", "sky"] * 8)]
+    if method == "dpo":
+        from lorarlhf.dpo_config import DPOConfig
+        from lorarlhf.dpo_trainer import train_dpo
+
+        config = DPOConfig(steps=4, batch_size=batch_size, lr=1e-2, gradient_checkpointing=False)
+        train_dpo(hydra, pairs, config, on_step=on_step, progress=False)
+    elif method == "rm":
+        from lorarlhf.reward_config import RewardConfig
+        from lorarlhf.reward_trainer import train_reward_model
+
+        config = RewardConfig(steps=4, batch_size=batch_size, lr=1e-2, gradient_checkpointing=False)
+        train_reward_model(hydra, pairs, config, on_step=on_step, progress=False)
+    else:
+        from lorarlhf.grpo_config import GRPOConfig
+        from lorarlhf.grpo_trainer import train_grpo
+
+        def lowercase(prompts, responses):
+            return [sum(c.islower() for c in r) / max(len(r), 1) for r in responses]
+
+        config = GRPOConfig(steps=3, batch_size=batch_size, group_size=2, max_new_tokens=6, lr=1e-2)
+        train_grpo(hydra, [p.prompt for p in pairs], config, reward_fn=lowercase, on_step=on_step, progress=False)
+    rank = distributed.rank()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = {f"{i}": p.detach().contiguous() for i, p in enumerate(hydra.trainable_parameters(role))}
+    save_file(weights, out_dir / f"rank{rank}.safetensors")
+    (out_dir / f"rank{rank}.json").write_text(json.dumps({"hashes": hashes, "history": history}))
+
+
+if __name__ == "__main__":
+    main()
