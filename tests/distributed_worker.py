@@ -1,6 +1,7 @@
 """One process of a data-parallel test run (tests/test_distributed.py starts one per rank, or one alone).
 
     python distributed_worker.py METHOD MODEL_DIR OUT_DIR BATCH_SIZE
+    python distributed_worker.py align MODEL_DIR RUN_DIR BATCH_SIZE fresh|resume
 
 Trains METHOD on a fixed synthetic task, records a hash of the trainable weights after every step, and
 writes them, the history and the final weights to OUT_DIR/rank<r>.json and .safetensors.
@@ -20,9 +21,26 @@ from lorarlhf import HydraModel, distributed
 from lorarlhf.data import PreferencePair
 
 
+def run_align(model_dir: str, out_dir: str, batch_size: int, resume: bool) -> None:
+    """The whole align() call, checkpointing every 2 steps; with resume, continuing from the newest."""
+    import lorarlhf
+
+    records = [
+        {"prompt": f"Question {i}:", "chosen": f"{w} yes", "rejected": f"{w} no"}
+        for i, w in enumerate(["cat", "sky"] * 8)
+    ]
+    lorarlhf.align(
+        model_dir, records, method="dpo", output_dir=out_dir, steps=6, batch_size=batch_size, lr=1e-2, quantize=None,
+        save_every=2, keep_checkpoints=5, samples=0, eval_fraction=0.0, resume=resume, gradient_checkpointing=False,
+    )  # fmt: skip
+
+
 def main() -> None:
-    method, model_dir, out_dir, batch_size = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     torch.set_num_threads(1)
+    if sys.argv[1] == "align":
+        run_align(sys.argv[2], sys.argv[3], int(sys.argv[4]), resume=sys.argv[5] == "resume")
+        return
+    method, model_dir, out_dir, batch_size = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     distributed.init_from_environment()
     torch.manual_seed(0)
     roles = {"dpo": ("actor",), "rm": ("reward",), "grpo": ("actor",)}[method]

@@ -65,3 +65,37 @@ def test_two_processes_stay_identical_and_match_one_process_with_the_whole_batch
         if method == "rm" and alone_weights[name].numel() == 1:
             continue  # the reward bias: exact gradient 0 (rewards enter as differences), Adam scales its noise
         torch.testing.assert_close(first_weights[name], alone_weights[name], **tolerance)
+
+
+def cut_back_to(run_dir: Path, step: int) -> None:
+    """The run as a crash right after checkpoint `step` would leave it."""
+    import shutil
+
+    for path in (run_dir / "checkpoints").iterdir():
+        if int(path.name.removeprefix("step-")) > step:
+            shutil.rmtree(path)
+    for name in ("hydra.json", "heads.safetensors", "metrics.json", "training_curves.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("adapters", "tokenizer"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("first_world", "resume_world"), [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_on_another_number_of_processes(tiny_model_dir, tmp_path, first_world, resume_world):
+    import shutil
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    launch(["align", str(tiny_model_dir), str(whole), "4", "fresh"], world=first_world, cwd=tmp_path)
+    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["step-000002", "step-000004", "step-000006"]
+    shutil.copytree(whole, cut)
+    cut_back_to(cut, 2)
+    launch(["align", str(tiny_model_dir), str(cut), "4", "resume"], world=resume_world, cwd=tmp_path)
+    lines = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(lines, expected, strict=True):
+        assert a["dpo/loss"] == pytest.approx(b["dpo/loss"], rel=1e-5)
+    adapter = Path("adapters") / "actor" / "adapter_model.safetensors"
+    resumed, reference = load_file(cut / adapter), load_file(whole / adapter)
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], atol=1e-4, rtol=1e-3)
