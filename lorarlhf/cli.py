@@ -74,6 +74,10 @@ def _align(args) -> int:
     result = align(
         args.model, args.data, method=args.method, output_dir=args.output_dir, reward_fn=reward_fn, **overrides
     )
+    from lorarlhf import distributed
+
+    if not distributed.is_main():  # under a launcher, the first process reports
+        return 0
     print(f"\nwrote {result.output_dir}")
     for name, value in result.metrics.items():
         print(f"  {name:<28} {value:.4g}")

@@ -99,3 +99,28 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(tiny_model_dir, tmp
     resumed, reference = load_file(cut / adapter), load_file(whole / adapter)
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], atol=1e-4, rtol=1e-3)
+
+
+def test_accelerate_launch_runs_the_command_line_on_two_processes(tiny_model_dir, tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"Q{i}:", "chosen": "cat yes", "rejected": "no"}) + "\n" for i in range(8))
+    )
+    options = ["--set", "steps=2", "--set", "batch_size=4", "--set", "quantize=none", "--set", "samples=0"]
+    command = ["align", str(tiny_model_dir), str(data), "--method", "dpo", *options, "--set", "eval_fraction=0"]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    launched = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "lorarlhf", *command, "--output-dir", str(tmp_path / "two")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert launched.stdout.count("wrote ") == 1  # the first process reports, the other stays quiet
+    alone = subprocess.run(
+        [sys.executable, "-m", "lorarlhf", *command, "--output-dir", str(tmp_path / "one")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["dpo/loss"] for r in two] == pytest.approx([r["dpo/loss"] for r in one], rel=1e-5)
