@@ -43,7 +43,9 @@ def main() -> None:
     method, model_dir, out_dir, batch_size = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     distributed.init_from_environment()
     torch.manual_seed(0)
-    roles = {"dpo": ("actor",), "rm": ("reward",), "grpo": ("actor",)}[method]
+    roles = {"dpo": ("actor",), "rm": ("reward",), "grpo": ("actor",), "sft": ("sft",), "ppo": ("actor", "critic")}[
+        method
+    ]
     hydra = HydraModel.from_pretrained(model_dir, quantize=None, lora_r=4, roles=roles)
     role = roles[0]
     hashes, history = [], []
@@ -68,15 +70,30 @@ def main() -> None:
 
         config = RewardConfig(steps=4, batch_size=batch_size, lr=1e-2, gradient_checkpointing=False)
         train_reward_model(hydra, pairs, config, on_step=on_step, progress=False)
+    elif method == "sft":
+        from lorarlhf.demonstrations import Demonstration
+        from lorarlhf.sft_config import SFTConfig
+        from lorarlhf.sft_trainer import train_sft
+
+        demos = [Demonstration(p.prompt, p.chosen) for p in pairs]
+        config = SFTConfig(steps=4, batch_size=batch_size, lr=1e-2, gradient_checkpointing=False)
+        train_sft(hydra, demos, config, on_step=on_step, progress=False)
     else:
         from lorarlhf.grpo_config import GRPOConfig
         from lorarlhf.grpo_trainer import train_grpo
+        from lorarlhf.ppo_config import PPOConfig
+        from lorarlhf.ppo_trainer import train_ppo
 
         def lowercase(prompts, responses):
             return [sum(c.islower() for c in r) / max(len(r), 1) for r in responses]
 
-        config = GRPOConfig(steps=3, batch_size=batch_size, group_size=2, max_new_tokens=6, lr=1e-2)
-        train_grpo(hydra, [p.prompt for p in pairs], config, reward_fn=lowercase, on_step=on_step, progress=False)
+        prompts = [p.prompt for p in pairs]
+        if method == "grpo":
+            config = GRPOConfig(steps=3, batch_size=batch_size, group_size=2, max_new_tokens=6, lr=1e-2)
+            train_grpo(hydra, prompts, config, reward_fn=lowercase, on_step=on_step, progress=False)
+        else:
+            config = PPOConfig(steps=4, batch_size=batch_size, max_new_tokens=6, lr=1e-2)
+            train_ppo(hydra, prompts, config, reward_fn=lowercase, on_step=on_step, progress=False)
     rank = distributed.rank()
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = {f"{i}": p.detach().contiguous() for i, p in enumerate(hydra.trainable_parameters(role))}

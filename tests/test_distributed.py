@@ -43,16 +43,16 @@ def results(out: Path, rank: int):
     return json.loads((out / f"rank{rank}.json").read_text()), load_file(out / f"rank{rank}.safetensors")
 
 
-@pytest.mark.parametrize("method", ["dpo", "rm", "grpo"])
+@pytest.mark.parametrize("method", ["sft", "dpo", "rm", "grpo", "ppo"])
 def test_two_processes_stay_identical_and_match_one_process_with_the_whole_batch(tiny_model_dir, tmp_path, method):
     launch([method, str(tiny_model_dir), str(tmp_path / "two"), "4"], world=2, cwd=tmp_path)
     launch([method, str(tiny_model_dir), str(tmp_path / "one"), "4"], world=1, cwd=tmp_path)
     (first, first_weights), (second, second_weights) = results(tmp_path / "two", 0), results(tmp_path / "two", 1)
-    assert first["hashes"] == second["hashes"] and len(first["hashes"]) >= 3  # the same adapter after every step
+    assert first["hashes"] == second["hashes"] and len(first["hashes"]) >= 2  # the same adapter after every step
     assert first["history"] == second["history"]  # metrics reduced over both processes
     assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
     alone, alone_weights = results(tmp_path / "one", 0)
-    if method == "grpo":  # sampled responses are per-prompt seeded; the token-share weights differ slightly
+    if method in ("grpo", "ppo"):  # responses are per-prompt seeded; micro-batch token shares differ slightly
         for a, b in zip(first["history"], alone["history"], strict=True):
             assert a["rl/reward_mean"] == pytest.approx(b["rl/reward_mean"], abs=1e-6)
         tolerance = dict(atol=1e-3, rtol=1e-2)
