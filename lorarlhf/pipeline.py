@@ -245,13 +245,15 @@ def _sample(hydra: HydraModel, prompts: list[str], config) -> list[str]:
 def fit_to_card(config, method: str, hydra: HydraModel, train_reward: bool, gpu_memory_gb: float) -> MemoryPlan:
     """Plan the run for a card of `gpu_memory_gb` and raise config.grad_accumulation until each micro-batch fits.
 
-    The effective batch stays the user's: only how much of it is in memory at once changes.
+    The effective batch stays the user's: only how much of it is in memory at once changes. Under data
+    parallelism the plan is for one process's share of the batch, on its own card.
     """
     weights = hydra.causal_lm.get_output_embeddings().weight
+    per_process = max(1, config.batch_size // distributed.world_size())  # each process holds its share
     memory_plan = plan(
         hydra.causal_lm.config,
         method=method,
-        batch_size=config.batch_size,
+        batch_size=per_process,
         max_length=config.max_length,
         max_new_tokens=getattr(config, "max_new_tokens", 0),
         group_size=getattr(config, "group_size", 1),
@@ -262,9 +264,9 @@ def fit_to_card(config, method: str, hydra: HydraModel, train_reward: bool, gpu_
         gradient_checkpointing=config.gradient_checkpointing,
         reward_model=train_reward or (method in RL_TRAINERS and hydra.is_trained("reward")),
     )
-    units = config.batch_size  # what an update is cut into: prompts x samples for RL, pairs or demonstrations
+    units = per_process  # what a process's update is cut into: prompts x samples for RL, pairs, demonstrations
     if method in RL_TRAINERS:
-        units = config.batch_size * getattr(config, "group_size", 1) // config.num_minibatches
+        units = max(1, per_process * getattr(config, "group_size", 1) // config.num_minibatches)
     wanted = min(units, max(config.grad_accumulation, memory_plan.grad_accumulation))
     if method in RL_TRAINERS:  # micro-batches must split each minibatch evenly
         wanted = next(d for d in range(wanted, units + 1) if units % d == 0)
