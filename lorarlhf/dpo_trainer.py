@@ -21,21 +21,11 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from tqdm.auto import tqdm
 
-from lorarlhf import distributed
 from lorarlhf.data import PreferencePair
 from lorarlhf.dpo_config import DPOConfig
 from lorarlhf.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
-from lorarlhf.training import (
-    NonFiniteGuard,
-    OutOfMemoryBackoff,
-    ShuffledBatches,
-    StageRun,
-    guarded_step,
-    make_optimizer,
-    sliced_backward,
-)
+from lorarlhf.training import StageRun, SupervisedLoop, sliced_backward
 
 
 def pair_logprobs(hydra, pairs: list[PreferencePair], role: str, max_length: int | None = None):
@@ -76,69 +66,31 @@ def train_dpo(
     if not train_pairs:
         raise ValueError("no training pairs: DPO needs at least one preference pair")
     torch.manual_seed(config.seed)
-    indexed = list(enumerate(train_pairs))
-    batches = ShuffledBatches(indexed, config.batch_size, config.seed)
     ref_table = (
         reference_logprobs(hydra, train_pairs, config) if config.precompute_ref and config.loss != "cpl" else None
     )
     params = hydra.trainable_parameters("actor")
-    optimizer, schedule = make_optimizer(params, config)
-    run, start, guard = StageRun(), 1, NonFiniteGuard("dpo", config.max_skipped_steps)
-    backoff = OutOfMemoryBackoff("dpo")
-    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
-        batches.load_state_dict(state["batches"])
-        guard.load_state_dict(state["guard"])
-        schedule.load_state_dict(state["schedule"])
-        run.history, start = state["history"], state["step"] + 1
+    loop = SupervisedLoop("dpo", hydra, list(enumerate(train_pairs)), params, config, desc=f"dpo ({config.loss})",
+                          on_step=on_step, progress=progress, checkpoints=checkpoints)  # fmt: skip
 
     hydra.disable_dropout()  # the policy and the reference pass must see the same network
     with hydra.train_mode():
-        bar = tqdm(
-            range(start, config.steps + 1),
-            desc=f"dpo ({config.loss})",
-            disable=not progress or not distributed.is_main(),
-            initial=start - 1,
-            total=config.steps,
-        )
-        for step in bar:
-            rows = distributed.shard(next(batches))  # this process's share of the global batch
+        for step, rows in loop:
             pairs = [pair for _, pair in rows]
 
-            def attempt(pieces, rows=rows, pairs=pairs):  # the whole batch's gradient, in `pieces` slices
-                optimizer.zero_grad(set_to_none=True)
-                pieces *= config.grad_accumulation
+            def backward(pieces, rows=rows, pairs=pairs):  # the whole batch's gradient, in `pieces` slices
                 ref = _reference(hydra, pairs, [i for i, _ in rows], ref_table, config, pieces)
                 return sliced_backward(partial(_policy, hydra, config), pairs, partial(_loss, ref, config), pieces)
 
-            loss, (margin, logp) = backoff.run(attempt, "the update")
-            chosen, rejected = logp[:, 0], logp[:, 1]
-            grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
-            lr = schedule.get_last_lr()[0]
-            if grad_norm is not None:
-                schedule.step()
-            record = {
-                "step": step,
+            loss, (margin, logp) = loop.update(step, backward)
+            loop.log(step, {
                 "dpo/loss": loss.item(),
                 "dpo/accuracy": (margin > 0).float().mean().item(),
                 "dpo/margin": margin.mean().item(),
-                "dpo/chosen_logp": chosen.mean().item(),
-                "dpo/rejected_logp": rejected.mean().item(),
-                "dpo/grad_norm": float("nan") if grad_norm is None else grad_norm,
-                "dpo/lr": lr,
-            }
-            record = distributed.mean_record(record)
-            run.history.append(record)
-            if on_step is not None:
-                on_step(record)
-            if checkpoints is not None and checkpoints.due(step):
-                state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
-                state["schedule"] = schedule.state_dict()
-                checkpoints.save(step, hydra, optimizer, state)
-    if eval_pairs:
-        run.metrics.update(evaluate_dpo(hydra, eval_pairs, config))
-    run.metrics["dpo/train_loss_last"] = run.history[-1]["dpo/loss"]
-    run.metrics.update(guard.metrics())
-    return run
+                "dpo/chosen_logp": logp[:, 0].mean().item(),
+                "dpo/rejected_logp": logp[:, 1].mean().item(),
+            })  # fmt: skip
+    return loop.finish(evaluate_dpo(hydra, eval_pairs, config) if eval_pairs else {})
 
 
 def _policy(hydra, config: DPOConfig, pairs: list[PreferencePair]) -> torch.Tensor:

@@ -303,7 +303,7 @@ def _checkpoints(out: Path, config, method: str, hydra: HydraModel) -> RunCheckp
             "start the run with save_every=N to write some, or drop resume=True"
         )
     checkpoints.check_identity(found)
-    load_weights(hydra, found.path)  # finished stages' adapters; the interrupted stage restores the rest
+    load_weights(hydra, found.path)  # every adapter and head; the interrupted stage restores the rest of its state
     checkpoints.resume_from = found
     checkpoints.records = list(found.state["records"])
     checkpoints.completed = dict(found.state["completed"])

@@ -92,7 +92,7 @@ def train_ppo(
     optimizer, schedule = make_optimizer(params, config)
     run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
     backoff = OutOfMemoryBackoff("rl")
-    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
+    if checkpoints is not None and (state := checkpoints.restore(optimizer)) is not None:
         stream.load_state_dict(state["stream"])
         kl_control.load_state_dict(state["kl_control"])
         guard.load_state_dict(state["guard"])

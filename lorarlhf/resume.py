@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from lorarlhf import distributed
-from lorarlhf.checkpoint import ADAPTER_WEIGHTS, ADAPTERS, HEADS, _load_tensors, load_weights, read_manifest
+from lorarlhf.checkpoint import ADAPTER_WEIGHTS, ADAPTERS, HEADS, _load_tensors, read_manifest
 from lorarlhf.training import rng_state_from_json, rng_state_to_json
 
 log = logging.getLogger("lorarlhf.resume")
@@ -154,12 +154,14 @@ class StageCheckpoints:
     steps_before: int
     resume: Checkpoint | None
 
-    def restore(self, hydra, optimizer) -> dict | None:
-        """The trainer's loop state to continue from (None: start fresh); restores optimizer and generators."""
+    def restore(self, optimizer) -> dict | None:
+        """The trainer's loop state to continue from (None: start fresh); restores optimizer and generators.
+
+        The weights are not loaded here: the run that resumes loads every adapter and head of the
+        checkpoint once, before any stage starts (finished stages need them too)."""
         if self.resume is None:
             return None
         path, state = self.resume.path, self.resume.state
-        load_weights(hydra, path)
         load_optimizer_state(optimizer, _load_tensors(path / OPTIMIZER), state["optimizer"])
         restore_rng(state["rng"], _load_tensors(path / RNG))
         log.info("resumed stage %s at step %d from %s", self.stage, state["trainer"]["step"], path)

@@ -20,11 +20,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-from tqdm.auto import tqdm
 
-from lorarlhf import distributed
 from lorarlhf.data import PreferencePair
 from lorarlhf.losses import (
     bradley_terry_loss,
@@ -33,15 +32,7 @@ from lorarlhf.losses import (
     reward_centering_loss,
 )
 from lorarlhf.reward_config import RewardConfig
-from lorarlhf.training import (
-    NonFiniteGuard,
-    OutOfMemoryBackoff,
-    ShuffledBatches,
-    StageRun,
-    guarded_step,
-    make_optimizer,
-    sliced_backward,
-)
+from lorarlhf.training import StageRun, SupervisedLoop, sliced_backward
 
 log = logging.getLogger("lorarlhf.reward")
 
@@ -71,63 +62,33 @@ def train_reward_model(
         raise ValueError("no training pairs: the reward model needs at least one preference pair")
     torch.manual_seed(config.seed)
     units = rankings_of(train_pairs) if config.objective == "listwise" else list(train_pairs)
-    batches = ShuffledBatches(units, config.batch_size, config.seed)
     params = hydra.trainable_parameters("reward")
-    optimizer, schedule = make_optimizer(params, config)
-    run, start, guard = StageRun(), 1, NonFiniteGuard("rm", config.max_skipped_steps)
-    backoff = OutOfMemoryBackoff("rm")
-    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
-        batches.load_state_dict(state["batches"])
-        guard.load_state_dict(state["guard"])
-        schedule.load_state_dict(state["schedule"])
-        run.history, start = state["history"], state["step"] + 1
+    loop = SupervisedLoop(
+        "rm",
+        hydra,
+        units,
+        params,
+        config,
+        desc="reward model",
+        on_step=on_step,
+        progress=progress,
+        checkpoints=checkpoints,
+    )
 
     with hydra.train_mode():
-        for step in tqdm(
-            range(start, config.steps + 1),
-            desc="reward model",
-            disable=not progress or not distributed.is_main(),
-            initial=start - 1,
-            total=config.steps,
-        ):
-            batch = distributed.shard(next(batches))  # this process's share of the global batch
+        for step, batch in loop:
             forward, loss_of = _objective(hydra, batch, config)
-
-            def attempt(pieces, batch=batch, forward=forward, loss_of=loss_of):  # the batch's gradient, in slices
-                optimizer.zero_grad(set_to_none=True)
-                return sliced_backward(forward, batch, loss_of, pieces * config.grad_accumulation)
-
-            loss, rewards = backoff.run(attempt, "the update")
+            loss, rewards = loop.update(step, partial(sliced_backward, forward, batch, loss_of))
             chosen, rejected = rewards[:, 0], rewards[:, 1]  # listwise: best vs second best, for the records
-            grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
-            lr = schedule.get_last_lr()[0]
-            if grad_norm is not None:
-                schedule.step()
-
-            record = {
-                "step": step,
+            loop.log(step, {
                 "rm/loss": loss.item(),
                 "rm/accuracy": (chosen > rejected).float().mean().item(),
                 "rm/margin": (chosen - rejected).mean().item(),
-                "rm/grad_norm": float("nan") if grad_norm is None else grad_norm,
-                "rm/lr": lr,
-            }
-            record = distributed.mean_record(record)
-            run.history.append(record)
-            if on_step is not None:
-                on_step(record)
-            if checkpoints is not None and checkpoints.due(step):
-                state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
-                state["schedule"] = schedule.state_dict()
-                checkpoints.save(step, hydra, optimizer, state)
+            })  # fmt: skip
 
-    if eval_pairs:
-        run.metrics.update(evaluate_reward_model(hydra, eval_pairs, config))
-    else:
+    if not eval_pairs:
         log.warning("no held-out pairs (eval_fraction=%s): rm/eval_* metrics are not reported", config.eval_fraction)
-    run.metrics["rm/train_loss_last"] = run.history[-1]["rm/loss"]
-    run.metrics.update(guard.metrics())
-    return run
+    return loop.finish(evaluate_reward_model(hydra, eval_pairs, config) if eval_pairs else {})
 
 
 def _objective(hydra, batch: list, config: RewardConfig):

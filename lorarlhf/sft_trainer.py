@@ -20,20 +20,10 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-from tqdm.auto import tqdm
 
-from lorarlhf import distributed
 from lorarlhf.demonstrations import Demonstration
 from lorarlhf.sft_config import SFTConfig
-from lorarlhf.training import (
-    NonFiniteGuard,
-    OutOfMemoryBackoff,
-    ShuffledBatches,
-    StageRun,
-    guarded_step,
-    make_optimizer,
-    sliced_backward,
-)
+from lorarlhf.training import StageRun, SupervisedLoop, sliced_backward
 
 
 def train_sft(
@@ -54,56 +44,17 @@ def train_sft(
     if "sft" not in hydra.adapters:
         hydra.add_role("sft")
     torch.manual_seed(config.seed)
-    batches = ShuffledBatches(list(train_demos), config.batch_size, config.seed)
     params = hydra.trainable_parameters("sft")
-    optimizer, schedule = make_optimizer(params, config)
-    run, start, guard = StageRun(), 1, NonFiniteGuard("sft", config.max_skipped_steps)
-    backoff = OutOfMemoryBackoff("sft")
+    loop = SupervisedLoop(
+        "sft", hydra, list(train_demos), params, config, on_step=on_step, progress=progress, checkpoints=checkpoints
+    )
     forward = partial(completion_logprobs, hydra, max_length=config.max_length)
-    if checkpoints is not None and (state := checkpoints.restore(hydra, optimizer)) is not None:
-        batches.load_state_dict(state["batches"])
-        guard.load_state_dict(state["guard"])
-        schedule.load_state_dict(state["schedule"])
-        run.history, start = state["history"], state["step"] + 1
 
     with hydra.train_mode():
-        for step in tqdm(
-            range(start, config.steps + 1),
-            desc="sft",
-            disable=not progress or not distributed.is_main(),
-            initial=start - 1,
-            total=config.steps,
-        ):
-            demos = distributed.shard(next(batches))  # this process's share of the global batch
-
-            def attempt(pieces, demos=demos):  # the whole batch's gradient, in `pieces` slices
-                optimizer.zero_grad(set_to_none=True)
-                return sliced_backward(forward, demos, mean_token_nll, pieces * config.grad_accumulation)
-
-            loss, tokens = backoff.run(attempt, "the update")
-            grad_norm = guarded_step(loss, optimizer, params, config.max_grad_norm, guard, f"step {step}")
-            lr = schedule.get_last_lr()[0]
-            if grad_norm is not None:
-                schedule.step()
-            record = {
-                "step": step,
-                "sft/loss": loss.item(),
-                "sft/tokens": float(tokens),
-                "sft/grad_norm": float("nan") if grad_norm is None else grad_norm,
-                "sft/lr": lr,
-            }
-            record = distributed.mean_record(record)
-            run.history.append(record)
-            if on_step is not None:
-                on_step(record)
-            if checkpoints is not None and checkpoints.due(step):
-                state = {"batches": batches.state_dict(), "guard": guard.state_dict(), "history": run.history}
-                state["schedule"] = schedule.state_dict()
-                checkpoints.save(step, hydra, optimizer, state)
-    if eval_demos:
-        run.metrics["sft/eval_loss"] = evaluate_sft(hydra, eval_demos, config)
-    run.metrics["sft/train_loss_last"] = run.history[-1]["sft/loss"]
-    run.metrics.update(guard.metrics())
+        for step, demos in loop:
+            loss, tokens = loop.update(step, partial(sliced_backward, forward, demos, mean_token_nll))
+            loop.log(step, {"sft/loss": loss.item(), "sft/tokens": float(tokens)})
+    run = loop.finish({"sft/eval_loss": evaluate_sft(hydra, eval_demos, config)} if eval_demos else {})
     if "actor" in hydra.adapters:
         hydra.copy_adapter("sft", "actor")
     return run
