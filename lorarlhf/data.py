@@ -19,7 +19,9 @@ silently different training set.
 
 Votes are aggregated by majority or by a Bradley-Terry fit per prompt (Bradley & Terry 1952; fitted by
 Newton's method on the log-likelihood with a Gaussian prior, the regularised cousin of Hunter's 2004 MM
-algorithm), and their agreement is summarised by Fleiss' kappa (Fleiss 1971).
+algorithm), and their agreement is summarised by Fleiss' kappa (Fleiss 1971). Vote records of one prompt and
+the same two responses are one item with their votes pooled, so a log of one record per vote (what
+`lorarlhf label` writes) reads the same as one record per item; an annotator's last vote on an item counts.
 
 Any text field may instead hold a list of {"role", "content"} messages. A prompt is rendered with the
 tokenizer's chat template when it has one, else as "role: content" lines ending in "assistant:"; a
@@ -120,6 +122,18 @@ class DisputedItem:
 
 
 @dataclass(frozen=True)
+class AnnotatorAgreement:
+    """One named annotator: how many votes, and how often another annotator voted the same on the same item."""
+
+    name: str
+    votes: int
+    compared: int
+    """Pairs of (this vote, another annotator's vote on the same item)."""
+    agreement: float | None
+    """Fraction of those pairs with the same label; None when nobody else voted on this annotator's items."""
+
+
+@dataclass(frozen=True)
 class AgreementReport:
     """How much the annotators of vote records agreed (categories a / b / tie)."""
 
@@ -128,7 +142,7 @@ class AgreementReport:
     mean_pairwise_agreement: float | None
     """Mean over those items of the fraction of annotator pairs that agree (Fleiss' P-bar)."""
     items: int
-    """Vote records read."""
+    """Items voted on: records of one prompt and the same two responses are one item, their votes pooled."""
     rated_items: int
     """Vote records with at least 2 votes: the ones kappa and agreement are computed over."""
     votes: int
@@ -137,6 +151,8 @@ class AgreementReport:
     """Distinct annotator names over the records that list them; None when no record does."""
     most_disputed: tuple[DisputedItem, ...] = ()
     """Up to 5 items with the most even split, most disputed first; unanimous items never appear."""
+    per_annotator: tuple[AnnotatorAgreement, ...] = ()
+    """Named annotators in alphabetical order."""
 
     def __str__(self) -> str:
         if self.fleiss_kappa is None and self.mean_pairwise_agreement is None:
@@ -237,11 +253,11 @@ def load_preferences(
         report.dropped["tie"] += ties
         slots.append(pairs)
 
-    items = [slot for slot in slots if isinstance(slot, _VoteItem)]
+    items = _merge_vote_items([slot for slot in slots if isinstance(slot, _VoteItem)])
     if items:
         resolved = _majority(items) if aggregate == "majority" else _bradley_terry_pairs(items)
         report.dropped["tie"] += sum(pair is None for pair in resolved.values())
-        slots = [[resolved[id(s)]] if isinstance(s, _VoteItem) else s for s in slots]
+        slots = [[resolved.get(id(s))] if isinstance(s, _VoteItem) else s for s in slots]
         report.agreement = _agreement(items)
 
     pairs = _drop_duplicates_and_long(
@@ -783,9 +799,16 @@ class _VoteItem:
     prompt: str
     a: str
     b: str
-    counts: dict[str, int]
+    labels: list[str]
     annotators: list[str] | None
     utility: str | None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(VOTE_LABELS, 0)
+        for label in self.labels:
+            counts[label] += 1
+        return counts
 
 
 def _parse_votes(row: _Row) -> _VoteItem:
@@ -793,12 +816,10 @@ def _parse_votes(row: _Row) -> _VoteItem:
     if a == b:
         raise row.error("same text as 'a'; annotators need two different responses to compare", field="b")
     votes = row.entries("votes")
-    counts = dict.fromkeys(VOTE_LABELS, 0)
     for i, vote in enumerate(votes):
-        if vote not in counts:
+        if vote not in VOTE_LABELS:
             allowed = ", ".join(map(repr, VOTE_LABELS))
             raise row.error(f"unknown label {vote!r} at position {i}; the allowed labels are {allowed}", "votes")
-        counts[vote] += 1
     annotators = None
     if row.present("annotators"):
         annotators = row.entries("annotators")
@@ -806,7 +827,39 @@ def _parse_votes(row: _Row) -> _VoteItem:
             raise row.error(f"{len(annotators)} annotators for {len(votes)} votes", field="annotators")
         if not all(isinstance(name, str) for name in annotators):
             raise row.error("annotator names must be strings", field="annotators")
-    return _VoteItem(row.number, row.index, prompt, a, b, counts, annotators, row.utility())
+    return _VoteItem(row.number, row.index, prompt, a, b, list(votes), annotators, row.utility())
+
+
+_SWAPPED = {"a": "b", "b": "a", "tie": "tie"}
+
+
+def _merge_vote_items(items: list[_VoteItem]) -> list[_VoteItem]:
+    """One item per prompt and pair of responses: votes logged one record per vote are pooled.
+
+    A record that lists the two responses the other way round has its labels swapped. When an annotator
+    voted on an item more than once, their last vote counts (a relabelling replaces, it does not add).
+    Unnamed votes are all kept.
+    """
+    merged: dict[tuple, _VoteItem] = {}
+    for item in items:
+        key = (item.prompt, frozenset((item.a, item.b)))
+        first = merged.setdefault(key, item)
+        if first is item:
+            continue
+        labels = item.labels if item.a == first.a else [_SWAPPED[label] for label in item.labels]
+        first.labels = first.labels + labels
+        if first.annotators is not None or item.annotators is not None:
+            first.annotators = (first.annotators or [None] * (len(first.labels) - len(labels))) + (
+                item.annotators or [None] * len(labels)
+            )
+    for item in merged.values():
+        if item.annotators is None:
+            continue
+        last = {name: i for i, name in enumerate(item.annotators) if name is not None}
+        keep = [i for i, name in enumerate(item.annotators) if name is None or last[name] == i]
+        item.labels = [item.labels[i] for i in keep]
+        item.annotators = [item.annotators[i] for i in keep]
+    return list(merged.values())
 
 
 def _majority(items: list[_VoteItem]) -> dict[int, PreferencePair | None]:
@@ -863,7 +916,7 @@ def _bradley_terry_pairs(items: list[_VoteItem]) -> dict[int, PreferencePair | N
 
 def _agreement(items: list[_VoteItem]) -> AgreementReport:
     rated = [item for item in items if sum(item.counts.values()) >= 2]
-    names = {name for item in items for name in (item.annotators or ())}
+    names = {name for item in items for name in (item.annotators or ()) if name is not None}
     named = any(item.annotators is not None for item in items)
     kappa = mean_agreement = None
     disputed: list[DisputedItem] = []
@@ -883,6 +936,7 @@ def _agreement(items: list[_VoteItem]) -> AgreementReport:
             if per_item[i] < 1
         ]
     return AgreementReport(
+        per_annotator=_per_annotator(items),
         fleiss_kappa=kappa,
         mean_pairwise_agreement=mean_agreement,
         items=len(items),
@@ -890,6 +944,26 @@ def _agreement(items: list[_VoteItem]) -> AgreementReport:
         votes=sum(sum(item.counts.values()) for item in items),
         annotators=len(names) if named else None,
         most_disputed=tuple(disputed),
+    )
+
+
+def _per_annotator(items: list[_VoteItem]) -> tuple[AnnotatorAgreement, ...]:
+    """Each named annotator's votes and how often they match another annotator's vote on the same item."""
+    votes: dict[str, int] = {}
+    agreed: dict[str, int] = {}
+    compared: dict[str, int] = {}
+    for item in items:
+        if item.annotators is None:
+            continue
+        named = [(name, label) for name, label in zip(item.annotators, item.labels, strict=True) if name is not None]
+        for name, label in named:
+            votes[name] = votes.get(name, 0) + 1
+            others = [other for other_name, other in named if other_name != name]
+            compared[name] = compared.get(name, 0) + len(others)
+            agreed[name] = agreed.get(name, 0) + sum(other == label for other in others)
+    return tuple(
+        AnnotatorAgreement(name, votes[name], compared[name], agreed[name] / compared[name] if compared[name] else None)
+        for name in sorted(votes)
     )
 
 

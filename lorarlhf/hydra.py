@@ -25,7 +25,7 @@ from peft import get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from lorarlhf.checkpoint import load_hydra, save_hydra
+from lorarlhf.checkpoint import MANIFEST, load_hydra, save_hydra
 from lorarlhf.heads import HEAD_ROLES, ScalarHead, gather_last_token
 from lorarlhf.kernels import fused_linear_kl, fused_linear_logprobs
 from lorarlhf.loading import (
@@ -489,6 +489,22 @@ class HydraModel(nn.Module):
         else:
             with self.role(role):
                 yield
+
+
+def resolve_model(model, *, trust_remote_code: bool = False) -> HydraModel | str | os.PathLike:
+    """A HydraModel as given; a saved run's directory reloaded with its trained adapters; "demo" as the bundled
+    model's directory; any other hub id or local path checked and returned for loading."""
+    if isinstance(model, HydraModel):
+        return model
+    if not isinstance(model, str | os.PathLike):
+        raise TypeError(f'model must be a hub id, a local path, "demo" or a HydraModel, not {type(model).__name__}')
+    if model == "demo":
+        from lorarlhf.demo.world import DEMO_MODEL_DIR
+
+        model = DEMO_MODEL_DIR
+    if (Path(model) / MANIFEST).is_file():
+        return HydraModel.load(model, trust_remote_code=trust_remote_code)
+    return check_source(model)
 
 
 def _lora_layers(peft_model) -> list[nn.Module]:

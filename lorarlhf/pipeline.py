@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -37,8 +36,8 @@ from lorarlhf.dpo_trainer import train_dpo
 from lorarlhf.export import export_merged
 from lorarlhf.grpo_config import GRPOConfig
 from lorarlhf.grpo_trainer import train_grpo
-from lorarlhf.hydra import HydraModel
-from lorarlhf.loading import check_source, load_tokenizer
+from lorarlhf.hydra import HydraModel, resolve_model
+from lorarlhf.loading import load_tokenizer
 from lorarlhf.memory import peak_memory_gb
 from lorarlhf.planner import MemoryPlan, plan
 from lorarlhf.plots import plot_training_curves, read_metrics
@@ -99,7 +98,7 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     main = distributed.is_main()  # only the first process writes files
     if output_dir is None and distributed.world_size() > 1:
         raise ValueError("running on several processes needs an explicit output_dir that all of them share")
-    model = _resolve_model(model, config)
+    model = resolve_model(model, trust_remote_code=config.trust_remote_code)
     if isinstance(model, HydraModel):
         tokenizer = model.tokenizer
     else:
@@ -363,21 +362,6 @@ def _has_pairs(data) -> bool:
     except (StopIteration, OSError, ValueError, TypeError):
         return True  # let the loader report what is wrong with it
     return not (isinstance(first, dict) and set(k for k, v in first.items() if v is not None) <= {"prompt"})
-
-
-def _resolve_model(model, config):
-    """A HydraModel as given; a saved run's directory reloaded; "demo" as the bundled model's directory."""
-    if isinstance(model, HydraModel):
-        return model
-    if not isinstance(model, str | os.PathLike):
-        raise TypeError(f'model must be a hub id, a local path, "demo" or a HydraModel, not {type(model).__name__}')
-    if model == "demo":
-        from lorarlhf.demo.world import DEMO_MODEL_DIR
-
-        model = DEMO_MODEL_DIR
-    if (Path(model) / MANIFEST).is_file():  # a previous run: its adapters go on, trained
-        return HydraModel.load(model, trust_remote_code=config.trust_remote_code)
-    return check_source(model)
 
 
 def _hydra_for(model, config, roles: tuple[str, ...]) -> HydraModel:

@@ -1,0 +1,281 @@
+"""The labelling page: a Gradio app over a LabellingSession, served on this machine or inline in a notebook.
+
+Everything the model wrote, and every prompt, is shown in a read-only text box, never as HTML or Markdown,
+so a response that contains markup shows that markup as text. Analytics, share links, the API page and
+server-side rendering are off; fonts and scripts come from the installed package, so the page works
+offline and calls nothing outside this server. RequestGuard refuses requests from anywhere but the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorarlhf.labelling.candidates import read_candidates
+from lorarlhf.labelling.guard import RequestGuard, is_loopback
+from lorarlhf.labelling.session import LabellingSession, Shown
+from lorarlhf.labelling.votes import VoteLog
+
+logger = logging.getLogger("lorarlhf.labelling")
+
+MAX_RANKED = 9
+"""Responses per item the page can rank: one digit key each."""
+
+KEYS_HELP = (
+    "**Keys**: `A` or `←` A is better · `B` or `→` B is better · `T` or `↓` tie · `S` skip for later. "
+    "Ranking: press the numbers best first (`1`–`9`), `Backspace` to undo, `Enter` to submit. "
+    "`Esc` leaves the reason box."
+)
+
+# Keyboard shortcuts click the page's own buttons, so a key does exactly what the click does.
+KEYS_SCRIPT = """<script>
+(() => {
+  const shown = (id) => {
+    const element = document.getElementById(id);
+    return element && element.offsetParent !== null ? element : null;
+  };
+  const pairKeys = {a: "vote-a", ArrowLeft: "vote-a", 1: "vote-a", b: "vote-b", ArrowRight: "vote-b",
+                    2: "vote-b", t: "vote-tie", ArrowDown: "vote-tie", s: "skip"};
+  const rankKeys = {Backspace: "rank-undo", Enter: "rank-submit", s: "skip"};
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    const typing = target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT")
+      && !target.readOnly && !target.disabled;
+    if (typing) {
+      if (event.key === "Escape") target.blur();
+      return;
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+    const id = shown("vote-a") ? pairKeys[key] : (/^[1-9]$/.test(key) ? "rank-" + key : rankKeys[key]);
+    const button = id && shown(id);
+    if (button) {
+      event.preventDefault();
+      button.click();
+    }
+  });
+})();
+</script>"""
+
+CSS = """
+#prompt textarea, .response textarea { font-family: ui-monospace, monospace; }
+#status { min-height: 1.5em; }
+"""
+
+
+@dataclass
+class LabellingServer:
+    """A running labelling page. close() stops it; wait() serves until Ctrl-C."""
+
+    url: str
+    session: LabellingSession
+    blocks: object
+
+    def close(self) -> None:
+        self.blocks.close(verbose=False)
+
+    def wait(self) -> None:
+        try:
+            self.blocks.block_thread()
+        finally:
+            self.close()
+
+
+def label(
+    candidates,
+    *,
+    annotator: str,
+    out="votes.jsonl",
+    guidelines: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    inline: bool | None = None,
+    open_browser: bool = False,
+    shuffle: bool = True,
+) -> LabellingServer:
+    """Serve the labelling page for `candidates` (a file from `lorarlhf sample`) and return at once.
+
+    Each judgement is appended to `out` as soon as it is made; opening the page again, or calling label()
+    again after a crash, continues at this annotator's first unlabelled item. Several annotators can label
+    into one `out`, each with their own server.
+    guidelines: Markdown (or a path to a .md/.txt file) shown above the items: what makes an answer better.
+    host: 127.0.0.1 serves this machine only; give 0.0.0.0 to let others on the network reach the page.
+    port: None takes the first free port from 7860. inline: show the page in the notebook (None: when in
+    one). The returned server's .url is the page; .close() stops it and .wait() serves until Ctrl-C.
+    """
+    import gradio as gr
+
+    items = read_candidates(candidates)
+    longest = max(len(item.responses) for item in items)
+    if longest > MAX_RANKED:
+        raise ValueError(f"{candidates}: an item has {longest} responses; the page ranks at most {MAX_RANKED}")
+    session = LabellingSession(items, VoteLog(out), annotator, shuffle=shuffle)
+    blocks = build_page(session, longest, _guidelines_text(guidelines), title=Path(str(candidates)).name)
+    loopback_only = is_loopback(host) and "google.colab" not in sys.modules  # Colab serves it through its proxy
+    if not is_loopback(host):
+        logger.warning("serving on %s: anyone who can reach this machine can open the page and vote", host)
+    blocks.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inline=inline,
+        inbrowser=open_browser,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=True,
+        footer_links=[],
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        enable_monitoring=False,
+        max_file_size=1,
+        app_kwargs={"middleware": [_middleware(loopback_only)]},
+        theme=gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
+        css=CSS,
+        head=KEYS_SCRIPT,
+    )
+    return LabellingServer(blocks.local_url, session, blocks)
+
+
+def _middleware(loopback_only: bool):
+    from starlette.middleware import Middleware
+
+    return Middleware(RequestGuard, loopback_only=loopback_only)
+
+
+def _guidelines_text(guidelines: str | None) -> str:
+    if guidelines is None:
+        return ""
+    path = Path(guidelines)
+    if path.suffix in (".md", ".txt") or "\n" not in guidelines and path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"guidelines file {guidelines} does not exist")
+        return path.read_text(encoding="utf-8")
+    return guidelines
+
+
+def build_page(session: LabellingSession, longest: int, guidelines: str, *, title: str):
+    """The Gradio Blocks of the page; every event handler is private to the page (not an API endpoint)."""
+    import gradio as gr
+
+    with gr.Blocks(title=f"lorarlhf label: {title}", analytics_enabled=False) as page:
+        gr.Markdown(f"### Labelling `{title}` as **{_markdown_text(session.annotator)}**")
+        if guidelines:
+            with gr.Accordion("Guidelines", open=True):
+                gr.Markdown(guidelines, elem_id="guidelines")
+        progress = gr.Markdown(elem_id="progress")
+        prompt = gr.Textbox(label="Prompt", interactive=False, elem_id="prompt", lines=2, max_lines=12)
+        with gr.Row(equal_height=True):
+            responses = [
+                gr.Textbox(
+                    interactive=False, elem_id=f"response-{p + 1}", elem_classes="response", lines=4, max_lines=24
+                )
+                for p in range(longest)
+            ]
+        with gr.Row(visible=False) as pair_row:
+            vote_a = gr.Button("A is better", elem_id="vote-a", variant="primary")
+            vote_tie = gr.Button("Tie", elem_id="vote-tie")
+            vote_b = gr.Button("B is better", elem_id="vote-b", variant="primary")
+        with gr.Row(visible=False) as rank_row:
+            rank_buttons = [gr.Button(str(p + 1), elem_id=f"rank-{p + 1}", min_width=60) for p in range(longest)]
+            rank_undo = gr.Button("Undo", elem_id="rank-undo")
+            rank_submit = gr.Button("Submit ranking", elem_id="rank-submit", variant="primary")
+        ranking = gr.Textbox(label="Your ranking, best first", interactive=False, elem_id="ranking", visible=False)
+        reason = gr.Textbox(label="Reason (optional)", elem_id="reason", lines=1, max_lines=4)
+        skip = gr.Button("Skip for later", elem_id="skip", size="sm")
+        status = gr.Markdown(elem_id="status")
+        gr.Markdown(KEYS_HELP)
+        item_id, positions = gr.State(None), gr.State([])
+
+        view = [progress, prompt, *responses, pair_row, rank_row, *rank_buttons, ranking, reason, skip]
+        view += [status, item_id, positions]
+
+        def render(shown: Shown | None, message: str = ""):
+            done = f"{session.done} of {session.total} labelled"
+            if shown is None:
+                finished = f"**All {session.total} items are labelled.** The votes are in `{session.log.path}`."
+                return [finished] + [gr.update(visible=False)] * (len(view) - 4) + [message, None, []]
+            texts, pairwise = shown.responses, len(shown.order) == 2
+            names = ["A", "B"] if pairwise else [str(p + 1) for p in range(len(texts))]
+            boxes = [
+                gr.update(value=texts[p], label=names[p], visible=True) if p < len(texts) else gr.update(visible=False)
+                for p in range(longest)
+            ]
+            buttons = [gr.update(visible=not pairwise and p < len(texts)) for p in range(longest)]
+            return [
+                f"**{done}** · {session.total - session.done} to go",
+                gr.update(value=shown.item.prompt, visible=True),
+                *boxes,
+                gr.update(visible=pairwise),
+                gr.update(visible=not pairwise),
+                *buttons,
+                gr.update(value="", visible=not pairwise),
+                gr.update(value="", visible=True),
+                gr.update(visible=True),
+                message,
+                shown.item.id,
+                [],
+            ]
+
+        def on_vote(label: str):
+            def handler(current, why):
+                if current is None:
+                    return render(session.next())
+                recorded = session.vote(current, label, why or "")
+                said = {"a": "A is better", "b": "B is better", "tie": "a tie"}[label]
+                return render(session.next(), f"Recorded: {said}." if recorded else "Already recorded.")
+
+            return handler
+
+        def on_rank(position: int):
+            def handler(current, chosen):
+                if current is None or position in chosen:
+                    return gr.update(), chosen
+                chosen = chosen + [position]
+                count = len(session.shown(current).order)
+                if len(chosen) == count - 1:  # the one left is last
+                    chosen += [p for p in range(count) if p not in chosen]
+                return " > ".join(str(p + 1) for p in chosen), chosen
+
+            return handler
+
+        def on_undo(chosen):
+            chosen = chosen[:-1]
+            return " > ".join(str(p + 1) for p in chosen), chosen
+
+        def on_submit(current, chosen, why):
+            if current is None:
+                return render(session.next())
+            count = len(session.shown(current).order)
+            if len(chosen) != count:
+                still = count - len(chosen)
+                return [gr.update()] * (len(view) - 3) + [
+                    f"Rank every response first: {still} to place.",
+                    current,
+                    chosen,
+                ]
+            recorded = session.rank(current, chosen, why or "")
+            return render(session.next(), "Recorded the ranking." if recorded else "Already recorded.")
+
+        def on_skip(current):
+            if current is not None:
+                session.skip(current)
+            return render(session.next(), "Skipped; it comes back after the others.")
+
+        private = {"api_visibility": "private", "queue": False}
+        page.load(lambda: render(session.next()), None, view, **private)
+        for button, label_ in ((vote_a, "a"), (vote_b, "b"), (vote_tie, "tie")):
+            button.click(on_vote(label_), [item_id, reason], view, **private)
+        for position, button in enumerate(rank_buttons):
+            button.click(on_rank(position), [item_id, positions], [ranking, positions], **private)
+        rank_undo.click(on_undo, [positions], [ranking, positions], **private)
+        rank_submit.click(on_submit, [item_id, positions, reason], view, **private)
+        skip.click(on_skip, [item_id], view, **private)
+    return page
+
+
+def _markdown_text(text: str) -> str:
+    """Text for a Markdown line, with every markup character escaped."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!<>|~&" else ch for ch in text)
