@@ -14,8 +14,11 @@ _EXPORTS = {
     "LoraSettings": "lorarlhf.lora",
     "PreferencePair": "lorarlhf.data",
     "align": "lorarlhf.pipeline",
+    "label": "lorarlhf.labelling",
     "load_preferences": "lorarlhf.data",
     "plan": "lorarlhf.planner",
+    "sample_candidates": "lorarlhf.labelling",
+    "vote_agreement": "lorarlhf.data",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -174,6 +174,100 @@ def _plan(args) -> int:
     return 0
 
 
+def _sample(args) -> int:
+    from lorarlhf.labelling import sample_candidates
+    from lorarlhf.rollout import SamplingConfig
+
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k
+    )
+    report = sample_candidates(
+        args.model,
+        args.prompts,
+        args.out,
+        n=args.n,
+        sampling=sampling,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        quantize=None if args.quantize == "none" else args.quantize,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+    )
+    print(f"{args.out}: {report}")
+    print(f"next: lorarlhf label {args.out} --annotator YOUR_NAME --out votes.jsonl")
+    return 0
+
+
+def _label(args) -> int:
+    from lorarlhf.labelling import label
+
+    server = label(
+        args.candidates,
+        annotator=args.annotator,
+        out=args.out,
+        guidelines=args.guidelines,
+        host=args.host,
+        port=args.port,
+        open_browser=args.open,
+        shuffle=not args.no_shuffle,
+    )
+    session = server.session
+    print(f"labelling {args.candidates} as {session.annotator}: {session.done} of {session.total} done")
+    print(f"open {server.url} ; every vote is saved to {args.out} as it is made; Ctrl-C stops", flush=True)
+    server.wait()  # until Ctrl-C
+    print(f"\n{session.done} of {session.total} labelled; next: lorarlhf agreement {args.out}")
+    return 0
+
+
+def _agreement(args) -> int:
+    from lorarlhf.data import vote_agreement
+
+    report = vote_agreement(args.votes)
+    print(format_agreement(args.votes, report))
+    return 0
+
+
+def format_agreement(source, report) -> str:
+    """The agreement report as a terminal page; model text is quoted, so no control character reaches it."""
+    who = f" from {report.annotators} annotators" if report.annotators is not None else ""
+    lines = [f"{source}: {report.items} items, {report.votes} votes{who}"]
+    if report.mean_pairwise_agreement is None:
+        lines.append("no item has 2 or more votes yet: agreement needs the same item labelled twice")
+    else:
+        kappa = "undefined (every vote has one label)"
+        if report.fleiss_kappa is not None:
+            kappa = f"{report.fleiss_kappa:.2f} ({_kappa_words(report.fleiss_kappa)})"
+        lines.append(
+            f"Fleiss' kappa {kappa}; pairwise agreement {report.mean_pairwise_agreement:.2f} "
+            f"over {report.rated_items} items with 2 or more votes"
+        )
+    if report.per_annotator:
+        lines += ["", f"  {'annotator':<24} {'votes':>6}  agrees with others"]
+        for person in report.per_annotator:
+            agrees = "-" if person.agreement is None else f"{person.agreement:.2f} of {person.compared}"
+            name = person.name if person.name.isprintable() else _quoted(person.name, 24)
+            lines.append(f"  {name[:24]:<24} {person.votes:>6}  {agrees}")
+    if report.most_disputed:
+        lines += ["", "most disputed (least agreement first):"]
+        for item in report.most_disputed:
+            votes = " / ".join(f"{label} {n}" for label, n in item.votes.items())
+            lines.append(f"  row {item.row}: {votes} (agreement {item.agreement:.2f})")
+            for name, text in (("prompt", item.prompt), ("a", item.a), ("b", item.b)):
+                lines.append(f"    {name:<6} {_quoted(text, 100)}")
+    return "\n".join(lines)
+
+
+def _kappa_words(kappa: float) -> str:
+    """Landis & Koch's (1977) names for kappa bands."""
+    bands = ((0.0, "poor"), (0.2, "slight"), (0.4, "fair"), (0.6, "moderate"), (0.8, "substantial"))
+    return next((words for top, words in bands if kappa <= top), "almost perfect")
+
+
+def _quoted(text: str, width: int) -> str:
+    quoted = json.dumps(text, ensure_ascii=False)
+    return quoted if len(quoted) <= width else quoted[: width - 4] + '..."'
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lorarlhf import __version__
 
@@ -257,6 +351,49 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--reward-fn", action="store_true", help="ppo/grpo rewarded by a function, no reward adapter")
     planner.set_defaults(run=_plan)
 
+    sample = commands.add_parser(
+        "sample",
+        help="sample K different responses per prompt, to label",
+        description="Sample --n different responses per prompt from MODEL (or a saved run's actor) and write "
+        "them as candidates for `lorarlhf label`.",
+    )
+    sample.add_argument("model", help='hub id, local model directory, a saved run directory, or "demo"')
+    sample.add_argument("prompts", help="prompts: a .jsonl/.json/.csv/.parquet file or dataset with a prompt field")
+    sample.add_argument("--n", type=int, default=2, help="responses per prompt: 2 to compare, more to rank (default 2)")
+    sample.add_argument("--out", default="candidates.jsonl", help="the file to write (default candidates.jsonl)")
+    sample.add_argument("--max-new-tokens", type=int, default=64, help="longest response in tokens (default 64)")
+    sample.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    sample.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (default 0: off)")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    sample.add_argument("--batch-size", type=int, default=16, help="responses sampled at once (default 16)")
+    sample.add_argument("--quantize", default="nf4", choices=["nf4", "none"], help="base quantization (default nf4)")
+    sample.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    sample.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    sample.set_defaults(run=_sample)
+
+    labelling = commands.add_parser(
+        "label",
+        help="label candidates in the browser: A / B / tie, or rank; votes saved as they are made",
+        description="Serve a labelling page for a candidates file (needs pip install 'lorarlhf[label]'). Every "
+        "vote is appended to --out at once; running the command again continues where this annotator stopped.",
+    )
+    labelling.add_argument("candidates", help="a candidates file from `lorarlhf sample`")
+    labelling.add_argument("--annotator", required=True, help="your name, recorded with each vote")
+    labelling.add_argument("--out", default="votes.jsonl", help="votes file, appended to (default votes.jsonl)")
+    labelling.add_argument("--guidelines", default=None, help="a .md or .txt file of labelling instructions to show")
+    labelling.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine)")
+    labelling.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    labelling.add_argument("--open", action="store_true", help="open the page in the default browser")
+    labelling.add_argument("--no-shuffle", action="store_true", help="show responses in file order, not shuffled")
+    labelling.set_defaults(run=_label)
+
+    agreement = commands.add_parser(
+        "agreement", help="inter-annotator agreement of a votes file, and the items people disagree on most"
+    )
+    agreement.add_argument("votes", help="a votes file (from `lorarlhf label`) or any data with vote records")
+    agreement.set_defaults(run=_agreement)
+
     options = commands.add_parser("options", help="list a method's options, defaults and what they do")
     options.add_argument("method", choices=["sft", "rm", "dpo", "ppo", "grpo"])
     options.set_defaults(run=_options)
@@ -270,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as error:
+    except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -296,6 +296,23 @@ def load_prompts(source, *, tokenizer=None, split: str = "train") -> list[str]:
     return list(prompts)
 
 
+def vote_agreement(source, *, split: str = "train") -> AgreementReport:
+    """How much the annotators of `source` agree: its vote records (other rows are not read), pooled per item.
+
+    Unlike load_preferences it reports even when every item is a tie or a single vote; a source with no
+    vote records is an error.
+    """
+    name, records = _open_source(source, split)
+    items = []
+    for index, (row_number, record) in enumerate(records):
+        row = _Row(name, row_number, index, record, None)
+        if row.shape() == "votes":
+            items.append(_parse_votes(row))
+    if not items:
+        raise PreferenceDataError(name, "no vote records (prompt, a, b, votes) to measure agreement on")
+    return _agreement(_merge_vote_items(items))
+
+
 def split_eval(
     pairs: list[PreferencePair], eval_fraction: float, *, seed: int = 0
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:

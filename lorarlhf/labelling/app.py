@@ -105,7 +105,12 @@ def label(
     port: None takes the first free port from 7860. inline: show the page in the notebook (None: when in
     one). The returned server's .url is the page; .close() stops it and .wait() serves until Ctrl-C.
     """
-    import gradio as gr
+    try:
+        import gradio as gr
+    except ImportError as error:
+        raise ImportError(
+            "the labelling page needs Gradio, an optional extra: pip install 'lorarlhf[label]'"
+        ) from error
 
     items = read_candidates(candidates)
     longest = max(len(item.responses) for item in items)

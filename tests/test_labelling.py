@@ -1,0 +1,411 @@
+"""Collecting feedback: candidates, the vote log, one annotator's session, the request guard, agreement, CLI.
+
+The page itself, in a real browser, is in test_label_page.py.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+from itertools import combinations
+
+import pytest
+
+from lorarlhf.cli import main
+from lorarlhf.data import load_preferences, vote_agreement
+from lorarlhf.labelling import (
+    CandidateItem,
+    CandidatesError,
+    LabellingSession,
+    VoteLog,
+    read_candidates,
+    sample_candidates,
+)
+from lorarlhf.labelling.candidates import item_id
+from lorarlhf.labelling.guard import refusal
+from lorarlhf.labelling.votes import pair_votes, ranking_votes
+from lorarlhf.rollout import SamplingConfig
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+ITEMS = [
+    CandidateItem("p1", "Say hi.", ("Hello!", "Go away.")),
+    CandidateItem("p2", "Name a colour.", ("Blue.", "Seven.", "Green, or blue.")),
+    CandidateItem("p3", "2 + 2?", ("4", "5")),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Candidates
+
+
+def test_candidates_read_back_with_ids_from_the_text_when_none_is_given(tmp_path):
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"id": "mine", "prompt": "p", "responses": ["x", "y"]}, {"prompt": "q", "responses": ["u", "v", "w"]}],
+    )
+    first, second = read_candidates(path)
+    assert first == CandidateItem("mine", "p", ("x", "y"))
+    assert second.id == item_id("q", ["u", "v", "w"]) == item_id("q", ["w", "u", "v"])  # order does not matter
+    assert item_id("q", ["u", "v", "w"]) != item_id("q2", ["u", "v", "w"])
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("not json", r"c.jsonl, row 2: not valid JSON"),
+        ('["p"]', r"c.jsonl, row 2: a record must be a JSON object, not list"),
+        ('{"responses": ["a", "b"]}', r"c.jsonl, row 2, field 'prompt': missing"),
+        ('{"prompt": 3, "responses": ["a", "b"]}', r"row 2, field 'prompt': must be text, not int"),
+        ('{"prompt": "p"}', r"row 2, field 'responses': missing"),
+        ('{"prompt": "p", "responses": ["a", 2]}', r"row 2, field 'responses': must be a list of texts"),
+        ('{"prompt": "p", "responses": ["a"]}', r"row 2, field 'responses': needs at least 2 responses"),
+        ('{"prompt": "p", "responses": ["a", "a", "b"]}', r"all different \(got 3, 2 different\)"),
+        ('{"id": "", "prompt": "p", "responses": ["a", "b"]}', r"row 2, field 'id': must be a non-empty text"),
+        (
+            '{"id": "one", "prompt": "p", "responses": ["a", "b"]}',
+            r"row 2, field 'id': id 'one' is already used by row 1",
+        ),
+    ],
+)
+def test_a_bad_candidates_file_names_the_row_and_field(tmp_path, line, message):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"id": "one", "prompt": "q", "responses": ["c", "d"]}) + "\n" + line + "\n")
+    with pytest.raises(CandidatesError, match=message):
+        read_candidates(path)
+
+
+def test_an_empty_or_missing_candidates_file_is_an_error(tmp_path):
+    with pytest.raises(CandidatesError, match="no such file"):
+        read_candidates(tmp_path / "nothing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(CandidatesError, match="empty"):
+        read_candidates(tmp_path / "empty.jsonl")
+
+
+def test_sampled_candidates_are_k_different_reproducible_responses(tiny_model_dir, tmp_path):
+    prompts = ["Hello there", "Tell me a story", "What is 2 + 2?"]
+    sampling = SamplingConfig(max_new_tokens=12, temperature=1.0)
+    report = sample_candidates(tiny_model_dir, prompts, tmp_path / "a.jsonl", n=3, sampling=sampling, quantize=None)
+    assert (report.prompts, report.written, report.short, report.dropped) == (3, 3, 0, 0)
+    records = read_jsonl(tmp_path / "a.jsonl")
+    assert [r["prompt"] for r in records] == prompts
+    assert all(len(r["responses"]) == len(set(r["responses"])) == 3 for r in records)
+    assert records[0]["sampling"] == {"max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": 0}
+    assert [item.responses for item in read_candidates(tmp_path / "a.jsonl")] == [
+        tuple(r["responses"]) for r in records
+    ]
+    # The same seed gives the same file; another batch size too, since each response has its own seed.
+    sample_candidates(
+        tiny_model_dir, prompts, tmp_path / "b.jsonl", n=3, sampling=sampling, quantize=None, batch_size=2
+    )
+    assert read_jsonl(tmp_path / "b.jsonl") == records
+    sample_candidates(tiny_model_dir, prompts, tmp_path / "c.jsonl", n=3, sampling=sampling, quantize=None, seed=1)
+    assert read_jsonl(tmp_path / "c.jsonl") != records
+
+
+def test_greedy_sampling_cannot_make_two_different_responses_and_says_so(tiny_model_dir, tmp_path):
+    greedy = SamplingConfig(max_new_tokens=6, temperature=0)
+    report = sample_candidates(tiny_model_dir, ["Hi", "Yo"], tmp_path / "g.jsonl", sampling=greedy, quantize=None)
+    assert (report.written, report.dropped) == (0, 2)
+    assert "2 left out" in str(report)
+    assert (tmp_path / "g.jsonl").read_text() == ""
+
+
+def test_sampling_never_replaces_a_file_unless_asked(tiny_model_dir, tmp_path):
+    out = tmp_path / "c.jsonl"
+    out.write_text("my earlier candidates\n")
+    with pytest.raises(FileExistsError, match="exists; choose another --out"):
+        sample_candidates(tiny_model_dir, ["Hi"], out, quantize=None)
+    assert out.read_text() == "my earlier candidates\n"
+    with pytest.raises(ValueError, match="n=1: candidates per prompt must be an integer >= 2"):
+        sample_candidates(tiny_model_dir, ["Hi"], tmp_path / "new.jsonl", n=1)
+    sampling = SamplingConfig(max_new_tokens=4)
+    sample_candidates(tiny_model_dir, ["Hi"], out, quantize=None, sampling=sampling, overwrite=True)
+    assert read_jsonl(out)[0]["prompt"] == "Hi"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The vote log
+
+
+def test_a_pairwise_vote_and_a_ranking_are_vote_records_load_preferences_reads():
+    pair = pair_votes(ITEMS[0], 1, 0, "b", "ann", reason="  friendlier ")
+    assert len(pair) == 1
+    assert {k: pair[0][k] for k in ("prompt", "a", "b", "votes", "annotators", "item", "kind", "reason")} == {
+        "prompt": "Say hi.",
+        "a": "Go away.",
+        "b": "Hello!",
+        "votes": ["b"],
+        "annotators": ["ann"],
+        "item": "p1",
+        "kind": "pair",
+        "reason": "friendlier",
+    }
+    ranking = ranking_votes(ITEMS[1], [2, 0, 1], "ann")
+    assert [(r["a"], r["b"], r["votes"]) for r in ranking] == [
+        ("Green, or blue.", "Blue.", ["a"]),
+        ("Green, or blue.", "Seven.", ["a"]),
+        ("Blue.", "Seven.", ["a"]),
+    ]
+    prefs = load_preferences(pair + ranking)
+    assert [(p.prompt, p.chosen, p.rejected) for p in prefs] == [
+        ("Say hi.", "Hello!", "Go away."),
+        *[("Name a colour.", r["a"], r["b"]) for r in ranking],
+    ]
+    with pytest.raises(ValueError, match="order every response of the item once"):
+        ranking_votes(ITEMS[1], [0, 0, 1], "ann")
+    with pytest.raises(ValueError, match="one of"):
+        pair_votes(ITEMS[0], 0, 1, "A", "ann")
+
+
+def _append_votes(path, annotator, count):
+    log = VoteLog(path)
+    for i in range(count):
+        log.append(pair_votes(CandidateItem(f"i{i}", f"prompt {i}", ("x" * 500, "y")), 0, 1, "a", annotator))
+
+
+def test_two_annotators_appending_to_one_file_at_once_never_tear_a_line(tmp_path):
+    path = tmp_path / "votes.jsonl"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_votes, args=(path, name, 150)) for name in ("ann", "bob")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    records, problems = VoteLog(path).read()
+    assert problems == [] and len(records) == 300
+    assert VoteLog(path).labelled_by("ann") == VoteLog(path).labelled_by("bob") == {f"i{i}" for i in range(150)}
+    report = vote_agreement(path)
+    assert (report.items, report.votes, report.annotators, report.fleiss_kappa) == (150, 300, 2, None)
+
+
+def test_a_line_cut_short_is_reported_and_the_next_vote_starts_a_new_line(tmp_path, caplog):
+    path = tmp_path / "votes.jsonl"
+    log = VoteLog(path)
+    log.append(pair_votes(ITEMS[0], 0, 1, "a", "ann"))
+    with path.open("a") as file:
+        file.write('{"prompt": "cut sh')  # a power failure in the middle of a write
+    log.append(pair_votes(ITEMS[2], 0, 1, "b", "ann"))
+    records, problems = log.read()
+    assert [r["item"] for r in records] == ["p1", "p3"]
+    assert [(p.line, p.text) for p in problems] == [(2, '{"prompt": "cut sh')]
+    assert log.labelled_by("ann") == {"p1", "p3"}
+    assert "line 2 is not a vote record" in caplog.text
+    with pytest.raises(ValueError, match=r"votes.jsonl, row 2: "):  # training on it names the line to fix
+        load_preferences(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One annotator's session
+
+
+def test_a_session_resumes_at_the_first_unlabelled_item_of_its_annotator(tmp_path):
+    log = VoteLog(tmp_path / "votes.jsonl")
+    session = LabellingSession(ITEMS, log, "ann", shuffle=False)
+    first = session.next()
+    assert first.item.id == "p1" and first.responses == ["Hello!", "Go away."]
+    assert session.vote("p1", "a", "polite")
+    assert not session.vote("p1", "b")  # a double click: the first judgement stands
+    assert session.next().item.id == "p2"
+    session.skip("p2")
+    assert session.next().item.id == "p3"  # skipped items come last
+
+    resumed = LabellingSession(ITEMS, VoteLog(log.path), "ann", shuffle=False)
+    assert (resumed.done, resumed.next().item.id) == (1, "p2")
+    assert LabellingSession(ITEMS, VoteLog(log.path), "bob").done == 0  # another annotator starts afresh
+    assert resumed.rank("p2", [1, 2, 0])
+    assert resumed.vote("p3", "tie")
+    assert resumed.next() is None and resumed.done == 3
+    records = read_jsonl(log.path)
+    assert [(r["item"], r["a"], r["b"], r["votes"]) for r in records] == [
+        ("p1", "Hello!", "Go away.", ["a"]),
+        ("p2", "Seven.", "Green, or blue.", ["a"]),
+        ("p2", "Seven.", "Blue.", ["a"]),
+        ("p2", "Green, or blue.", "Blue.", ["a"]),
+        ("p3", "4", "5", ["tie"]),
+    ]
+    assert records[0]["reason"] == "polite" and "reason" not in records[1]
+    with pytest.raises(ValueError, match="rank them instead"):
+        LabellingSession(ITEMS, VoteLog(tmp_path / "other.jsonl"), "ann").vote("p2", "a")
+    with pytest.raises(KeyError, match="no item 'nope'"):
+        resumed.vote("nope", "a")
+
+
+def test_display_order_is_shuffled_per_annotator_and_item_and_the_vote_follows_what_was_shown(tmp_path):
+    items = [CandidateItem(f"i{n}", "p", (f"first {n}", f"second {n}")) for n in range(40)]
+    ann = LabellingSession(items, VoteLog(tmp_path / "v.jsonl"), "ann")
+    orders = [ann.shown(item.id).order for item in items]
+    assert 10 < sum(order == (1, 0) for order in orders) < 30  # about half are swapped
+    assert orders == [LabellingSession(items, VoteLog(tmp_path / "v.jsonl"), "ann").shown(i.id).order for i in items]
+    assert orders != [LabellingSession(items, VoteLog(tmp_path / "v.jsonl"), "bob").shown(i.id).order for i in items]
+    swapped = next(item for item, order in zip(items, orders, strict=True) if order == (1, 0))
+    ann.vote(swapped.id, "a")  # "A" is what the page showed first: the item's second response
+    (record,) = read_jsonl(tmp_path / "v.jsonl")
+    assert (record["a"], record["b"], record["votes"]) == (swapped.responses[1], swapped.responses[0], ["a"])
+
+
+@pytest.mark.parametrize("name", ["", "  ", "two\nlines", "x" * 101, None])
+def test_an_annotator_needs_a_one_line_name(tmp_path, name):
+    with pytest.raises(ValueError, match="annotator"):
+        LabellingSession(ITEMS, VoteLog(tmp_path / "v.jsonl"), name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pooling votes and agreement
+
+
+def test_one_record_per_vote_pools_into_items_and_an_annotators_last_vote_counts():
+    log = [
+        {"prompt": "p", "a": "x", "b": "y", "votes": ["a"], "annotators": ["ann"]},
+        {"prompt": "p", "a": "y", "b": "x", "votes": ["b"], "annotators": ["bob"]},  # shown the other way round
+        {"prompt": "p", "a": "x", "b": "y", "votes": ["b"], "annotators": ["cy"]},
+        {"prompt": "p", "a": "x", "b": "y", "votes": ["a"], "annotators": ["cy"]},  # cy changed their mind
+        {"prompt": "q", "a": "x", "b": "y", "votes": ["a", "tie"]},
+        {"prompt": "q", "a": "x", "b": "y", "votes": ["a"], "annotators": ["ann"]},
+    ]
+    prefs = load_preferences(log)
+    assert [(p.prompt, p.chosen, p.rejected, p.weight) for p in prefs] == [("p", "x", "y", 1.0), ("q", "x", "y", 1.0)]
+    report = vote_agreement(log)
+    assert (report.items, report.votes, report.rated_items, report.annotators) == (2, 6, 2, 3)
+    # p: a, a, a (P_i = 1); q: a, tie, a (P_i = 1/3).
+    assert report.mean_pairwise_agreement == pytest.approx((1 + 1 / 3) / 2)
+    assert [(a.name, a.votes, a.compared, a.agreement) for a in report.per_annotator] == [
+        ("ann", 2, 2, 1.0),
+        ("bob", 1, 2, 1.0),
+        ("cy", 1, 2, 1.0),
+    ]
+    assert prefs.report.agreement == report
+
+
+def test_per_annotator_agreement_by_hand():
+    log = [
+        {"prompt": "p", "a": "x", "b": "y", "votes": ["a", "a", "b"], "annotators": ["ann", "bob", "cy"]},
+        {"prompt": "q", "a": "x", "b": "y", "votes": ["b", "a"], "annotators": ["ann", "cy"]},
+        {"prompt": "r", "a": "x", "b": "y", "votes": ["tie"], "annotators": ["dee"]},
+    ]
+    report = vote_agreement(log)
+    # ann: p agrees with bob, not cy; q disagrees with cy -> 1 of 3. bob: 1 of 2. cy: 0 of 3. dee: nobody else.
+    assert [(a.name, a.votes, a.compared, a.agreement) for a in report.per_annotator] == [
+        ("ann", 2, 3, pytest.approx(1 / 3)),
+        ("bob", 1, 2, 0.5),
+        ("cy", 2, 3, 0.0),
+        ("dee", 1, 0, None),
+    ]
+    with pytest.raises(ValueError, match="no vote records"):
+        vote_agreement([{"prompt": "p", "chosen": "x", "rejected": "y"}])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The request guard
+
+
+PAGE = {"host": "127.0.0.1:7860"}
+
+
+@pytest.mark.parametrize(
+    "method, headers, refused",
+    [
+        ("GET", PAGE | {"sec-fetch-site": "none", "sec-fetch-mode": "navigate"}, None),  # typed in the address bar
+        ("GET", PAGE | {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}, None),  # a link, an iframe
+        ("POST", PAGE | {"origin": "http://127.0.0.1:7860", "sec-fetch-site": "same-origin"}, None),
+        ("GET", {"host": "localhost:7860", "sec-fetch-site": "same-origin", "sec-fetch-mode": "cors"}, None),
+        ("GET", PAGE, None),  # the server's own start-up check
+        ("POST", PAGE | {"origin": "http://evil.example", "sec-fetch-site": "cross-site"}, "Origin"),
+        ("POST", PAGE | {"origin": "null"}, "Origin 'null'"),
+        ("GET", PAGE | {"sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors"}, "cross-site request"),
+        ("POST", PAGE | {"sec-fetch-site": "same-site", "sec-fetch-mode": "cors"}, "same-site request"),
+        ("POST", PAGE, "POST without an Origin"),
+        ("GET", {"host": "evil.example:7860", "sec-fetch-site": "same-origin"}, "Host 'evil.example:7860'"),
+        ("GET", {}, "Host ''"),
+    ],
+)
+def test_the_guard_lets_the_page_through_and_refuses_everything_else(method, headers, refused):
+    reason = refusal(method, headers, loopback_only=True)
+    assert (reason is None) if refused is None else (refused in reason)
+
+
+def test_a_server_opened_to_the_network_still_refuses_other_origins():
+    lan = {"host": "192.168.1.5:7860"}
+    assert refusal("GET", lan | {"sec-fetch-site": "none", "sec-fetch-mode": "navigate"}, loopback_only=False) is None
+    assert "Host" in refusal("GET", lan, loopback_only=True)
+    assert "Origin" in refusal("POST", lan | {"origin": "http://evil.example"}, loopback_only=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_sample_and_agreement_from_the_command_line(tiny_model_dir, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Hello"}, {"prompt": "Bye"}])
+    out = tmp_path / "c.jsonl"
+    argv = ["sample", str(tiny_model_dir), str(prompts), "--n", "3", "--out", str(out), "--quantize", "none"]
+    assert main(argv + ["--max-new-tokens", "8", "--seed", "3"]) == 0
+    assert "2 of 2 prompts written" in capsys.readouterr().out
+    assert [len(item.responses) for item in read_candidates(out)] == [3, 3]
+    assert main(argv) == 2
+    assert "exists; choose another --out" in capsys.readouterr().err
+
+    votes = write_jsonl(
+        tmp_path / "votes.jsonl",
+        [
+            {"prompt": "p", "a": "x", "b": "y", "votes": ["a"], "annotators": ["ann"]},
+            {"prompt": "p", "a": "x", "b": "y", "votes": ["b"], "annotators": ["bob"]},
+            {"prompt": "q", "a": "\x1b[2Jx", "b": "y", "votes": ["a"], "annotators": ["ann"]},
+            {"prompt": "q", "a": "\x1b[2Jx", "b": "y", "votes": ["a"], "annotators": ["bob"]},
+        ],
+    )
+    assert main(["agreement", str(votes)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 items, 4 votes from 2 annotators" in printed
+    assert "pairwise agreement 0.50 over 2 items" in printed
+    assert "ann                           2  0.50 of 2" in printed
+    assert "row 1: a 1 / b 1 / tie 0 (agreement 0.00)" in printed
+    assert "\x1b" not in printed  # model text is quoted: no terminal escape gets through
+
+
+def test_label_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    candidates = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "responses": ["x", "y"]}])
+    assert main(["label", str(tmp_path / "missing.jsonl"), "--annotator", "ann"]) == 2
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+    assert main(["label", str(candidates), "--annotator", " "]) == 2
+    assert "annotator must be a non-empty name" in capsys.readouterr().err
+    assert main(["label", str(candidates), "--annotator", "ann", "--guidelines", "nope.md"]) == 2
+    assert "guidelines file nope.md does not exist" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the [label] extra were not installed
+    assert main(["label", str(candidates), "--annotator", "ann"]) == 2
+    assert "pip install 'lorarlhf[label]'" in capsys.readouterr().err
+    assert not (tmp_path / "votes.jsonl").exists()
+
+
+def test_a_votes_file_trains_with_align(tiny_model_dir, tmp_path):
+    from lorarlhf import align
+
+    log = VoteLog(tmp_path / "votes.jsonl")
+    items = [CandidateItem(f"i{n}", f"Question {n}?", (f"Yes, {n}.", f"No {n}!")) for n in range(4)]
+    for annotator in ("ann", "bob"):
+        session = LabellingSession(items, log, annotator, shuffle=False)
+        for item in items:
+            session.vote(item.id, "a")
+    result = align(
+        tiny_model_dir, log.path, method="dpo", output_dir=tmp_path / "run", steps=2, batch_size=2, quantize=None
+    )
+    assert result.metrics["dpo/train_loss_last"] < 0.6932  # below log 2: the votes moved the actor
+    report = load_preferences(log.path).report
+    assert (report.pairs, report.agreement.items, report.agreement.mean_pairwise_agreement) == (4, 4, 1.0)
+
+
+def test_every_pair_of_a_ranking_is_one_vote():
+    item = CandidateItem("r", "p", tuple("abcde"))
+    votes = ranking_votes(item, [4, 3, 2, 1, 0], "ann")
+    assert [(v["a"], v["b"]) for v in votes] == list(combinations("edcba", 2))
