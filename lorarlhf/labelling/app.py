@@ -187,7 +187,7 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
             rank_buttons = [gr.Button(str(p + 1), elem_id=f"rank-{p + 1}", min_width=60) for p in range(longest)]
             rank_undo = gr.Button("Undo", elem_id="rank-undo")
             rank_submit = gr.Button("Submit ranking", elem_id="rank-submit", variant="primary")
-        ranking = gr.Textbox(label="Your ranking, best first", interactive=False, elem_id="ranking", visible=False)
+        ranking = gr.Markdown(elem_id="ranking", visible=False)
         reason = gr.Textbox(label="Reason (optional)", elem_id="reason", lines=1, max_lines=4)
         skip = gr.Button("Skip for later", elem_id="skip", size="sm")
         status = gr.Markdown(elem_id="status")
@@ -216,7 +216,7 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
                 gr.update(visible=pairwise),
                 gr.update(visible=not pairwise),
                 *buttons,
-                gr.update(value="", visible=not pairwise),
+                gr.update(value=_ranking_text([]), visible=not pairwise),
                 gr.update(value="", visible=True),
                 gr.update(visible=True),
                 message,
@@ -242,13 +242,13 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
                 count = len(session.shown(current).order)
                 if len(chosen) == count - 1:  # the one left is last
                     chosen += [p for p in range(count) if p not in chosen]
-                return " > ".join(str(p + 1) for p in chosen), chosen
+                return _ranking_text(chosen), chosen
 
             return handler
 
         def on_undo(chosen):
             chosen = chosen[:-1]
-            return " > ".join(str(p + 1) for p in chosen), chosen
+            return _ranking_text(chosen), chosen
 
         def on_submit(current, chosen, why):
             if current is None:
@@ -279,6 +279,11 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
         rank_submit.click(on_submit, [item_id, positions, reason], view, **private)
         skip.click(on_skip, [item_id], view, **private)
     return page
+
+
+def _ranking_text(positions: list[int]) -> str:
+    order = " › ".join(str(p + 1) for p in positions) if positions else "press the numbers, best first"
+    return f"**Your ranking, best first:** {order}"
 
 
 def _markdown_text(text: str) -> str:

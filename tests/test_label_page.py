@@ -1,0 +1,291 @@
+"""The labelling page in a real headless Chromium: clicks and keys, reload and resume, inert markup, no
+outside calls, refused foreign requests, and a server killed part-way through labelling.
+
+Chromium is Debian's (`apt-get install chromium`, which .ci/run does), driven by Playwright with that
+executable; CI fails rather than skips when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="the browser and the server: runs once, on the PyTorch kernels"
+)
+
+CHROMIUM = os.environ.get("LORARLHF_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # Chromium's own calls home; the page's requests are what is checked
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "labelling-page.png"
+XSS_PROMPT = "Reply to <b>this</b> <script>window.__pwned = 'prompt'; alert('prompt')</script>"
+XSS_IMG = "<img src=x onerror=\"window.__pwned = 'img'; alert('img')\">"
+XSS_SCRIPT = "<script>window.__pwned = 'script'</script><svg onload=\"window.__pwned = 'svg'\"></svg>"
+CANDIDATES = [
+    {"id": "kind", "prompt": "Say hello to a new neighbour.", "responses": ["Welcome! Nice to meet you.", "What?"]},
+    {"id": "markup", "prompt": XSS_PROMPT, "responses": [XSS_IMG, XSS_SCRIPT]},
+    {
+        "id": "rank",
+        "prompt": "Name a prime number.",
+        "responses": ["7", "Nine, I think.", "2 is the smallest prime."],
+    },
+    {"id": "sum", "prompt": "What is 2 + 2?", "responses": ["4", "5"]},
+    {"id": "sky", "prompt": "What colour is the sky?", "responses": ["Blue on a clear day.", "Plaid."]},
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium package")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def candidates(tmp_path):
+    path = tmp_path / "candidates.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in CANDIDATES), encoding="utf-8")
+    return path
+
+
+class Page:
+    """A browser tab on the labelling page, recording every request and dialog it makes."""
+
+    def __init__(self, browser, url: str):
+        self.page = browser.new_page(viewport={"width": 1200, "height": 900})
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
+        self.url = url
+        self.open()
+
+    def open(self):
+        self.page.goto(self.url)
+        self.page.wait_for_function("document.querySelector('#progress')?.innerText.includes('labelled')")
+
+    def text(self, element_id: str) -> str:
+        return self.page.locator(f"#{element_id} textarea").input_value()
+
+    def shown(self) -> tuple[str, list[str]]:
+        """The prompt and the responses, in the order the page shows them."""
+        responses = []
+        for position in range(1, 4):
+            box = self.page.locator(f"#response-{position} textarea")
+            if box.count() and box.is_visible():
+                responses.append(box.input_value())
+        return self.text("prompt"), responses
+
+    def progress(self) -> str:
+        return self.page.locator("#progress").inner_text()
+
+    def wait_for_done(self, count: int):
+        self.page.wait_for_function(
+            f"document.querySelector('#progress')?.innerText.match(/^(\\D*){count} of|All/)", timeout=15_000
+        )
+        assert self.progress().startswith((f"{count} of", "All"))
+
+    def press(self, key: str):
+        self.page.keyboard.press(key)
+
+
+def read_votes(path: Path) -> list[tuple]:
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [(r["item"], r["a"], r["b"], r["votes"], r["annotators"], r.get("reason")) for r in records]
+
+
+def test_labelling_with_clicks_and_keys_reloading_and_continuing(browser, candidates, tmp_path):
+    from lorarlhf.labelling import label
+
+    votes = tmp_path / "votes.jsonl"
+    server = label(candidates, annotator="ann", out=votes, guidelines="Prefer **correct**, then kind, answers.")
+    try:
+        page = Page(browser, server.url)
+        assert page.progress().startswith("0 of 5 labelled")
+        assert "Prefer correct, then kind, answers." in page.page.locator("#guidelines").inner_text()
+        expected = []
+
+        # 1. A click on "A is better".
+        prompt, (a, b) = page.shown()
+        assert prompt == CANDIDATES[0]["prompt"] and {a, b} == set(CANDIDATES[0]["responses"])
+        page.page.locator("#vote-a").click()
+        page.wait_for_done(1)
+        expected.append(("kind", a, b, ["a"], ["ann"], None))
+        assert read_votes(votes) == expected  # on disk as soon as the page says so
+
+        # 2. Markup in the prompt and the responses is shown as text and never runs; the right arrow votes B.
+        prompt, (a, b) = page.shown()
+        assert prompt == XSS_PROMPT and {a, b} == {XSS_IMG, XSS_SCRIPT}
+        assert page.page.evaluate("window.__pwned") is None and page.dialogs == []
+        assert page.page.locator("img[src='x'], svg[onload]").count() == 0
+        page.press("ArrowRight")
+        page.wait_for_done(2)
+        expected.append(("markup", a, b, ["b"], ["ann"], None))
+
+        # 3. A ranking of three by keys, with a reason: 3, then 1 (the last place fills itself), Enter.
+        prompt, shown = page.shown()
+        assert prompt == "Name a prime number." and sorted(shown) == sorted(CANDIDATES[2]["responses"])
+        page.page.locator("#reason textarea").fill("the third one explains")
+        page.press("Escape")  # out of the reason box, so keys label again
+        page.press("3")
+        page.press("1")
+        page.page.wait_for_function("document.querySelector('#ranking')?.innerText.endsWith('3 › 1 › 2')")
+        page.page.wait_for_timeout(500)  # let the buttons' transitions settle for the picture
+        page.page.screenshot(path=str(tmp_path / "labelling-page.png"), full_page=True)
+        if os.environ.get("LORARLHF_UPDATE_SCREENSHOT"):
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            shutil.copy(tmp_path / "labelling-page.png", SCREENSHOT)
+        page.press("Enter")
+        page.wait_for_done(3)
+        best_first = [shown[2], shown[0], shown[1]]
+        reason = "the third one explains"
+        expected += [
+            ("rank", best_first[i], best_first[j], ["a"], ["ann"], reason) for i, j in ((0, 1), (0, 2), (1, 2))
+        ]
+        assert read_votes(votes) == expected
+
+        # Reload: the page continues at the first unlabelled item.
+        page.open()
+        assert page.progress().startswith("3 of 5 labelled")
+        assert page.shown()[0] == "What is 2 + 2?"
+
+        # 4. Skip with S; the next item gets a tie with T; the skipped one comes back and gets a click on B.
+        page.press("s")
+        page.page.wait_for_function("document.querySelector('#prompt textarea')?.value.includes('sky')")
+        _, (a, b) = page.shown()
+        page.press("t")
+        page.wait_for_done(4)
+        expected.append(("sky", a, b, ["tie"], ["ann"], None))
+        prompt, (a, b) = page.shown()
+        assert prompt == "What is 2 + 2?"
+        page.page.locator("#vote-b").click()
+        page.page.wait_for_function("document.querySelector('#progress')?.innerText.startsWith('All 5 items')")
+        expected.append(("sum", a, b, ["b"], ["ann"], None))
+        assert not page.page.locator("#vote-a").is_visible()
+
+        assert read_votes(votes) == expected
+        assert page.page.evaluate("window.__pwned") is None and page.dialogs == []
+        origin = server.url.rstrip("/")
+        outside = [url for url in page.requests if not (url.startswith(origin) or url.startswith("data:"))]
+        assert outside == []  # no analytics, fonts or scripts from anywhere else
+    finally:
+        server.close()
+
+
+def test_requests_that_do_not_come_from_the_page_are_refused(candidates, tmp_path):
+    from lorarlhf.labelling import label
+
+    votes = tmp_path / "votes.jsonl"
+    server = label(candidates, annotator="ann", out=votes)
+    try:
+        host = server.url.split("/")[2]
+
+        def status(path: str, method: str = "GET", **headers) -> int:
+            request = urllib.request.Request(server.url.rstrip("/") + path, method=method, headers=headers)
+            if method == "POST":
+                request.data = b'{"data": [], "fn_index": 0, "session_hash": "x"}'
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert status("/", **{"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}) == 200
+        assert status("/", Host=f"rebound.example:{host.split(':')[1]}") == 403  # DNS rebinding
+        join = "/gradio_api/queue/join"
+        assert status(join, "POST", Origin="http://evil.example", **{"Content-Type": "application/json"}) == 403
+        assert status(join, "POST", **{"Content-Type": "text/plain"}) == 403  # a POST without an Origin
+        assert status("/config", **{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}) == 403
+        assert not votes.exists()
+        assert server.blocks.analytics_enabled is False
+    finally:
+        server.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_server(candidates: Path, votes: Path) -> tuple[subprocess.Popen, str]:
+    """`lorarlhf label` in its own process; returns it and the page's address once it serves."""
+    command = [sys.executable, "-m", "lorarlhf", "label", str(candidates), "--annotator", "ann"]
+    command += ["--out", str(votes), "--port", str(_free_port())]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        found = re.search(r"open (http://\S+)", line)
+        if found:
+            return process, found.group(1)
+    process.kill()
+    raise AssertionError("the label command did not start:\n" + "".join(lines))
+
+
+def test_killing_the_server_part_way_loses_no_vote_and_resume_continues(browser, candidates, tmp_path):
+    votes = tmp_path / "votes.jsonl"
+    process, url = _start_server(candidates, votes)
+    try:
+        page = Page(browser, url)
+        page.press("a")
+        page.wait_for_done(1)
+        page.press("b")
+        page.wait_for_done(2)
+        third_prompt = page.shown()[0]
+    finally:
+        process.send_signal(signal.SIGKILL)  # no shutdown code runs
+        process.wait(30)
+    assert process.returncode == -signal.SIGKILL
+    before = read_votes(votes)
+    assert [vote[0] for vote in before] == ["kind", "markup"]
+    assert [vote[3] for vote in before] == [["a"], ["b"]]
+
+    process, url = _start_server(candidates, votes)
+    try:
+        page = Page(browser, url)
+        assert page.progress().startswith("2 of 5 labelled")
+        assert page.shown()[0] == third_prompt == "Name a prime number."
+        page.press("1")
+        page.press("2")
+        page.press("Enter")
+        page.wait_for_done(3)
+        page.press("t")
+        page.wait_for_done(4)
+        page.press("t")
+        page.page.wait_for_function("document.querySelector('#progress')?.innerText.startsWith('All 5 items')")
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C: stops cleanly
+        process.wait(30)
+    after = read_votes(votes)
+    assert after[:2] == before  # what was there is untouched
+    assert [vote[0] for vote in after] == ["kind", "markup", "rank", "rank", "rank", "sum", "sky"]
