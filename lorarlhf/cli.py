@@ -18,7 +18,7 @@ def _info(args) -> int:
     import torch
 
     report = {"python": platform.python_version()}
-    for package in ("lorarlhf", "torch", "transformers", "peft", "bitsandbytes", "triton", "safetensors"):
+    for package in ("lorarlhf", "torch", "transformers", "peft", "bitsandbytes", "triton", "safetensors", "gradio"):
         try:
             report[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -397,12 +397,18 @@ def test_a_votes_file_trains_with_align(tiny_model_dir, tmp_path):
         session = LabellingSession(items, log, annotator, shuffle=False)
         for item in items:
             session.vote(item.id, "a")
-    result = align(
-        tiny_model_dir, log.path, method="dpo", output_dir=tmp_path / "run", steps=2, batch_size=2, quantize=None
-    )
+    result = align(tiny_model_dir, log.path, method="dpo", output_dir=tmp_path / "run", steps=4, batch_size=2, lr=1e-2)
     assert result.metrics["dpo/train_loss_last"] < 0.6932  # below log 2: the votes moved the actor
     report = load_preferences(log.path).report
     assert (report.pairs, report.agreement.items, report.agreement.mean_pairwise_agreement) == (4, 4, 1.0)
+
+    # The next round samples from the run's trained actor: same prompts and seed, other responses.
+    prompts, sampling = [f"Question {n}?" for n in range(4)], SamplingConfig(max_new_tokens=16)
+    sample_candidates(tiny_model_dir, prompts, tmp_path / "base.jsonl", sampling=sampling)  # NF4, like the run
+    sample_candidates(result.output_dir, prompts, tmp_path / "actor.jsonl", sampling=sampling)
+    base, actor = read_jsonl(tmp_path / "base.jsonl"), read_jsonl(tmp_path / "actor.jsonl")
+    assert actor[0]["model"] == str(result.output_dir)
+    assert [r["responses"] for r in actor] != [r["responses"] for r in base]
 
 
 def test_every_pair_of_a_ranking_is_one_vote():
