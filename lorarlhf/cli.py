@@ -210,6 +210,7 @@ def _label(args) -> int:
         port=args.port,
         open_browser=args.open,
         shuffle=not args.no_shuffle,
+        allow_hosts=tuple(args.allow_host or ()),
     )
     session = server.session
     print(f"labelling {args.candidates} as {session.annotator}: {session.done} of {session.total} done")
@@ -264,7 +265,8 @@ def _kappa_words(kappa: float) -> str:
 
 
 def _quoted(text: str, width: int) -> str:
-    quoted = json.dumps(text, ensure_ascii=False)
+    # Escaped like a Python string where not printable: no control or bidi character reaches the terminal.
+    quoted = '"' + "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text) + '"'
     return quoted if len(quoted) <= width else quoted[: width - 4] + '..."'
 
 
@@ -384,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     labelling.add_argument("--guidelines", default=None, help="a .md or .txt file of labelling instructions to show")
     labelling.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine)")
     labelling.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    labelling.add_argument(
+        "--allow-host", action="append", metavar="NAME", help="another host name the page may be reached by"
+    )
     labelling.add_argument("--open", action="store_true", help="open the page in the default browser")
     labelling.add_argument("--no-shuffle", action="store_true", help="show responses in file order, not shuffled")
     labelling.set_defaults(run=_label)

@@ -819,6 +819,8 @@ class _VoteItem:
     labels: list[str]
     annotators: list[str] | None
     utility: str | None
+    item: str | None = None
+    """The labelling tool's item id, when the record has one: one ranking's pairs share it."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -844,7 +846,8 @@ def _parse_votes(row: _Row) -> _VoteItem:
             raise row.error(f"{len(annotators)} annotators for {len(votes)} votes", field="annotators")
         if not all(isinstance(name, str) for name in annotators):
             raise row.error("annotator names must be strings", field="annotators")
-    return _VoteItem(row.number, row.index, prompt, a, b, list(votes), annotators, row.utility())
+    item = row.record.get("item") if isinstance(row.record.get("item"), str) else None
+    return _VoteItem(row.number, row.index, prompt, a, b, list(votes), annotators, row.utility(), item)
 
 
 _SWAPPED = {"a": "b", "b": "a", "tie": "tie"}
@@ -853,30 +856,33 @@ _SWAPPED = {"a": "b", "b": "a", "tie": "tie"}
 def _merge_vote_items(items: list[_VoteItem]) -> list[_VoteItem]:
     """One item per prompt and pair of responses: votes logged one record per vote are pooled.
 
-    A record that lists the two responses the other way round has its labels swapped. When an annotator
-    voted on an item more than once, their last vote counts (a relabelling replaces, it does not add).
-    Unnamed votes are all kept.
+    A record that lists the two responses the other way round has its labels swapped. When an annotator's
+    votes on an item come from several records, the last record's count (a relabelling replaces, it does
+    not add). Unnamed votes are all kept. Records that name the same labelled "item" (the pairs of one
+    ranking) share a group, so they stay one record for the listwise loss and for SFT's winners.
     """
-    merged: dict[tuple, _VoteItem] = {}
+    merged: dict[tuple, list[_VoteItem]] = {}
     for item in items:
-        key = (item.prompt, frozenset((item.a, item.b)))
-        first = merged.setdefault(key, item)
-        if first is item:
-            continue
-        labels = item.labels if item.a == first.a else [_SWAPPED[label] for label in item.labels]
-        first.labels = first.labels + labels
-        if first.annotators is not None or item.annotators is not None:
-            first.annotators = (first.annotators or [None] * (len(first.labels) - len(labels))) + (
-                item.annotators or [None] * len(labels)
-            )
-    for item in merged.values():
-        if item.annotators is None:
-            continue
-        last = {name: i for i, name in enumerate(item.annotators) if name is not None}
-        keep = [i for i, name in enumerate(item.annotators) if name is None or last[name] == i]
-        item.labels = [item.labels[i] for i in keep]
-        item.annotators = [item.annotators[i] for i in keep]
-    return list(merged.values())
+        merged.setdefault((item.prompt, frozenset((item.a, item.b))), []).append(item)
+    pooled = []
+    for records in merged.values():
+        first = records[0]
+        last_record = {name: i for i, record in enumerate(records) for name in record.annotators or () if name}
+        labels, annotators = [], []
+        for i, record in enumerate(records):
+            names = record.annotators or [None] * len(record.labels)
+            for name, label in zip(names, record.labels, strict=True):
+                if name is None or last_record[name] == i:
+                    labels.append(label if record.a == first.a else _SWAPPED[label])
+                    annotators.append(name)
+        named = any(record.annotators is not None for record in records)
+        first.labels, first.annotators = labels, annotators if named else None
+        pooled.append(first)
+    groups: dict[tuple[str, str], int] = {}
+    for item in pooled:
+        if item.item is not None:
+            item.group = groups.setdefault((item.item, item.prompt), item.group)
+    return pooled
 
 
 def _majority(items: list[_VoteItem]) -> dict[int, PreferencePair | None]:

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from lorarlhf.labelling.app import MIN_PAUSE_MS
+from lorarlhf.labelling.guard import FRAME_ANCESTORS
+
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1", reason="the browser and the server: runs once, on the PyTorch kernels"
 )
@@ -40,6 +43,19 @@ SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "labelling-page.p
 XSS_PROMPT = "Reply to <b>this</b> <script>window.__pwned = 'prompt'; alert('prompt')</script>"
 XSS_IMG = "<img src=x onerror=\"window.__pwned = 'img'; alert('img')\">"
 XSS_SCRIPT = "<script>window.__pwned = 'script'</script><svg onload=\"window.__pwned = 'svg'\"></svg>"
+# Click "A is better", then click it again the moment the next item shows; resolves to the time between.
+DOUBLE_CLICK = """() => new Promise((resolve) => {
+  const progress = document.querySelector("#progress");
+  const start = performance.now();
+  const observer = new MutationObserver(() => {
+    if (!progress.innerText.startsWith("1 of")) return;
+    observer.disconnect();
+    document.getElementById("vote-a").click();
+    resolve(performance.now() - start);
+  });
+  observer.observe(progress, {subtree: true, childList: true, characterData: true});
+  document.getElementById("vote-a").click();
+})"""
 CANDIDATES = [
     {"id": "kind", "prompt": "Say hello to a new neighbour.", "responses": ["Welcome! Nice to meet you.", "What?"]},
     {"id": "markup", "prompt": XSS_PROMPT, "responses": [XSS_IMG, XSS_SCRIPT]},
@@ -83,6 +99,7 @@ class Page:
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
         self.url = url
+        self.last_judgement = 0.0
         self.open()
 
     def open(self):
@@ -113,6 +130,18 @@ class Page:
     def press(self, key: str):
         self.page.keyboard.press(key)
 
+    def judge(self, key_or_button: str):
+        """A vote, skip or submit, by key or by a click on the button of that id: after the page's pause
+        between judgements (MIN_PAUSE_MS), which a person takes anyway to read the next item."""
+        wait = self.last_judgement + MIN_PAUSE_MS / 1000 + 0.1 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        if key_or_button.startswith("#"):
+            self.page.locator(key_or_button).click()
+        else:
+            self.press(key_or_button)
+        self.last_judgement = time.monotonic()
+
 
 def read_votes(path: Path) -> list[tuple]:
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -133,7 +162,7 @@ def test_labelling_with_clicks_and_keys_reloading_and_continuing(browser, candid
         # 1. A click on "A is better".
         prompt, (a, b) = page.shown()
         assert prompt == CANDIDATES[0]["prompt"] and {a, b} == set(CANDIDATES[0]["responses"])
-        page.page.locator("#vote-a").click()
+        page.judge("#vote-a")
         page.wait_for_done(1)
         expected.append(("kind", a, b, ["a"], ["ann"], None))
         assert read_votes(votes) == expected  # on disk as soon as the page says so
@@ -143,7 +172,7 @@ def test_labelling_with_clicks_and_keys_reloading_and_continuing(browser, candid
         assert prompt == XSS_PROMPT and {a, b} == {XSS_IMG, XSS_SCRIPT}
         assert page.page.evaluate("window.__pwned") is None and page.dialogs == []
         assert page.page.locator("img[src='x'], svg[onload]").count() == 0
-        page.press("ArrowRight")
+        page.judge("ArrowRight")
         page.wait_for_done(2)
         expected.append(("markup", a, b, ["b"], ["ann"], None))
 
@@ -160,7 +189,7 @@ def test_labelling_with_clicks_and_keys_reloading_and_continuing(browser, candid
         if os.environ.get("LORARLHF_UPDATE_SCREENSHOT"):
             SCREENSHOT.parent.mkdir(exist_ok=True)
             shutil.copy(tmp_path / "labelling-page.png", SCREENSHOT)
-        page.press("Enter")
+        page.judge("Enter")
         page.wait_for_done(3)
         best_first = [shown[2], shown[0], shown[1]]
         reason = "the third one explains"
@@ -175,15 +204,15 @@ def test_labelling_with_clicks_and_keys_reloading_and_continuing(browser, candid
         assert page.shown()[0] == "What is 2 + 2?"
 
         # 4. Skip with S; the next item gets a tie with T; the skipped one comes back and gets a click on B.
-        page.press("s")
+        page.judge("s")
         page.page.wait_for_function("document.querySelector('#prompt textarea')?.value.includes('sky')")
         _, (a, b) = page.shown()
-        page.press("t")
+        page.judge("t")
         page.wait_for_done(4)
         expected.append(("sky", a, b, ["tie"], ["ann"], None))
         prompt, (a, b) = page.shown()
         assert prompt == "What is 2 + 2?"
-        page.page.locator("#vote-b").click()
+        page.judge("#vote-b")
         page.page.wait_for_function("document.querySelector('#progress')?.innerText.startsWith('All 5 items')")
         expected.append(("sum", a, b, ["b"], ["ann"], None))
         assert not page.page.locator("#vote-a").is_visible()
@@ -211,9 +240,12 @@ def test_requests_that_do_not_come_from_the_page_are_refused(candidates, tmp_pat
                 request.data = b'{"data": [], "fn_index": 0, "session_hash": "x"}'
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
+                    policies.append(response.headers.get("Content-Security-Policy"))
                     return response.status
             except urllib.error.HTTPError as error:
                 return error.code
+
+        policies = []
 
         assert status("/", **{"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}) == 200
         assert status("/", Host=f"rebound.example:{host.split(':')[1]}") == 403  # DNS rebinding
@@ -223,13 +255,65 @@ def test_requests_that_do_not_come_from_the_page_are_refused(candidates, tmp_pat
         assert status("/config", **{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}) == 403
         assert not votes.exists()
         assert server.blocks.analytics_enabled is False
+        assert policies == [f"frame-ancestors {FRAME_ANCESTORS}"]  # only local notebooks may frame the page
     finally:
         server.close()
 
 
-def _free_port() -> int:
+def test_a_double_click_or_a_held_key_judges_one_item_and_other_sites_cannot_frame_the_page(
+    browser, candidates, tmp_path
+):
+    from lorarlhf.labelling import label
+
+    votes = tmp_path / "votes.jsonl"
+    server = label(candidates, annotator="ann", out=votes)
+    try:
+        page = Page(browser, server.url)
+        # A double click: the second click lands just after the page has moved on to the next item.
+        elapsed_ms = page.page.evaluate(DOUBLE_CLICK)
+        assert elapsed_ms < MIN_PAUSE_MS, "the page answered too slowly for this check"
+        page.page.wait_for_timeout(MIN_PAUSE_MS + 300)  # time for a second vote to arrive, were there one
+        assert page.progress().startswith("1 of 5") and [vote[0] for vote in read_votes(votes)] == ["kind"]
+        # A key held down: the browser repeats it after the page has moved on.
+        time.sleep(MIN_PAUSE_MS / 1000)
+        page.page.keyboard.down("b")
+        page.wait_for_done(2)
+        page.page.keyboard.down("b")  # a repeat
+        page.page.keyboard.up("b")
+        page.page.wait_for_timeout(MIN_PAUSE_MS + 300)
+        assert page.progress().startswith("2 of 5") and [vote[0] for vote in read_votes(votes)] == ["kind", "markup"]
+
+        # Another site (127.0.0.2 is another origin on this machine) puts the page in an iframe: not shown.
+        framing = tmp_path / "framing"
+        framing.mkdir()
+        (framing / "index.html").write_text(f'<iframe id="victim" src="{server.url}"></iframe>')
+        port = _free_port("127.0.0.2")
+        other = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.2", "--directory", str(framing)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            attacker = browser.new_page()
+            for _ in range(50):
+                try:
+                    attacker.goto(f"http://127.0.0.2:{port}/")
+                    break
+                except Exception:  # the server is still starting
+                    time.sleep(0.2)
+            attacker.wait_for_timeout(2000)
+            frame = attacker.frame_locator("#victim")
+            assert frame.locator("#progress").count() == 0  # the browser refused to render it framed
+        finally:
+            other.kill()
+            other.wait(10)
+    finally:
+        server.close()
+
+
+def _free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((address, 0))
         return probe.getsockname()[1]
 
 
@@ -257,9 +341,9 @@ def test_killing_the_server_part_way_loses_no_vote_and_resume_continues(browser,
     process, url = _start_server(candidates, votes)
     try:
         page = Page(browser, url)
-        page.press("a")
+        page.judge("a")
         page.wait_for_done(1)
-        page.press("b")
+        page.judge("b")
         page.wait_for_done(2)
         third_prompt = page.shown()[0]
     finally:
@@ -277,11 +361,11 @@ def test_killing_the_server_part_way_loses_no_vote_and_resume_continues(browser,
         assert page.shown()[0] == third_prompt == "Name a prime number."
         page.press("1")
         page.press("2")
-        page.press("Enter")
+        page.judge("Enter")  # at once: the ranking's key presses are applied in order
         page.wait_for_done(3)
-        page.press("t")
+        page.judge("t")
         page.wait_for_done(4)
-        page.press("t")
+        page.judge("t")
         page.page.wait_for_function("document.querySelector('#progress')?.innerText.startsWith('All 5 items')")
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C: stops cleanly

@@ -6,7 +6,8 @@ The page itself, in a real browser, is in test_label_page.py.
 from __future__ import annotations
 
 import json
-import multiprocessing
+import socket
+import subprocess
 import sys
 from itertools import combinations
 
@@ -23,7 +24,7 @@ from lorarlhf.labelling import (
     sample_candidates,
 )
 from lorarlhf.labelling.candidates import item_id
-from lorarlhf.labelling.guard import refusal
+from lorarlhf.labelling.guard import allowed_hosts, refusal
 from lorarlhf.labelling.votes import pair_votes, ranking_votes
 from lorarlhf.rollout import SamplingConfig
 
@@ -69,7 +70,10 @@ def test_candidates_read_back_with_ids_from_the_text_when_none_is_given(tmp_path
         ('{"prompt": "p"}', r"row 2, field 'responses': missing"),
         ('{"prompt": "p", "responses": ["a", 2]}', r"row 2, field 'responses': must be a list of texts"),
         ('{"prompt": "p", "responses": ["a"]}', r"row 2, field 'responses': needs at least 2 responses"),
-        ('{"prompt": "p", "responses": ["a", "a", "b"]}', r"all different \(got 3, 2 different\)"),
+        ('{"prompt": "p", "responses": ["a", "a", "b"]}', r"all different \(got 3, 2 different apart from spacing\)"),
+        ('{"prompt": "p", "responses": ["Yes", "Yes ", "No"]}', r"got 3, 2 different apart from spacing"),
+        ('{"prompt": "p", "responses": ["a", " \\n"]}', r"row 2, field 'responses': response 1 is empty"),
+        ('{"prompt": "  ", "responses": ["a", "b"]}', r"row 2, field 'prompt': empty"),
         ('{"id": "", "prompt": "p", "responses": ["a", "b"]}', r"row 2, field 'id': must be a non-empty text"),
         (
             '{"id": "one", "prompt": "p", "responses": ["a", "b"]}',
@@ -168,26 +172,31 @@ def test_a_pairwise_vote_and_a_ranking_are_vote_records_load_preferences_reads()
         pair_votes(ITEMS[0], 0, 1, "A", "ann")
 
 
-def _append_votes(path, annotator, count):
-    log = VoteLog(path)
-    for i in range(count):
-        log.append(pair_votes(CandidateItem(f"i{i}", f"prompt {i}", ("x" * 500, "y")), 0, 1, "a", annotator))
+APPENDS = 40
+APPEND_VOTES = """
+import sys
+from lorarlhf.labelling import CandidateItem, VoteLog
+from lorarlhf.labelling.votes import pair_votes
+
+path, annotator, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+long = annotator * 50_000  # lines of 100+ KB: more than one unlocked write keeps whole
+for i in range(count):
+    VoteLog(path).append(pair_votes(CandidateItem(f"i{i}", f"prompt {i}", (long, "y")), 0, 1, "a", annotator))
+"""
 
 
 def test_two_annotators_appending_to_one_file_at_once_never_tear_a_line(tmp_path):
     path = tmp_path / "votes.jsonl"
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_append_votes, args=(path, name, 150)) for name in ("ann", "bob")]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    workers = [
+        subprocess.Popen([sys.executable, "-c", APPEND_VOTES, str(path), name, str(APPENDS)]) for name in ("ann", "bob")
+    ]
+    assert [worker.wait(120) for worker in workers] == [0, 0]
     records, problems = VoteLog(path).read()
-    assert problems == [] and len(records) == 300
-    assert VoteLog(path).labelled_by("ann") == VoteLog(path).labelled_by("bob") == {f"i{i}" for i in range(150)}
+    assert problems == [] and len(records) == 2 * APPENDS
+    for name in ("ann", "bob"):  # each annotator's votes whole, in the order they were made
+        assert [vote["item"] for vote in VoteLog(path).votes_of(name)] == [f"i{i}" for i in range(APPENDS)]
     report = vote_agreement(path)
-    assert (report.items, report.votes, report.annotators, report.fleiss_kappa) == (150, 300, 2, None)
+    assert (report.items, report.votes, report.annotators) == (2 * APPENDS, 2 * APPENDS, 2)
 
 
 def test_a_line_cut_short_is_reported_and_the_next_vote_starts_a_new_line(tmp_path, caplog):
@@ -200,7 +209,7 @@ def test_a_line_cut_short_is_reported_and_the_next_vote_starts_a_new_line(tmp_pa
     records, problems = log.read()
     assert [r["item"] for r in records] == ["p1", "p3"]
     assert [(p.line, p.text) for p in problems] == [(2, '{"prompt": "cut sh')]
-    assert log.labelled_by("ann") == {"p1", "p3"}
+    assert [vote["item"] for vote in log.votes_of("ann")] == ["p1", "p3"]
     assert "line 2 is not a vote record" in caplog.text
     with pytest.raises(ValueError, match=r"votes.jsonl, row 2: "):  # training on it names the line to fix
         load_preferences(path)
@@ -240,6 +249,51 @@ def test_a_session_resumes_at_the_first_unlabelled_item_of_its_annotator(tmp_pat
         LabellingSession(ITEMS, VoteLog(tmp_path / "other.jsonl"), "ann").vote("p2", "a")
     with pytest.raises(KeyError, match="no item 'nope'"):
         resumed.vote("nope", "a")
+
+
+def test_a_ranking_is_entered_one_place_at_a_time_and_the_last_place_fills_itself(tmp_path):
+    items = [CandidateItem("r", "p", ("w", "x", "y", "z"))]
+    session = LabellingSession(items, VoteLog(tmp_path / "votes.jsonl"), "ann", shuffle=False)
+    assert session.place("r", 2) == [2]
+    assert session.place("r", 2) == [2] and session.place("r", 9) == [2]  # twice, or out of range: no change
+    assert session.place("r", 0) == [2, 0]
+    assert session.place("r", 3) == [2, 0, 3, 1]  # one left: it is last
+    assert session.unplace("r") == [2, 0]  # the filled-in last place goes with the one before it
+    assert session.unplace("r") == [2] and session.unplace("r") == [] and session.unplace("r") == []
+    for position in (3, 1, 0):
+        session.place("r", position)
+    assert session.rank("r", session.draft("r"))
+    assert session.draft("r") == [] and session.next() is None
+
+
+def test_an_item_edited_under_the_same_id_is_labelled_again(tmp_path):
+    log = VoteLog(tmp_path / "votes.jsonl")
+    LabellingSession(ITEMS, log, "ann").vote("p1", "a")
+    edited = [CandidateItem("p1", "Say hi.", ("Hello!", "Hi there.")), *ITEMS[1:]]
+    assert LabellingSession(ITEMS, log, "ann").done == 1
+    assert LabellingSession(edited, log, "ann").done == 0  # same id, other responses: a new item
+
+
+def test_the_pairs_of_one_ranking_stay_one_record_for_winners_and_the_listwise_loss(tmp_path):
+    from lorarlhf.demonstrations import winners
+    from lorarlhf.reward_trainer import rankings_of
+
+    log = VoteLog(tmp_path / "votes.jsonl")
+    for annotator in ("ann", "bob"):
+        LabellingSession(ITEMS[1:2], log, annotator, shuffle=False).rank("p2", [2, 0, 1])
+    prefs = load_preferences(log.path)
+    assert len(prefs) == 3 and len({pair.group for pair in prefs}) == 1
+    assert [(d.prompt, d.completion) for d in winners(prefs)] == [("Name a colour.", "Green, or blue.")]
+    (ranking,) = rankings_of(prefs)
+    assert ranking.responses == ["Green, or blue.", "Blue.", "Seven."]
+    assert vote_agreement(log.path).per_annotator[0].agreement == 1.0
+
+
+def test_a_name_repeated_within_one_record_is_two_votes_but_a_later_record_replaces():
+    crowd = [{"prompt": "p", "a": "x", "b": "y", "votes": ["a", "b"], "annotators": ["crowd", "crowd"]}]
+    assert vote_agreement(crowd).votes == 2
+    later = {"prompt": "p", "a": "x", "b": "y", "votes": ["b"], "annotators": ["crowd"]}
+    assert vote_agreement([*crowd, later]).votes == 1
 
 
 def test_display_order_is_shuffled_per_annotator_and_item_and_the_vote_follows_what_was_shown(tmp_path):
@@ -331,15 +385,21 @@ PAGE = {"host": "127.0.0.1:7860"}
     ],
 )
 def test_the_guard_lets_the_page_through_and_refuses_everything_else(method, headers, refused):
-    reason = refusal(method, headers, loopback_only=True)
+    reason = refusal(method, headers, hosts=allowed_hosts("127.0.0.1"))
     assert (reason is None) if refused is None else (refused in reason)
 
 
-def test_a_server_opened_to_the_network_still_refuses_other_origins():
-    lan = {"host": "192.168.1.5:7860"}
-    assert refusal("GET", lan | {"sec-fetch-site": "none", "sec-fetch-mode": "navigate"}, loopback_only=False) is None
-    assert "Host" in refusal("GET", lan, loopback_only=True)
-    assert "Origin" in refusal("POST", lan | {"origin": "http://evil.example"}, loopback_only=False)
+def test_a_server_opened_to_the_network_answers_to_its_own_names_only():
+    hosts = allowed_hosts("0.0.0.0", ["Labeller.lan"])
+    assert {"localhost", "127.0.0.1", "labeller.lan", socket.gethostname().lower()} <= hosts
+    typed = {"sec-fetch-site": "none", "sec-fetch-mode": "navigate"}
+    assert refusal("GET", {"host": "labeller.lan:7860"} | typed, hosts=hosts) is None
+    # DNS rebinding: another site's name pointed at this machine, with that site as the Origin.
+    rebound = {"host": "attacker.example:7860", "origin": "http://attacker.example:7860"}
+    assert "--allow-host attacker.example" in refusal("POST", rebound | {"sec-fetch-site": "same-origin"}, hosts=hosts)
+    assert "Origin" in refusal("POST", {"host": "labeller.lan:7860", "origin": "http://evil.example"}, hosts=hosts)
+    assert allowed_hosts("192.168.1.5") == {"localhost", "127.0.0.1", "[::1]", "192.168.1.5", "[192.168.1.5]"}
+    assert refusal("GET", {"host": "anything:7860"}, hosts=None) is None  # behind Colab's proxy
 
 
 # ---------------------------------------------------------------------------------------------------------

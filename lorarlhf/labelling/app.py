@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorarlhf.labelling.candidates import read_candidates
-from lorarlhf.labelling.guard import RequestGuard, is_loopback
+from lorarlhf.labelling.guard import COLAB_FRAME_ANCESTORS, FRAME_ANCESTORS, RequestGuard, allowed_hosts, is_loopback
 from lorarlhf.labelling.session import LabellingSession, Shown
 from lorarlhf.labelling.votes import VoteLog
 
@@ -30,6 +30,9 @@ KEYS_HELP = (
 )
 
 # Keyboard shortcuts click the page's own buttons, so a key does exactly what the click does.
+MIN_PAUSE_MS = 500
+"""Judgements closer together than this are one (a double click); nobody reads a new pair faster."""
+
 KEYS_SCRIPT = """<script>
 (() => {
   const shown = (id) => {
@@ -39,7 +42,21 @@ KEYS_SCRIPT = """<script>
   const pairKeys = {a: "vote-a", ArrowLeft: "vote-a", 1: "vote-a", b: "vote-b", ArrowRight: "vote-b",
                     2: "vote-b", t: "vote-tie", ArrowDown: "vote-tie", s: "skip"};
   const rankKeys = {Backspace: "rank-undo", Enter: "rank-submit", s: "skip"};
+  // The second click of a double click would land on the next item, unseen: a judgement needs a pause.
+  const judging = new Set(["vote-a", "vote-b", "vote-tie", "rank-submit", "skip"]);
+  let lastJudgement = -Infinity;
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest ? event.target.closest("button") : null;
+    if (!button || !judging.has(button.id)) return;
+    if (event.timeStamp - lastJudgement < MIN_PAUSE_MS) {
+      event.stopImmediatePropagation();
+      event.preventDefault();
+      return;
+    }
+    lastJudgement = event.timeStamp;
+  }, true);
   document.addEventListener("keydown", (event) => {
+    if (event.repeat) return;  // a key held down judges once
     const target = event.target;
     const typing = target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT")
       && !target.readOnly && !target.disabled;
@@ -57,7 +74,7 @@ KEYS_SCRIPT = """<script>
     }
   });
 })();
-</script>"""
+</script>""".replace("MIN_PAUSE_MS", str(MIN_PAUSE_MS))
 
 CSS = """
 #prompt textarea, .response textarea { font-family: ui-monospace, monospace; }
@@ -94,6 +111,7 @@ def label(
     inline: bool | None = None,
     open_browser: bool = False,
     shuffle: bool = True,
+    allow_hosts: tuple[str, ...] = (),
 ) -> LabellingServer:
     """Serve the labelling page for `candidates` (a file from `lorarlhf sample`) and return at once.
 
@@ -102,6 +120,7 @@ def label(
     into one `out`, each with their own server.
     guidelines: Markdown (or a path to a .md/.txt file) shown above the items: what makes an answer better.
     host: 127.0.0.1 serves this machine only; give 0.0.0.0 to let others on the network reach the page.
+    allow_hosts: more host names the page may be reached by (e.g. a LAN name), when host is not loopback.
     port: None takes the first free port from 7860. inline: show the page in the notebook (None: when in
     one). The returned server's .url is the page; .close() stops it and .wait() serves until Ctrl-C.
     """
@@ -118,7 +137,10 @@ def label(
         raise ValueError(f"{candidates}: an item has {longest} responses; the page ranks at most {MAX_RANKED}")
     session = LabellingSession(items, VoteLog(out), annotator, shuffle=shuffle)
     blocks = build_page(session, longest, _guidelines_text(guidelines), title=Path(str(candidates)).name)
-    loopback_only = is_loopback(host) and "google.colab" not in sys.modules  # Colab serves it through its proxy
+    if "google.colab" in sys.modules:  # reachable only through Colab's own proxy, under Colab's host names
+        guard = _middleware(None, f"{FRAME_ANCESTORS} {COLAB_FRAME_ANCESTORS}")
+    else:
+        guard = _middleware(allowed_hosts(host, allow_hosts), FRAME_ANCESTORS)
     if not is_loopback(host):
         logger.warning("serving on %s: anyone who can reach this machine can open the page and vote", host)
     blocks.launch(
@@ -136,7 +158,7 @@ def label(
         mcp_server=False,
         enable_monitoring=False,
         max_file_size=1,
-        app_kwargs={"middleware": [_middleware(loopback_only)]},
+        app_kwargs={"middleware": [guard]},
         theme=gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
         css=CSS,
         head=KEYS_SCRIPT,
@@ -144,20 +166,21 @@ def label(
     return LabellingServer(blocks.local_url, session, blocks)
 
 
-def _middleware(loopback_only: bool):
+def _middleware(hosts, frame_ancestors: str):
     from starlette.middleware import Middleware
 
-    return Middleware(RequestGuard, loopback_only=loopback_only)
+    return Middleware(RequestGuard, hosts=hosts, frame_ancestors=frame_ancestors)
 
 
 def _guidelines_text(guidelines: str | None) -> str:
+    """Guidelines are a file's path or the text itself; one word ending in .md or .txt is a path."""
     if guidelines is None:
         return ""
-    path = Path(guidelines)
-    if path.suffix in (".md", ".txt") or "\n" not in guidelines and path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"guidelines file {guidelines} does not exist")
-        return path.read_text(encoding="utf-8")
+    one_line = "\n" not in guidelines
+    if one_line and Path(guidelines).is_file():
+        return Path(guidelines).read_text(encoding="utf-8")
+    if one_line and len(guidelines.split()) == 1 and guidelines.endswith((".md", ".txt")):
+        raise FileNotFoundError(f"guidelines file {guidelines} does not exist")
     return guidelines
 
 
@@ -192,16 +215,16 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
         skip = gr.Button("Skip for later", elem_id="skip", size="sm")
         status = gr.Markdown(elem_id="status")
         gr.Markdown(KEYS_HELP)
-        item_id, positions = gr.State(None), gr.State([])
+        item_id = gr.State(None)
 
         view = [progress, prompt, *responses, pair_row, rank_row, *rank_buttons, ranking, reason, skip]
-        view += [status, item_id, positions]
+        view += [status, item_id]
 
         def render(shown: Shown | None, message: str = ""):
             done = f"{session.done} of {session.total} labelled"
             if shown is None:
                 finished = f"**All {session.total} items are labelled.** The votes are in `{session.log.path}`."
-                return [finished] + [gr.update(visible=False)] * (len(view) - 4) + [message, None, []]
+                return [finished] + [gr.update(visible=False)] * (len(view) - 3) + [message, None]
             texts, pairwise = shown.responses, len(shown.order) == 2
             names = ["A", "B"] if pairwise else [str(p + 1) for p in range(len(texts))]
             boxes = [
@@ -216,12 +239,11 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
                 gr.update(visible=pairwise),
                 gr.update(visible=not pairwise),
                 *buttons,
-                gr.update(value=_ranking_text([]), visible=not pairwise),
+                gr.update(value=_ranking_text(session.draft(shown.item.id)), visible=not pairwise),
                 gr.update(value="", visible=True),
                 gr.update(visible=True),
                 message,
                 shown.item.id,
-                [],
             ]
 
         def on_vote(label: str):
@@ -234,34 +256,23 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
 
             return handler
 
-        def on_rank(position: int):
-            def handler(current, chosen):
-                if current is None or position in chosen:
-                    return gr.update(), chosen
-                chosen = chosen + [position]
-                count = len(session.shown(current).order)
-                if len(chosen) == count - 1:  # the one left is last
-                    chosen += [p for p in range(count) if p not in chosen]
-                return _ranking_text(chosen), chosen
+        def on_place(position: int):
+            def handler(current):
+                return gr.update() if current is None else _ranking_text(session.place(current, position))
 
             return handler
 
-        def on_undo(chosen):
-            chosen = chosen[:-1]
-            return _ranking_text(chosen), chosen
+        def on_unplace(current):
+            return gr.update() if current is None else _ranking_text(session.unplace(current))
 
-        def on_submit(current, chosen, why):
+        def on_submit(current, why):
             if current is None:
                 return render(session.next())
-            count = len(session.shown(current).order)
-            if len(chosen) != count:
-                still = count - len(chosen)
-                return [gr.update()] * (len(view) - 3) + [
-                    f"Rank every response first: {still} to place.",
-                    current,
-                    chosen,
-                ]
-            recorded = session.rank(current, chosen, why or "")
+            draft, count = session.draft(current), len(session.shown(current).order)
+            if len(draft) != count:
+                message = f"Rank every response first: {count - len(draft)} to place."
+                return [gr.update()] * (len(view) - 2) + [message, current]
+            recorded = session.rank(current, draft, why or "")
             return render(session.next(), "Recorded the ranking." if recorded else "Already recorded.")
 
         def on_skip(current):
@@ -269,15 +280,16 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
                 session.skip(current)
             return render(session.next(), "Skipped; it comes back after the others.")
 
-        private = {"api_visibility": "private", "queue": False}
-        page.load(lambda: render(session.next()), None, view, **private)
+        # One queue, one event at a time, in the order they were made: quick key presses apply in order.
+        events = {"api_visibility": "private", "concurrency_id": "page", "concurrency_limit": 1}
+        page.load(lambda: render(session.next()), None, view, **events)
         for button, label_ in ((vote_a, "a"), (vote_b, "b"), (vote_tie, "tie")):
-            button.click(on_vote(label_), [item_id, reason], view, **private)
+            button.click(on_vote(label_), [item_id, reason], view, **events)
         for position, button in enumerate(rank_buttons):
-            button.click(on_rank(position), [item_id, positions], [ranking, positions], **private)
-        rank_undo.click(on_undo, [positions], [ranking, positions], **private)
-        rank_submit.click(on_submit, [item_id, positions, reason], view, **private)
-        skip.click(on_skip, [item_id], view, **private)
+            button.click(on_place(position), [item_id], [ranking], trigger_mode="multiple", **events)
+        rank_undo.click(on_unplace, [item_id], [ranking], trigger_mode="multiple", **events)
+        rank_submit.click(on_submit, [item_id, reason], view, **events)
+        skip.click(on_skip, [item_id], view, **events)
     return page
 
 

@@ -52,14 +52,14 @@ class SampleReport:
     short: int
     """Prompts written with fewer than K (but at least 2) different responses."""
     dropped: int
-    """Prompts left out: the model gave the same response every time."""
+    """Prompts left out: the model gave the same (or an empty) response every time."""
 
     def __str__(self) -> str:
         text = f"{self.written + self.short} of {self.prompts} prompts written"
         if self.short:
             text += f"; {self.short} with fewer different responses than asked"
         if self.dropped:
-            text += f"; {self.dropped} left out (every sample was the same text)"
+            text += f"; {self.dropped} left out (every sample was the same text, or empty)"
         return text
 
 
@@ -101,16 +101,23 @@ def _item_from(record, name: str, number: int) -> CandidateItem:
     if not isinstance(record, dict):
         raise CandidatesError(name, f"a record must be a JSON object, not {type(record).__name__}", row=number)
     prompt = record.get("prompt")
+    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        raise CandidatesError(name, "missing" if prompt is None else "empty", row=number, field="prompt")
     if not isinstance(prompt, str):
-        problem = "missing" if prompt is None else f"must be text, not {type(prompt).__name__}"
-        raise CandidatesError(name, problem, row=number, field="prompt")
+        raise CandidatesError(name, f"must be text, not {type(prompt).__name__}", row=number, field="prompt")
     responses = record.get("responses")
     if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
         problem = "missing" if responses is None else "must be a list of texts"
         raise CandidatesError(name, problem, row=number, field="responses")
-    if len(set(responses)) < 2 or len(set(responses)) != len(responses):
+    if any(not text.strip() for text in responses):
+        blank = next(i for i, text in enumerate(responses) if not text.strip())
+        raise CandidatesError(
+            name, f"response {blank} is empty: there is nothing to judge", row=number, field="responses"
+        )
+    different = len({text.strip() for text in responses})
+    if different < 2 or different != len(responses):
         problem = "needs at least 2 responses, all different" + (
-            "" if len(responses) < 2 else f" (got {len(responses)}, {len(set(responses))} different)"
+            "" if len(responses) < 2 else f" (got {len(responses)}, {different} different apart from spacing)"
         )
         raise CandidatesError(name, problem, row=number, field="responses")
     given = record.get("id")
@@ -166,7 +173,8 @@ def sample_candidates(
                 hydra, [prompts[i] for i, _ in chunk], sampling, [int(seeds[attempt, i, k]) for i, k in chunk], 1
             )
             for (i, _), text in zip(chunk, rollout.responses, strict=True):
-                if text not in found[i] and len(found[i]) < n:
+                # An empty response leaves nothing to judge; two that differ only in spacing look the same.
+                if text.strip() and text.strip() not in {t.strip() for t in found[i]} and len(found[i]) < n:
                     found[i].append(text)
 
     settings = asdict(sampling) | {"seed": seed}

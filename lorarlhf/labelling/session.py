@@ -40,6 +40,16 @@ def check_annotator(name) -> str:
     return name.strip()
 
 
+def labelled(items: list[CandidateItem], votes: list[dict]) -> set[str]:
+    """The ids of the items these votes judge: same id, prompt and responses (an edited item is a new one)."""
+    seen = {(vote.get("item"), vote.get("prompt"), vote.get("a"), vote.get("b")) for vote in votes}
+    return {
+        item.id
+        for item in items
+        if any((item.id, item.prompt, a, b) in seen for a in item.responses for b in item.responses if a != b)
+    }
+
+
 class LabellingSession:
     """Thread-safe: the page's requests may arrive on several server threads, from several tabs."""
 
@@ -51,8 +61,9 @@ class LabellingSession:
         self.annotator = check_annotator(annotator)
         self.shuffle = shuffle
         self._by_id = {item.id: item for item in self.items}
-        self._done = log.labelled_by(self.annotator) & set(self._by_id)
+        self._done = labelled(self.items, log.votes_of(self.annotator))
         self._skipped: set[str] = set()
+        self._drafts: dict[str, list[int]] = {}  # rankings being entered, one position per key press
         self._lock = threading.Lock()
 
     @property
@@ -110,6 +121,35 @@ class LabellingSession:
             self._record(shown, ranking_votes(shown.item, order, self.annotator, reason))
             return True
 
+    def place(self, item_id: str, position: int) -> list[int]:
+        """Put the response at display position `position` next in the item's ranking draft; return the draft.
+
+        The draft lives here, not in the page, so quick key presses are never lost to a stale page state.
+        When one response is left it takes the last place."""
+        with self._lock:
+            count = len(self.shown(item_id).order)
+            draft = self._drafts.setdefault(item_id, [])
+            if 0 <= position < count and position not in draft:
+                draft.append(position)
+                if len(draft) == count - 1:
+                    draft += [p for p in range(count) if p not in draft]
+            return list(draft)
+
+    def unplace(self, item_id: str) -> list[int]:
+        """Take the last placed response out of the draft (the auto-filled last place goes with it)."""
+        with self._lock:
+            count = len(self.shown(item_id).order)
+            draft = self._drafts.get(item_id, [])
+            if len(draft) == count and count > 2:
+                del draft[-2:]  # the auto-filled last place goes with the place before it
+            elif draft:
+                draft.pop()
+            return list(draft)
+
+    def draft(self, item_id: str) -> list[int]:
+        with self._lock:
+            return list(self._drafts.get(item_id, []))
+
     def skip(self, item_id: str) -> None:
         """Leave the item for later: it comes back after the others, and after a restart."""
         with self._lock:
@@ -124,3 +164,4 @@ class LabellingSession:
         self.log.append(records)  # on disk before the item counts as done
         self._done.add(shown.item.id)
         self._skipped.discard(shown.item.id)
+        self._drafts.pop(shown.item.id, None)

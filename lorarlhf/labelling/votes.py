@@ -86,7 +86,8 @@ class VoteLog:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             if _ends_without_newline(fd):  # a line cut short earlier stays one bad line, not two
                 payload = b"\n" + payload
-            os.write(fd, payload)
+            while payload:
+                payload = payload[os.write(fd, payload) :]
             os.fsync(fd)
         finally:
             os.close(fd)  # closing releases the lock
@@ -110,14 +111,14 @@ class VoteLog:
                     problems.append(VoteLogProblem(number, line.rstrip("\n")))
         return records, problems
 
-    def labelled_by(self, annotator: str) -> set[str]:
-        """The item ids this annotator has voted on."""
+    def votes_of(self, annotator: str) -> list[dict]:
+        """This annotator's vote records; a line that cannot be read is reported and left as it is."""
         records, problems = self.read()
         for problem in problems:
             logger.warning(
                 "%s, line %d is not a vote record; it is left as it is: %.80s", self.path, problem.line, problem.text
             )
-        return {record["item"] for record in records if record.get("annotators") == [annotator] and "item" in record}
+        return [record for record in records if record.get("annotators") == [annotator]]
 
 
 def _ends_without_newline(fd: int) -> bool:
