@@ -448,6 +448,18 @@ def test_label_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "votes.jsonl").exists()
 
 
+def test_guidelines_are_a_file_the_text_itself_or_sensible_defaults(tmp_path):
+    from lorarlhf.labelling.app import DEFAULT_GUIDELINES, _guidelines_text
+
+    rules = tmp_path / "rules.md"
+    rules.write_text("# Our rules\nShorter is better.")
+    assert _guidelines_text(str(rules)) == "# Our rules\nShorter is better."
+    assert _guidelines_text("Prefer answers that cite rules.md") == "Prefer answers that cite rules.md"
+    assert _guidelines_text(None) == DEFAULT_GUIDELINES and "--guidelines FILE" in DEFAULT_GUIDELINES
+    with pytest.raises(FileNotFoundError, match="guidelines file missing.md does not exist"):
+        _guidelines_text("missing.md")
+
+
 def test_a_votes_file_trains_with_align(tiny_model_dir, tmp_path):
     from lorarlhf import align
 

@@ -119,6 +119,7 @@ def label(
     again after a crash, continues at this annotator's first unlabelled item. Several annotators can label
     into one `out`, each with their own server.
     guidelines: Markdown (or a path to a .md/.txt file) shown above the items: what makes an answer better.
+        None shows general default guidelines.
     host: 127.0.0.1 serves this machine only; give 0.0.0.0 to let others on the network reach the page.
     allow_hosts: more host names the page may be reached by (e.g. a LAN name), when host is not loopback.
     port: None takes the first free port from 7860. inline: show the page in the notebook (None: when in
@@ -172,10 +173,18 @@ def _middleware(hosts, frame_ancestors: str):
     return Middleware(RequestGuard, hosts=hosts, frame_ancestors=frame_ancestors)
 
 
+DEFAULT_GUIDELINES = """Prefer the response that **answers the prompt** best: correct first, then helpful and clear,
+then polite. Judge what is written, not its length. If neither is better, or both are equally bad, choose **tie**;
+if you cannot judge (you do not know the answer), **skip**. Write a short reason when the choice was hard.
+
+*These are the default guidelines: write your own in a .md file and pass `--guidelines FILE`, so every
+annotator judges by the same rules.*"""
+
+
 def _guidelines_text(guidelines: str | None) -> str:
     """Guidelines are a file's path or the text itself; one word ending in .md or .txt is a path."""
     if guidelines is None:
-        return ""
+        return DEFAULT_GUIDELINES
     one_line = "\n" not in guidelines
     if one_line and Path(guidelines).is_file():
         return Path(guidelines).read_text(encoding="utf-8")
