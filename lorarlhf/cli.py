@@ -223,8 +223,15 @@ def _label(args) -> int:
 def _agreement(args) -> int:
     from lorarlhf.data import vote_agreement
 
+    if args.plot and Path(args.plot).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.plot} exists; choose another --plot, or add --overwrite to replace it")
     report = vote_agreement(args.votes)
     print(format_agreement(args.votes, report))
+    if args.plot:
+        from lorarlhf.plots import plot_annotator_agreement
+
+        written = plot_annotator_agreement(report, args.plot)
+        print(f"\nwrote {written}" if written else "\nno plot: no two named annotators voted on a common item")
     return 0
 
 
@@ -397,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         "agreement", help="inter-annotator agreement of a votes file, and the items people disagree on most"
     )
     agreement.add_argument("votes", help="a votes file (from `lorarlhf label`) or any data with vote records")
+    agreement.add_argument("--plot", default=None, metavar="FILE.png", help="also draw how each two annotators agree")
+    agreement.add_argument("--overwrite", action="store_true", help="replace --plot if it exists")
     agreement.set_defaults(run=_agreement)
 
     options = commands.add_parser("options", help="list a method's options, defaults and what they do")

@@ -45,6 +45,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,18 @@ class AnnotatorAgreement:
 
 
 @dataclass(frozen=True)
+class AnnotatorPair:
+    """Two named annotators over the items both voted on."""
+
+    first: str
+    second: str
+    shared: int
+    """Items both voted on."""
+    agreement: float
+    """Fraction of those items where their votes match."""
+
+
+@dataclass(frozen=True)
 class AgreementReport:
     """How much the annotators of vote records agreed (categories a / b / tie)."""
 
@@ -153,6 +166,8 @@ class AgreementReport:
     """Up to 5 items with the most even split, most disputed first; unanimous items never appear."""
     per_annotator: tuple[AnnotatorAgreement, ...] = ()
     """Named annotators in alphabetical order."""
+    annotator_pairs: tuple[AnnotatorPair, ...] = ()
+    """Every two named annotators who voted on a common item, in alphabetical order."""
 
     def __str__(self) -> str:
         if self.fleiss_kappa is None and self.mean_pairwise_agreement is None:
@@ -960,6 +975,7 @@ def _agreement(items: list[_VoteItem]) -> AgreementReport:
         ]
     return AgreementReport(
         per_annotator=_per_annotator(items),
+        annotator_pairs=_annotator_pairs(items),
         fleiss_kappa=kappa,
         mean_pairwise_agreement=mean_agreement,
         items=len(items),
@@ -987,6 +1003,21 @@ def _per_annotator(items: list[_VoteItem]) -> tuple[AnnotatorAgreement, ...]:
     return tuple(
         AnnotatorAgreement(name, votes[name], compared[name], agreed[name] / compared[name] if compared[name] else None)
         for name in sorted(votes)
+    )
+
+
+def _annotator_pairs(items: list[_VoteItem]) -> tuple[AnnotatorPair, ...]:
+    """How often each two named annotators agree on the items both voted on (one vote each per item)."""
+    shared: dict[tuple[str, str], list[bool]] = {}
+    for item in items:
+        named = dict(
+            (name, label) for name, label in zip(item.annotators or (), item.labels, strict=False) if name is not None
+        )
+        for first, second in combinations(sorted(named), 2):
+            shared.setdefault((first, second), []).append(named[first] == named[second])
+    return tuple(
+        AnnotatorPair(first, second, len(matches), sum(matches) / len(matches))
+        for (first, second), matches in sorted(shared.items())
     )
 
 

@@ -1,7 +1,9 @@
-"""The training curves of a run as one PNG: a row per stage, a panel per metric worth watching.
+"""Pictures worth looking at, as PNG files.
 
-Read from the records align() writes to metrics.jsonl, so a finished run (or one still going) can be
-plotted again with `plot_training_curves(read_metrics(dir), path)`.
+The training curves of a run: a row per stage, a panel per metric worth watching, read from the records
+align() writes to metrics.jsonl, so a finished run (or one still going) can be plotted again with
+`plot_training_curves(read_metrics(dir), path)`. And how annotators agree, two by two
+(`plot_annotator_agreement`): the first place to look when a reward model learns little from votes.
 """
 
 from __future__ import annotations
@@ -71,3 +73,42 @@ def _smooth(values, window_fraction: float = 0.1) -> list[float]:
     """A trailing moving average over ~10% of the points, so the trend shows through batch noise."""
     window = max(1, round(len(values) * window_fraction))
     return [sum(values[max(0, i + 1 - window) : i + 1]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
+
+
+def plot_annotator_agreement(report, path: str | Path) -> Path | None:
+    """Write a matrix of how often each two annotators agree (an AgreementReport's annotator_pairs) to `path`.
+
+    None when fewer than two annotators share an item."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not report.annotator_pairs:
+        return None
+    names = sorted({name for pair in report.annotator_pairs for name in (pair.first, pair.second)})
+    index = {name: i for i, name in enumerate(names)}
+    agreement = np.full((len(names), len(names)), np.nan)
+    shared = np.zeros((len(names), len(names)), dtype=int)
+    for pair in report.annotator_pairs:
+        for i, j in ((index[pair.first], index[pair.second]), (index[pair.second], index[pair.first])):
+            agreement[i, j], shared[i, j] = pair.agreement, pair.shared
+    size = 1.6 + 0.9 * len(names)
+    figure, axis = plt.subplots(figsize=(size + 1.5, size), layout="constrained")
+    image = axis.imshow(np.ma.masked_invalid(agreement), vmin=0, vmax=1, cmap="viridis")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if shared[i, j]:
+                color = "black" if agreement[i, j] > 0.6 else "white"
+                axis.text(j, i, f"{agreement[i, j]:.2f}\n{shared[i, j]} items", ha="center", va="center", color=color)
+    labels = [name if len(name) <= 16 else name[:15] + "…" for name in names]
+    axis.set_xticks(range(len(names)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), labels)
+    figure.colorbar(image, ax=axis, label="share of shared items with the same vote")
+    kappa = "undefined" if report.fleiss_kappa is None else f"{report.fleiss_kappa:.2f}"
+    axis.set_title(f"annotators' agreement (Fleiss' kappa {kappa})")
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -356,6 +356,12 @@ def test_per_annotator_agreement_by_hand():
         ("cy", 2, 3, 0.0),
         ("dee", 1, 0, None),
     ]
+    # Two by two, over the items both voted on: ann-bob agree on p; ann-cy on neither p nor q; bob-cy differ.
+    assert [(p.first, p.second, p.shared, p.agreement) for p in report.annotator_pairs] == [
+        ("ann", "bob", 1, 1.0),
+        ("ann", "cy", 2, 0.0),
+        ("bob", "cy", 1, 0.0),
+    ]
     with pytest.raises(ValueError, match="no vote records"):
         vote_agreement([{"prompt": "p", "chosen": "x", "rejected": "y"}])
 
@@ -432,6 +438,14 @@ def test_sample_and_agreement_from_the_command_line(tiny_model_dir, tmp_path, ca
     assert "ann                           2  0.50 of 2" in printed
     assert "row 1: a 1 / b 1 / tie 0 (agreement 0.00)" in printed
     assert "\x1b" not in printed  # model text is quoted: no terminal escape gets through
+
+    assert main(["agreement", str(votes), "--plot", str(tmp_path / "agreement.png")]) == 0
+    assert (tmp_path / "agreement.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["agreement", str(votes), "--plot", str(tmp_path / "agreement.png")]) == 2
+    assert "agreement.png exists" in capsys.readouterr().err
+    alone = write_jsonl(tmp_path / "alone.jsonl", [{"prompt": "p", "a": "x", "b": "y", "votes": ["a"]}])
+    assert main(["agreement", str(alone), "--plot", str(tmp_path / "alone.png")]) == 0
+    assert "no plot: no two named annotators" in capsys.readouterr().out and not (tmp_path / "alone.png").exists()
 
 
 def test_label_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
