@@ -483,7 +483,7 @@ def _load_dataset(name: str, split: str) -> Iterator[tuple[int, object]]:
 def _read_file(path: Path) -> Iterator[tuple[int, object]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path)
+        return read_jsonl(path)
     if suffix == ".json":
         return _read_json(path)
     if suffix == ".csv":
@@ -500,20 +500,20 @@ def _read_file(path: Path) -> Iterator[tuple[int, object]]:
     )
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, object]]:
-    """Rows are line numbers, so an error points at the line; blank lines hold no record."""
+def read_jsonl(path: Path, *, error=PreferenceDataError) -> Iterator[tuple[int, object]]:
+    """(line number, record) per non-blank line; a line that is not UTF-8 JSON raises `error` naming it."""
     with path.open("rb") as lines:  # bytes: only b"\n" ends a line, and a bad byte is named by its line
         for number, raw in enumerate(lines, 1):
             try:
                 line = raw.decode("utf-8-sig")  # -sig: a byte-order mark some editors write is not data
-            except UnicodeDecodeError as error:
-                raise PreferenceDataError(path.name, f"not UTF-8 text ({error})", row=number) from error
+            except UnicodeDecodeError as problem:
+                raise error(path.name, f"not UTF-8 text ({problem})", row=number) from problem
             if not line.strip():
                 continue
             try:
                 yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PreferenceDataError(path.name, f"not valid JSON ({error})", row=number) from error
+            except json.JSONDecodeError as problem:
+                raise error(path.name, f"not valid JSON ({problem})", row=number) from problem
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, object]]:
@@ -973,9 +973,10 @@ def _agreement(items: list[_VoteItem]) -> AgreementReport:
             for i in order[:_MOST_DISPUTED]
             if per_item[i] < 1
         ]
+    pairs = _annotator_pairs(items)
     return AgreementReport(
-        per_annotator=_per_annotator(items),
-        annotator_pairs=_annotator_pairs(items),
+        per_annotator=_per_annotator(items, pairs),
+        annotator_pairs=pairs,
         fleiss_kappa=kappa,
         mean_pairwise_agreement=mean_agreement,
         items=len(items),
@@ -986,20 +987,18 @@ def _agreement(items: list[_VoteItem]) -> AgreementReport:
     )
 
 
-def _per_annotator(items: list[_VoteItem]) -> tuple[AnnotatorAgreement, ...]:
-    """Each named annotator's votes and how often they match another annotator's vote on the same item."""
+def _per_annotator(items: list[_VoteItem], pairs: tuple[AnnotatorPair, ...]) -> tuple[AnnotatorAgreement, ...]:
+    """Each named annotator's votes, and how often another annotator voted the same on the same item."""
     votes: dict[str, int] = {}
-    agreed: dict[str, int] = {}
-    compared: dict[str, int] = {}
     for item in items:
-        if item.annotators is None:
-            continue
-        named = [(name, label) for name, label in zip(item.annotators, item.labels, strict=True) if name is not None]
-        for name, label in named:
-            votes[name] = votes.get(name, 0) + 1
-            others = [other for other_name, other in named if other_name != name]
-            compared[name] = compared.get(name, 0) + len(others)
-            agreed[name] = agreed.get(name, 0) + sum(other == label for other in others)
+        for name in item.annotators or ():
+            if name is not None:
+                votes[name] = votes.get(name, 0) + 1
+    compared, agreed = dict.fromkeys(votes, 0), dict.fromkeys(votes, 0)
+    for pair in pairs:
+        for name in (pair.first, pair.second):
+            compared[name] += pair.shared
+            agreed[name] += round(pair.agreement * pair.shared)  # the count of matching items
     return tuple(
         AnnotatorAgreement(name, votes[name], compared[name], agreed[name] / compared[name] if compared[name] else None)
         for name in sorted(votes)

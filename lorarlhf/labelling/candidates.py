@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorarlhf.data import PreferenceDataError, load_prompts
+from lorarlhf.data import PreferenceDataError, load_prompts, read_jsonl
 from lorarlhf.hydra import HydraModel, resolve_model
 from lorarlhf.rollout import SamplingConfig, generate_in_pieces
 
@@ -77,21 +77,14 @@ def read_candidates(path) -> list[CandidateItem]:
         raise CandidatesError(name, f"no such file: {path}")
     items: list[CandidateItem] = []
     rows_of_id: dict[str, int] = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CandidatesError(name, f"not valid JSON ({error.msg})", row=number) from None
-            item = _item_from(record, name, number)
-            if item.id in rows_of_id:
-                raise CandidatesError(
-                    name, f"id {item.id!r} is already used by row {rows_of_id[item.id]}", row=number, field="id"
-                )
-            rows_of_id[item.id] = number
-            items.append(item)
+    for number, record in read_jsonl(path, error=CandidatesError):
+        item = _item_from(record, name, number)
+        if item.id in rows_of_id:
+            raise CandidatesError(
+                name, f"id {item.id!r} is already used by row {rows_of_id[item.id]}", row=number, field="id"
+            )
+        rows_of_id[item.id] = number
+        items.append(item)
     if not items:
         raise CandidatesError(name, "no candidates: the file is empty")
     return items
