@@ -46,7 +46,7 @@ def make_model_dir(path: Path, shape: dict) -> Path:
     """A random-weight causal LM of `shape` in bf16 and the tiny byte-level tokenizer (its ids fit any vocab)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lorarlhf.tiny import build_tiny_tokenizer
+    from lorarlhf.model.tiny import build_tiny_tokenizer
 
     if (path / "config.json").exists():
         return path
@@ -70,11 +70,9 @@ def length_reward(prompts, responses):
 
 def run_method(model_dir: Path, method: str, args, device: str) -> dict:
     from lorarlhf import HydraModel
-    from lorarlhf.grpo_config import GRPOConfig
-    from lorarlhf.grpo_trainer import train_grpo
+    from lorarlhf.methods.grpo import GRPOConfig, train_grpo
+    from lorarlhf.methods.ppo import PPOConfig, train_ppo
     from lorarlhf.pipeline import fit_to_card
-    from lorarlhf.ppo_config import PPOConfig
-    from lorarlhf.ppo_trainer import train_ppo
 
     roles = ("actor", "critic", "reward") if method == "ppo" else ("actor", "reward")
     hydra = HydraModel.from_pretrained(
@@ -115,11 +113,10 @@ def run_classic_ppo(model_dir: Path, args, device: str, grad_accumulation: int) 
     from functools import partial
 
     from lorarlhf import HydraModel
-    from lorarlhf.ppo_config import PPOConfig
-    from lorarlhf.ppo_trainer import state_values
-    from lorarlhf.rl_loop import PhaseTimer, in_chunks, last_token_scores, rows_of, sampling_of
-    from lorarlhf.rl_losses import clipped_policy_loss, clipped_value_loss, gae, masked_whiten
-    from lorarlhf.rollout import generate_rollout
+    from lorarlhf.methods.ppo import PPOConfig, state_values
+    from lorarlhf.training.rl_loop import PhaseTimer, in_chunks, last_token_scores, rows_of, sampling_of
+    from lorarlhf.training.rl_losses import clipped_policy_loss, clipped_value_loss, gae, masked_whiten
+    from lorarlhf.training.rollout import generate_rollout
 
     load = partial(HydraModel.from_pretrained, model_dir, quantize="nf4", lora_r=16, device=device)
     actor, critic = (

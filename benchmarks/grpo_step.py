@@ -38,8 +38,7 @@ def make_prompts(n: int) -> list[str]:
 
 def run_ours(model_dir, args, device, quantize=None):
     from lorarlhf import HydraModel
-    from lorarlhf.grpo_config import GRPOConfig
-    from lorarlhf.grpo_trainer import train_grpo
+    from lorarlhf.methods.grpo import GRPOConfig, train_grpo
 
     hydra = HydraModel.from_pretrained(
         model_dir, quantize=quantize, lora_r=16, lora_alpha=32, device=device, gradient_checkpointing=True

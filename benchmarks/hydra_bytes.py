@@ -19,8 +19,8 @@ from device_info import device_name
 from transformers import LlamaForCausalLM
 
 from lorarlhf import HydraModel
-from lorarlhf.memory import module_bytes
-from lorarlhf.tiny import build_tiny_tokenizer, tiny_llama_config
+from lorarlhf.model.memory import module_bytes
+from lorarlhf.model.tiny import build_tiny_tokenizer, tiny_llama_config
 
 SHAPES = {
     "tiny": {},

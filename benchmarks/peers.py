@@ -27,7 +27,7 @@ def make_model_dir(path: Path, shape: dict) -> Path:
     """A randomly initialised Llama of `shape` and the tiny byte-level tokenizer, saved like a hub checkpoint."""
     from transformers import LlamaForCausalLM
 
-    from lorarlhf.tiny import build_tiny_tokenizer, tiny_llama_config
+    from lorarlhf.model.tiny import build_tiny_tokenizer, tiny_llama_config
 
     torch.manual_seed(0)
     LlamaForCausalLM(tiny_llama_config(**shape)).save_pretrained(path)

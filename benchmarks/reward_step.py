@@ -52,8 +52,7 @@ def make_records(n: int, length: int, seed: int = 0) -> list[dict]:
 def run_ours(model_dir, records, batch_size, steps, warmup, device):
     from lorarlhf import HydraModel
     from lorarlhf.data import load_preferences
-    from lorarlhf.reward_config import RewardConfig
-    from lorarlhf.reward_trainer import train_reward_model
+    from lorarlhf.methods.reward import RewardConfig, train_reward_model
 
     hydra = HydraModel.from_pretrained(
         model_dir, quantize=None, lora_r=16, lora_alpha=32, device=device, gradient_checkpointing=True

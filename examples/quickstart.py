@@ -10,7 +10,7 @@ import tempfile
 import torch
 
 from lorarlhf import HydraModel
-from lorarlhf.tiny import save_tiny_model
+from lorarlhf.model.tiny import save_tiny_model
 
 
 def main(model: str | None) -> None:

@@ -31,7 +31,7 @@ from lorarlhf.demo.world import (
     prompt_product,
     word_tokenizer,
 )
-from lorarlhf.tokenization import encode_prompt_response
+from lorarlhf.model.tokenization import encode_prompt_response
 
 
 def demo_config(vocab_size: int) -> LlamaConfig:

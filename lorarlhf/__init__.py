@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AlignResult": "lorarlhf.pipeline",
-    "HydraModel": "lorarlhf.hydra",
-    "LoraSettings": "lorarlhf.lora",
+    "HydraModel": "lorarlhf.model.hydra",
+    "LoraSettings": "lorarlhf.model.lora",
     "PreferencePair": "lorarlhf.data",
     "align": "lorarlhf.pipeline",
     "label": "lorarlhf.labelling",

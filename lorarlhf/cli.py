@@ -34,7 +34,7 @@ def _info(args) -> int:
 
 
 def _tiny_model(args) -> int:
-    from lorarlhf.tiny import save_tiny_model
+    from lorarlhf.model.tiny import save_tiny_model
 
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()):
@@ -48,8 +48,8 @@ def _tiny_model(args) -> int:
 def _score(args) -> int:
     import torch
 
-    from lorarlhf.checkpoint import MANIFEST
-    from lorarlhf.hydra import HydraModel
+    from lorarlhf.model.hydra import HydraModel
+    from lorarlhf.model.saving import MANIFEST
 
     source = Path(args.model)
     if (source / MANIFEST).is_file():
@@ -74,7 +74,7 @@ def _align(args) -> int:
     result = align(
         args.model, args.data, method=args.method, output_dir=args.output_dir, reward_fn=reward_fn, **overrides
     )
-    from lorarlhf import distributed
+    from lorarlhf.training import distributed
 
     if not distributed.is_main():  # under a launcher, the first process reports
         return 0
@@ -86,7 +86,7 @@ def _align(args) -> int:
 
 def _overrides(config_cls, method: str, assignments: list[str]) -> dict:
     """--set key=value pairs as typed config values; a malformed pair or an unknown key is a clear error."""
-    from lorarlhf.config import parse_option
+    from lorarlhf.training.config import parse_option
 
     overrides = {}
     for assignment in assignments:
@@ -127,8 +127,8 @@ def _options(args) -> int:
     """Every option of a method, its default and what it does: the same dataclass align() validates with."""
     from dataclasses import MISSING, fields
 
-    from lorarlhf.config import option_docs
     from lorarlhf.pipeline import CONFIGS
+    from lorarlhf.training.config import option_docs
 
     config_cls = CONFIGS[args.method]
     docs = option_docs(config_cls)
@@ -176,7 +176,7 @@ def _plan(args) -> int:
 
 def _sample(args) -> int:
     from lorarlhf.labelling import sample_candidates
-    from lorarlhf.rollout import SamplingConfig
+    from lorarlhf.training.rollout import SamplingConfig
 
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k

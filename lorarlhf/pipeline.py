@@ -27,27 +27,22 @@ from pathlib import Path
 
 import torch
 
-from lorarlhf import distributed
-from lorarlhf.checkpoint import ADAPTERS, MANIFEST, load_weights
 from lorarlhf.data import PreferencePair, _open_source, load_preferences, load_prompts, split_eval
-from lorarlhf.demonstrations import Demonstration, load_demonstrations, winners
-from lorarlhf.dpo_config import DPOConfig
-from lorarlhf.dpo_trainer import train_dpo
-from lorarlhf.export import export_merged
-from lorarlhf.grpo_config import GRPOConfig
-from lorarlhf.grpo_trainer import train_grpo
-from lorarlhf.hydra import HydraModel, resolve_model
-from lorarlhf.loading import load_tokenizer
-from lorarlhf.memory import peak_memory_gb
+from lorarlhf.data.demonstrations import Demonstration, load_demonstrations, winners
+from lorarlhf.methods.dpo import DPOConfig, train_dpo
+from lorarlhf.methods.grpo import GRPOConfig, train_grpo
+from lorarlhf.methods.ppo import PPOConfig, train_ppo
+from lorarlhf.methods.reward import RewardConfig, train_reward_model
+from lorarlhf.methods.sft import SFTConfig, train_sft
+from lorarlhf.model.export import export_merged
+from lorarlhf.model.hydra import HydraModel, resolve_model
+from lorarlhf.model.loading import load_tokenizer
+from lorarlhf.model.memory import peak_memory_gb
+from lorarlhf.model.saving import ADAPTERS, MANIFEST, load_weights
 from lorarlhf.planner import MemoryPlan, plan
 from lorarlhf.plots import plot_training_curves, read_metrics
-from lorarlhf.ppo_config import PPOConfig
-from lorarlhf.ppo_trainer import train_ppo
-from lorarlhf.resume import CHECKPOINTS, RunCheckpoints
-from lorarlhf.reward_config import RewardConfig
-from lorarlhf.reward_trainer import train_reward_model
-from lorarlhf.sft_config import SFTConfig
-from lorarlhf.sft_trainer import train_sft
+from lorarlhf.training import distributed
+from lorarlhf.training.checkpoints import CHECKPOINTS, RunCheckpoints
 
 CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "dpo": DPOConfig, "rm": RewardConfig, "sft": SFTConfig}
 METHODS = tuple(CONFIGS)

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 
-from lorarlhf.tiny import save_tiny_model
+from lorarlhf.model.tiny import save_tiny_model
 
 # Tiny matmuls on a 2-core machine spend more time waking OpenMP threads than computing:
 # one thread is ~100x faster here, and results do not depend on thread scheduling.

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lorarlhf import HydraModel, distributed
+from lorarlhf import HydraModel
 from lorarlhf.data import PreferencePair
+from lorarlhf.training import distributed
 
 
 def run_align(model_dir: str, out_dir: str, batch_size: int, resume: bool) -> None:
@@ -59,30 +60,25 @@ def main() -> None:
 
     pairs = [PreferencePair(f"Question {i}:", f"{w} yes", f"{w} no") for i, w in enumerate(["cat", "sky"] * 8)]
     if method == "dpo":
-        from lorarlhf.dpo_config import DPOConfig
-        from lorarlhf.dpo_trainer import train_dpo
+        from lorarlhf.methods.dpo import DPOConfig, train_dpo
 
         config = DPOConfig(steps=4, batch_size=batch_size, lr=1e-2, gradient_checkpointing=False)
         train_dpo(hydra, pairs, config, on_step=on_step, progress=False)
     elif method == "rm":
-        from lorarlhf.reward_config import RewardConfig
-        from lorarlhf.reward_trainer import train_reward_model
+        from lorarlhf.methods.reward import RewardConfig, train_reward_model
 
         config = RewardConfig(steps=4, batch_size=batch_size, lr=1e-2, gradient_checkpointing=False)
         train_reward_model(hydra, pairs, config, on_step=on_step, progress=False)
     elif method == "sft":
-        from lorarlhf.demonstrations import Demonstration
-        from lorarlhf.sft_config import SFTConfig
-        from lorarlhf.sft_trainer import train_sft
+        from lorarlhf.data.demonstrations import Demonstration
+        from lorarlhf.methods.sft import SFTConfig, train_sft
 
         demos = [Demonstration(p.prompt, p.chosen) for p in pairs]
         config = SFTConfig(steps=4, batch_size=batch_size, lr=1e-2, gradient_checkpointing=False)
         train_sft(hydra, demos, config, on_step=on_step, progress=False)
     else:
-        from lorarlhf.grpo_config import GRPOConfig
-        from lorarlhf.grpo_trainer import train_grpo
-        from lorarlhf.ppo_config import PPOConfig
-        from lorarlhf.ppo_trainer import train_ppo
+        from lorarlhf.methods.grpo import GRPOConfig, train_grpo
+        from lorarlhf.methods.ppo import PPOConfig, train_ppo
 
         def lowercase(prompts, responses):
             return [sum(c.islower() for c in r) / max(len(r), 1) for r in responses]

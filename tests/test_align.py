@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 import lorarlhf
 from lorarlhf import HydraModel
 from lorarlhf.data import PreferenceDataError, PreferencePair, load_preferences
-from lorarlhf.demonstrations import Demonstration, load_demonstrations, winners
-from lorarlhf.tiny import save_tiny_model
+from lorarlhf.data.demonstrations import Demonstration, load_demonstrations, winners
+from lorarlhf.model.tiny import save_tiny_model
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "blue", "sky"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

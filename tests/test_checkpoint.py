@@ -10,7 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lorarlhf import HydraModel
-from lorarlhf.tiny import save_tiny_model
+from lorarlhf.model.tiny import save_tiny_model
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
@@ -156,7 +156,7 @@ def test_saving_again_replaces_the_previous_save_and_keeps_other_files(tiny_mode
 
 
 def test_a_failed_save_leaves_the_previous_run_whole(tiny_model_dir, pairs, tmp_path, monkeypatch):
-    import lorarlhf.checkpoint as checkpoint
+    import lorarlhf.model.saving as checkpoint
 
     run = tmp_path / "run"
     first = build(tiny_model_dir)

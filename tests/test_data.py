@@ -2,7 +2,7 @@
 
 Independent references: pair sets written out by hand, Fleiss' kappa from its published worked example
 (Wikipedia) and from a hand computation, Bradley-Terry strengths from exact expected win counts, and the
-token counts of lorarlhf.tokenization for the max_length rule.
+token counts of lorarlhf.model.tokenization for the max_length rule.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def triples(pairs):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from lorarlhf.tiny import build_tiny_tokenizer
+    from lorarlhf.model.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
@@ -192,7 +192,7 @@ def test_conversational_records_from_every_format(fmt, tmp_path, request):
 
 def test_message_prompts_use_the_chat_template_when_the_tokenizer_has_one(tokenizer):
     assert not tokenizer.chat_template  # the fallback rendering is what the other tests see
-    from lorarlhf.tiny import build_tiny_tokenizer
+    from lorarlhf.model.tiny import build_tiny_tokenizer
 
     with_template = build_tiny_tokenizer()  # a fresh one: the shared fixture keeps no template
     with_template.chat_template = CHAT_TEMPLATE
@@ -321,7 +321,7 @@ def test_duplicates_are_dropped_and_the_report_says_what_happened(caplog):
 
 
 def test_too_long_pairs_are_dropped_by_the_shared_tokenization_rule(tokenizer):
-    from lorarlhf.tokenization import encode_prompt_response
+    from lorarlhf.model.tokenization import encode_prompt_response
 
     records = [
         {"prompt": "abc", "chosen": "xyz", "rejected": "q"},  # longest: 1 BOS + 3 + 3 + 1 EOS = 8 tokens

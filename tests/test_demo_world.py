@@ -104,7 +104,7 @@ def test_tokenizer_covers_and_round_trips_the_corpus(tokenizer):
     for prompt, review in corpus(300, seed=0):
         prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         review_ids = tokenizer(review, add_special_tokens=False)["input_ids"]
-        # lorarlhf.tokenization's rule: the prompt carries <s>, the response is its words alone.
+        # lorarlhf.model.tokenization's rule: the prompt carries <s>, the response is its words alone.
         assert prompt_ids[0] == tokenizer.bos_token_id and len(prompt_ids) == 1 + len(prompt.split())
         assert len(review_ids) == len(review.split())
         assert tokenizer.unk_token_id not in prompt_ids + review_ids

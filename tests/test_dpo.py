@@ -10,8 +10,7 @@ import torch
 import lorarlhf
 from lorarlhf import HydraModel
 from lorarlhf.data import PreferencePair
-from lorarlhf.dpo_config import DPOConfig
-from lorarlhf.dpo_trainer import pair_logprobs, reference_logprobs, train_dpo
+from lorarlhf.methods.dpo import DPOConfig, pair_logprobs, reference_logprobs, train_dpo
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "blue", "sky"]
 

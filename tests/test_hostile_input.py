@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from lorarlhf.config import CommonConfig
 from lorarlhf.data import PreferenceDataError, load_preferences, load_prompts
-from lorarlhf.demonstrations import load_demonstrations
+from lorarlhf.data.demonstrations import load_demonstrations
+from lorarlhf.model.tiny import build_tiny_tokenizer
 from lorarlhf.pipeline import CONFIGS
-from lorarlhf.tiny import build_tiny_tokenizer
+from lorarlhf.training.config import CommonConfig
 
 FIELDS = ["prompt", "chosen", "rejected", "responses", "ranks", "ranking", "scores", "a", "b", "votes"]
 FIELDS += ["annotators", "completion", "response", "messages", "utility", "junk"]

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from lorarlhf import HydraModel
-from lorarlhf.loading import load_base_model
-from lorarlhf.memory import module_bytes
+from lorarlhf.model.loading import load_base_model
+from lorarlhf.model.memory import module_bytes
 
 
 def build(path, quantize="nf4", **kwargs):
@@ -321,7 +321,7 @@ def test_rescaled_lm_head_folds_into_the_temperature(tmp_path, pairs):
     """Granite divides its logits by logits_scaling after the LM head: log-probs must still match transformers."""
     from transformers import GraniteConfig, GraniteForCausalLM
 
-    from lorarlhf.tiny import build_tiny_tokenizer, tiny_llama_config
+    from lorarlhf.model.tiny import build_tiny_tokenizer, tiny_llama_config
 
     fields = tiny_llama_config().to_dict()
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -354,14 +354,14 @@ def test_left_padded_rows_score_like_unpadded_ones(tmp_path, architecture):
     """Rollouts are left-padded: positions must count real tokens (rotary and absolute embeddings alike)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lorarlhf.tiny import build_tiny_tokenizer
+    from lorarlhf.model.tiny import build_tiny_tokenizer
 
     if architecture == "gpt2":
         GPT2LMHeadModel(GPT2Config(vocab_size=259, n_embd=32, n_layer=2, n_head=2)).save_pretrained(tmp_path)
         build_tiny_tokenizer().save_pretrained(tmp_path)
         path = tmp_path
     else:
-        from lorarlhf.tiny import save_tiny_model
+        from lorarlhf.model.tiny import save_tiny_model
 
         path = save_tiny_model(tmp_path)
     hydra = build(path, quantize=None)
@@ -388,7 +388,7 @@ def test_fresh_hydra_is_in_eval_mode_and_generation_restores_each_modules_mode(t
 @pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16)])
 def test_gpu_compute_dtype_follows_the_card(monkeypatch, capability, expected):
     """A T4 (sm_75) gets fp16: bf16 there is emulated. Ampere and newer get bf16."""
-    from lorarlhf.loading import resolve_dtype
+    from lorarlhf.model.loading import resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_dtype(None, torch.device("cuda")) == expected

@@ -26,7 +26,7 @@ from lorarlhf.labelling import (
 from lorarlhf.labelling.candidates import item_id
 from lorarlhf.labelling.guard import allowed_hosts, refusal
 from lorarlhf.labelling.votes import pair_votes, ranking_votes
-from lorarlhf.rollout import SamplingConfig
+from lorarlhf.training.rollout import SamplingConfig
 
 
 def write_jsonl(path, records):
@@ -275,8 +275,8 @@ def test_an_item_edited_under_the_same_id_is_labelled_again(tmp_path):
 
 
 def test_the_pairs_of_one_ranking_stay_one_record_for_winners_and_the_listwise_loss(tmp_path):
-    from lorarlhf.demonstrations import winners
-    from lorarlhf.reward_trainer import rankings_of
+    from lorarlhf.data.demonstrations import winners
+    from lorarlhf.methods.reward import rankings_of
 
     log = VoteLog(tmp_path / "votes.jsonl")
     for annotator in ("ann", "bob"):

@@ -12,7 +12,7 @@ import torch
 from transformers import T5Config
 
 from lorarlhf import HydraModel
-from lorarlhf.loading import check_source, resolve_dtype
+from lorarlhf.model.loading import check_source, resolve_dtype
 
 
 def test_unsupported_quantize_lists_the_choices(tiny_model_dir):
@@ -90,7 +90,7 @@ def test_selected_target_modules_and_roles(tiny_model_dir):
 
 
 def test_tokenizer_without_pad_token_pads_with_eos(tmp_path):
-    from lorarlhf.tiny import save_tiny_model
+    from lorarlhf.model.tiny import save_tiny_model
 
     path = save_tiny_model(tmp_path / "m")
     config = (path / "tokenizer_config.json").read_text()

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lorarlhf.losses import (
+from lorarlhf.training.losses import (
     bradley_terry_loss,
     linear_utility_loss,
     plackett_luce_loss,
@@ -92,7 +92,7 @@ def test_plackett_luce_probabilities_sum_to_one_over_all_orders():
 
 
 def test_dpo_hand_computed_and_label_smoothing():
-    from lorarlhf.losses import dpo_log_ratio_margin, dpo_loss
+    from lorarlhf.training.losses import dpo_log_ratio_margin, dpo_loss
 
     margin = dpo_log_ratio_margin(
         torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5])
@@ -105,14 +105,14 @@ def test_dpo_hand_computed_and_label_smoothing():
 
 
 def test_ipo_regresses_the_margin_to_one_over_two_beta():
-    from lorarlhf.losses import ipo_loss
+    from lorarlhf.training.losses import ipo_loss
 
     assert ipo_loss(torch.tensor([5.0]), beta=0.1).item() == pytest.approx(0.0)
     assert ipo_loss(torch.tensor([3.0, 7.0]), beta=0.1).item() == pytest.approx(4.0)
 
 
 def test_cpl_hand_computed_and_reduces_to_a_logistic_on_scaled_log_probs():
-    from lorarlhf.losses import cpl_loss
+    from lorarlhf.training.losses import cpl_loss
 
     chosen, rejected = torch.tensor([-4.0]), torch.tensor([-6.0])
     # softplus(0.5 * 0.1 * -6 - 0.1 * -4) = log(1 + exp(-0.3 + 0.4))

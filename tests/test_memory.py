@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorarlhf.loading import load_base_model
-from lorarlhf.memory import module_bytes, parameter_bytes, tensors_bytes
+from lorarlhf.model.loading import load_base_model
+from lorarlhf.model.memory import module_bytes, parameter_bytes, tensors_bytes
 
 
 def test_tied_and_repeated_tensors_count_once():

@@ -8,14 +8,11 @@ import torch
 
 from lorarlhf import HydraModel
 from lorarlhf.data import PreferencePair
-from lorarlhf.demonstrations import Demonstration
-from lorarlhf.dpo_config import DPOConfig
-from lorarlhf.dpo_trainer import train_dpo
-from lorarlhf.reward_config import RewardConfig
-from lorarlhf.reward_trainer import train_reward_model
-from lorarlhf.sft_config import SFTConfig
-from lorarlhf.sft_trainer import train_sft
-from lorarlhf.training import NonFiniteError
+from lorarlhf.data.demonstrations import Demonstration
+from lorarlhf.methods.dpo import DPOConfig, train_dpo
+from lorarlhf.methods.reward import RewardConfig, train_reward_model
+from lorarlhf.methods.sft import SFTConfig, train_sft
+from lorarlhf.training.supervised_loop import NonFiniteError
 
 PAIRS = [PreferencePair(f"Question {i}:", "cat yes", "cat no") for i in range(8)]
 DEMOS = [Demonstration(f"Question {i}:", "cat yes") for i in range(8)]

@@ -10,18 +10,13 @@ import torch
 
 from lorarlhf import HydraModel
 from lorarlhf.data import PreferencePair
-from lorarlhf.demonstrations import Demonstration
-from lorarlhf.dpo_config import DPOConfig
-from lorarlhf.dpo_trainer import train_dpo
-from lorarlhf.grpo_config import GRPOConfig
-from lorarlhf.grpo_trainer import train_grpo
-from lorarlhf.ppo_config import PPOConfig
-from lorarlhf.ppo_trainer import train_ppo
-from lorarlhf.reward_config import RewardConfig
-from lorarlhf.reward_trainer import train_reward_model
-from lorarlhf.sft_config import SFTConfig
-from lorarlhf.sft_trainer import train_sft
-from lorarlhf.tiny import save_tiny_model
+from lorarlhf.data.demonstrations import Demonstration
+from lorarlhf.methods.dpo import DPOConfig, train_dpo
+from lorarlhf.methods.grpo import GRPOConfig, train_grpo
+from lorarlhf.methods.ppo import PPOConfig, train_ppo
+from lorarlhf.methods.reward import RewardConfig, train_reward_model
+from lorarlhf.methods.sft import SFTConfig, train_sft
+from lorarlhf.model.tiny import save_tiny_model
 
 PROMPTS = [f"Say something {i}:" for i in range(8)]
 

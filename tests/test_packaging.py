@@ -58,7 +58,7 @@ def test_console_script_is_installed(tmp_path):
 def test_run_from_the_repository_root_the_folder_is_not_the_hub_kernels_package():
     """From the repo root, kernels/ is importable by name; transformers must still see no `kernels` package."""
     out = run_python(
-        "import lorarlhf.hydra; from transformers.utils import is_kernels_available; "
+        "import lorarlhf.model.hydra; from transformers.utils import is_kernels_available; "
         "import lorarlhf.kernels as k; print(is_kernels_available(), callable(k.fused_linear_logprobs))",
         cwd=REPO,
     )

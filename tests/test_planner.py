@@ -70,7 +70,7 @@ def test_bad_arguments_are_named():
 
 
 def test_align_raises_grad_accumulation_to_fit_a_small_card(tiny_model_dir):
-    from lorarlhf.grpo_config import GRPOConfig
+    from lorarlhf.methods.grpo import GRPOConfig
     from lorarlhf.pipeline import fit_to_card
 
     hydra = HydraModel.from_pretrained(tiny_model_dir, quantize="nf4", device="cpu", lora_r=4, roles=("actor",))

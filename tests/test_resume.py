@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import lorarlhf
-from lorarlhf.resume import CHECKPOINTS, RunCheckpoints, load_optimizer_state, optimizer_state
+from lorarlhf.training.checkpoints import CHECKPOINTS, RunCheckpoints, load_optimizer_state, optimizer_state
 
 TIMING = ("rl/tokens_per_s", "peak_memory_gb")  # wall-clock measurements: the only fields that may differ
 

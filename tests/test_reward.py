@@ -11,8 +11,8 @@ import torch
 import lorarlhf
 from lorarlhf import HydraModel
 from lorarlhf.data import PreferencePair
-from lorarlhf.reward_config import RewardConfig
-from lorarlhf.reward_trainer import (
+from lorarlhf.methods.reward import (
+    RewardConfig,
     expected_calibration_error,
     pair_rewards,
     rankings_of,
@@ -117,8 +117,8 @@ def test_listwise_objective_learns_rankings(tiny_model_dir):
 
 def test_prompt_aware_utility_routes_closed_prompts_to_the_linear_utility():
     """Song et al. (2023): pairs of closed-ended prompts get U(x) = x on bounded rewards, the others log-sigmoid."""
-    from lorarlhf.losses import bradley_terry_loss, linear_utility_loss
-    from lorarlhf.reward_trainer import _pairwise_loss
+    from lorarlhf.methods.reward import _pairwise_loss
+    from lorarlhf.training.losses import bradley_terry_loss, linear_utility_loss
 
     pairs = [
         PreferencePair("2+2?", "4", "5", utility="closed"),

@@ -11,13 +11,11 @@ import torch
 
 import lorarlhf
 from lorarlhf import HydraModel
-from lorarlhf.grpo_config import GRPOConfig
-from lorarlhf.grpo_trainer import train_grpo
-from lorarlhf.ppo_config import PPOConfig
-from lorarlhf.ppo_trainer import train_ppo
-from lorarlhf.rewards import NonFiniteReward, reward_functions, score_rollout
-from lorarlhf.rollout import SamplingConfig, generate_rollout
-from lorarlhf.tiny import save_tiny_model
+from lorarlhf.methods.grpo import GRPOConfig, train_grpo
+from lorarlhf.methods.ppo import PPOConfig, train_ppo
+from lorarlhf.model.tiny import save_tiny_model
+from lorarlhf.training.rewards import NonFiniteReward, reward_functions, score_rollout
+from lorarlhf.training.rollout import SamplingConfig, generate_rollout
 
 PROMPTS = [f"Say something {i}:" for i in range(16)]
 

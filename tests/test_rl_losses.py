@@ -8,7 +8,7 @@ import pytest
 import torch
 from lorarlhf.kernels import token_kl
 
-from lorarlhf.rl_losses import (
+from lorarlhf.training.rl_losses import (
     AdaptiveKLController,
     FixedKLController,
     clipped_policy_loss,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorarlhf.tiny import build_tiny_tokenizer
-from lorarlhf.tokenization import encode_prompt_response, encode_prompts_left_padded
+from lorarlhf.model.tiny import build_tiny_tokenizer
+from lorarlhf.model.tokenization import encode_prompt_response, encode_prompts_left_padded
 
 
 @pytest.fixture(scope="module")

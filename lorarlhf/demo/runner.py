@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lorarlhf.demo.world import PROMPTS, gold_sentiment, is_well_formed, prompt_product, sample_review, simulated_votes
-from lorarlhf.rollout import SamplingConfig, generate_rollout
+from lorarlhf.training.rollout import SamplingConfig, generate_rollout
 
 # The demo's settings: small batches of short reviews, so the loop runs in minutes on 2 CPU cores.
 DEMO_SETTINGS = dict(

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from lorarlhf.data import PreferenceDataError, load_prompts, read_jsonl
-from lorarlhf.hydra import HydraModel, resolve_model
-from lorarlhf.rollout import SamplingConfig, generate_in_pieces
+from lorarlhf.model.hydra import HydraModel, resolve_model
+from lorarlhf.training.rollout import SamplingConfig, generate_in_pieces
 
 logger = logging.getLogger("lorarlhf.labelling")
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from lorarlhf import distributed
+from lorarlhf.training import distributed
 
-log = logging.getLogger("lorarlhf.training")
+log = logging.getLogger("lorarlhf.training.supervised_loop")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lorarlhf.checkpoint import ADAPTERS
+from lorarlhf.model.saving import ADAPTERS
 
 
 def export_merged(
@@ -27,7 +27,7 @@ def export_merged(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorarlhf.checkpoint import TOKENIZER, read_manifest
+    from lorarlhf.model.saving import TOKENIZER, read_manifest
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     manifest = read_manifest(run_dir)

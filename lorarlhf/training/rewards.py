@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from lorarlhf.rollout import Rollout
+from lorarlhf.training.rollout import Rollout
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 NORMALIZE = ("none", "batch")  # validated by RLConfig.reward_normalize

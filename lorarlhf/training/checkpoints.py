@@ -3,7 +3,7 @@
 A run with save_every=N writes output_dir/checkpoints/step-NNNNNN/ every N optimizer steps (numbered across
 the run's stages), each a complete picture of where training stands:
 
-    hydra.json, heads.safetensors, adapters/, tokenizer/   every role's weights (lorarlhf.checkpoint's layout)
+    hydra.json, heads.safetensors, adapters/, tokenizer/   every role's weights (lorarlhf.model.saving's layout)
     optimizer.safetensors                                  AdamW moments and step counts (tensors only)
     rng.safetensors                                        torch CPU and CUDA generator states
     state.json                                             stage and step, the trainer's loop state (data order,
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from lorarlhf import distributed
-from lorarlhf.checkpoint import ADAPTER_WEIGHTS, ADAPTERS, HEADS, _load_tensors, read_manifest
-from lorarlhf.training import rng_state_from_json, rng_state_to_json
+from lorarlhf.model.saving import ADAPTER_WEIGHTS, ADAPTERS, HEADS, _load_tensors, read_manifest
+from lorarlhf.training import distributed
+from lorarlhf.training.supervised_loop import rng_state_from_json, rng_state_to_json
 
-log = logging.getLogger("lorarlhf.resume")
+log = logging.getLogger("lorarlhf.training.checkpoints")
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"

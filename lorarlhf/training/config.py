@@ -14,7 +14,7 @@ import math
 import textwrap
 from dataclasses import asdict, dataclass, fields
 
-from lorarlhf.loading import QUANTIZE_CHOICES
+from lorarlhf.model.loading import QUANTIZE_CHOICES
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -169,7 +169,7 @@ class SFTStageOptions:
 
     def sft_stage_config(self):
         """The SFTConfig of the pre-stage: this run's shared settings with the stage's own steps and lr."""
-        from lorarlhf.sft_config import SFTConfig
+        from lorarlhf.methods.sft import SFTConfig
 
         shared = ("batch_size", "seed", "quantize", "lora_r", "lora_alpha", "max_length", "eval_fraction")
         shared += ("gradient_checkpointing", "max_grad_norm", "weight_decay", "grad_accumulation", "max_skipped_steps")

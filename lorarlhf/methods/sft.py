@@ -17,13 +17,20 @@ policy's KL is measured to the model it started from, not to the bare base.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from lorarlhf.demonstrations import Demonstration
-from lorarlhf.sft_config import SFTConfig
-from lorarlhf.training import StageRun, SupervisedLoop, sliced_backward
+from lorarlhf.data.demonstrations import Demonstration
+from lorarlhf.training.config import CommonConfig
+from lorarlhf.training.supervised_loop import StageRun, SupervisedLoop, sliced_backward
+
+
+@dataclass
+class SFTConfig(CommonConfig):
+    lr: float = 2e-4
+    """AdamW learning rate of the sft adapter."""
 
 
 def train_sft(
@@ -38,7 +45,7 @@ def train_sft(
 ) -> StageRun:
     """Train the sft adapter (added when missing) on `train_demos`; the actor then starts from it.
 
-    checkpoints: a lorarlhf.resume.StageCheckpoints to save through and resume from."""
+    checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through and resume from."""
     if not train_demos:
         raise ValueError("no training demonstrations: SFT needs at least one (prompt, completion)")
     if "sft" not in hydra.adapters:

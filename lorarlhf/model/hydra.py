@@ -25,10 +25,9 @@ from peft import get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from lorarlhf.checkpoint import MANIFEST, load_hydra, save_hydra
-from lorarlhf.heads import HEAD_ROLES, ScalarHead, gather_last_token
 from lorarlhf.kernels import fused_linear_kl, fused_linear_logprobs
-from lorarlhf.loading import (
+from lorarlhf.model.heads import HEAD_ROLES, ScalarHead, gather_last_token
+from lorarlhf.model.loading import (
     check_quantize,
     check_source,
     load_base_model,
@@ -37,9 +36,10 @@ from lorarlhf.loading import (
     resolve_device,
     resolve_dtype,
 )
-from lorarlhf.lora import LoraSettings
-from lorarlhf.memory import parameter_bytes
-from lorarlhf.tokenization import TokenizedBatch, encode_prompt_response, encode_prompts_left_padded
+from lorarlhf.model.lora import LoraSettings
+from lorarlhf.model.memory import parameter_bytes
+from lorarlhf.model.saving import MANIFEST, load_hydra, save_hydra
+from lorarlhf.model.tokenization import TokenizedBatch, encode_prompt_response, encode_prompts_left_padded
 
 ADAPTER_ROLES = ("sft", "actor", "critic", "reward")
 ROLES = ("reference", *ADAPTER_ROLES)

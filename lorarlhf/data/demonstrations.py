@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from lorarlhf.data import PreferenceDataError, PreferencePair, _open_source, _render_prompt, _Row, load_preferences
 
-logger = logging.getLogger("lorarlhf.demonstrations")
+logger = logging.getLogger("lorarlhf.data.demonstrations")
 
 COMPLETION_FIELDS = ("completion", "response")
 
@@ -92,7 +92,7 @@ def _parse(row: _Row) -> Demonstration:
 
 def _fit(demos: list[Demonstration], name: str, tokenizer, max_length: int | None) -> list[Demonstration]:
     if max_length is not None and tokenizer is not None:
-        # The rule of lorarlhf.tokenization: prompt with special tokens, completion without, then EOS.
+        # The rule of lorarlhf.model.tokenization: prompt with special tokens, completion without, then EOS.
         def length(demo: Demonstration) -> int:
             prompt = tokenizer(demo.prompt)["input_ids"]
             return len(prompt) + len(tokenizer(demo.completion, add_special_tokens=False)["input_ids"]) + 1

@@ -19,15 +19,16 @@ penalty to the reference inside the loss.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from tqdm.auto import tqdm
 
-from lorarlhf import distributed
-from lorarlhf.grpo_config import GRPOConfig
-from lorarlhf.rewards import reward_functions
-from lorarlhf.rl_loop import (
+from lorarlhf.training import distributed
+from lorarlhf.training.config import RLConfig, _is_number, _positive_int
+from lorarlhf.training.rewards import reward_functions
+from lorarlhf.training.rl_loop import (
     PhaseTimer,
     PromptStream,
     collect,
@@ -39,10 +40,48 @@ from lorarlhf.rl_loop import (
     rows_of,
     sampling_of,
 )
-from lorarlhf.rl_losses import group_advantages, grpo_policy_loss, masked_mean
-from lorarlhf.training import NonFiniteGuard, OutOfMemoryBackoff, StageRun, make_optimizer, synced_step
+from lorarlhf.training.rl_losses import LOSS_TYPES, group_advantages, grpo_policy_loss, masked_mean
+from lorarlhf.training.supervised_loop import NonFiniteGuard, OutOfMemoryBackoff, StageRun, make_optimizer, synced_step
 
 log = logging.getLogger("lorarlhf.grpo")
+
+
+@dataclass
+class GRPOConfig(RLConfig):
+    kl_coef: float = 0.04
+    """beta: weight of the k3 KL to the reference in the loss (DeepSeekMath uses 0.04)."""
+    group_size: int = 8
+    """Responses sampled per prompt; advantages are normalised within each prompt's group."""
+    scale_rewards: bool = True
+    """Divide group-centred rewards by the group's std (GRPO); False keeps only the centring (Dr. GRPO)."""
+    clip: float = 0.2
+    """Ratio clipping epsilon."""
+    num_iterations: int = 1
+    """Passes over each rollout batch (1: on-policy, the ratio is 1 at the first pass)."""
+    num_minibatches: int = 1
+    """Minibatches each rollout batch is cut into per pass; each is one optimizer step."""
+    loss_type: str = "sequence"
+    """"sequence": mean over each response's tokens, then over responses (GRPO). "token": mean over all
+    tokens of the batch (DAPO / Dr. GRPO), so long responses are not down-weighted."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("group_size", "num_iterations", "num_minibatches"):
+            _positive_int(self, name)
+        if self.group_size < 2:
+            raise ValueError(f"group_size={self.group_size} must be >= 2: advantages compare samples of a prompt")
+        if not _is_number(self.clip) or self.clip <= 0:
+            raise ValueError(f"clip={self.clip!r} must be a positive number")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is not supported; choose one of {LOSS_TYPES}")
+        if not isinstance(self.scale_rewards, bool):
+            raise ValueError(f"scale_rewards={self.scale_rewards!r} must be True or False")
+        samples = self.batch_size * self.group_size
+        if samples % self.num_minibatches or (samples // self.num_minibatches) % self.grad_accumulation:
+            raise ValueError(
+                f"batch_size x group_size = {samples} samples must split into num_minibatches={self.num_minibatches}"
+                f" minibatches of a multiple of grad_accumulation={self.grad_accumulation}"
+            )
 
 
 def train_grpo(
@@ -50,7 +89,7 @@ def train_grpo(
 ) -> StageRun:
     """Run GRPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role.
 
-    checkpoints: a lorarlhf.resume.StageCheckpoints to save through (between rollouts) and resume from."""
+    checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through (between rollouts) and resume from."""
     functions = reward_functions(reward_fn)
     if not functions and "reward" not in hydra.roles:
         raise ValueError("GRPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")

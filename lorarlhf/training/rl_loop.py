@@ -14,11 +14,11 @@ from functools import partial
 
 import torch
 
-from lorarlhf.memory import peak_memory_gb
-from lorarlhf.rewards import NonFiniteReward, score_rollout
-from lorarlhf.rollout import Rollout, SamplingConfig, generate_in_pieces
-from lorarlhf.tokenization import TokenizedBatch
-from lorarlhf.training import rng_state_from_json, rng_state_to_json
+from lorarlhf.model.memory import peak_memory_gb
+from lorarlhf.model.tokenization import TokenizedBatch
+from lorarlhf.training.rewards import NonFiniteReward, score_rollout
+from lorarlhf.training.rollout import Rollout, SamplingConfig, generate_in_pieces
+from lorarlhf.training.supervised_loop import rng_state_from_json, rng_state_to_json
 
 log = logging.getLogger("lorarlhf.rl")
 

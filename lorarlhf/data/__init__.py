@@ -239,7 +239,7 @@ def load_preferences(
     score_margin: give ratings pairs margin = score gap.
     tokenizer: renders message prompts with its chat template; with max_length, counts tokens.
     max_length: drop (and count as "too_long") a pair whose prompt + either response is longer, counted by
-    the rule of lorarlhf.tokenization: prompt tokens + response tokens + EOS.
+    the rule of lorarlhf.model.tokenization: prompt tokens + response tokens + EOS.
     """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate={aggregate!r} is not an aggregation; choose one of {AGGREGATIONS}")
@@ -1042,7 +1042,7 @@ def _drop_duplicates_and_long(
     response_tokens: dict[str, int] = {}
 
     def length(prompt: str, response: str) -> int:
-        # The rule of lorarlhf.tokenization: prompt with special tokens, response without, then EOS.
+        # The rule of lorarlhf.model.tokenization: prompt with special tokens, response without, then EOS.
         if prompt not in prompt_tokens:
             prompt_tokens[prompt] = len(tokenizer(prompt)["input_ids"])
         if response not in response_tokens:

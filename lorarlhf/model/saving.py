@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import cached_file
 
-from lorarlhf.loading import (
+from lorarlhf.model.loading import (
     DTYPE_NAMES,
     check_quantize,
     check_source,
@@ -38,7 +38,7 @@ from lorarlhf.loading import (
     resolve_device,
     resolve_dtype,
 )
-from lorarlhf.lora import LoraSettings
+from lorarlhf.model.lora import LoraSettings
 
 MANIFEST = "hydra.json"
 HEADS = "heads.safetensors"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lorarlhf.tokenization import TokenizedBatch, encode_prompts_left_padded
+from lorarlhf.model.tokenization import TokenizedBatch, encode_prompts_left_padded
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""The Hydra: one frozen base model, loaded and quantized once, with a LoRA adapter and head per role.
+
+Loading and quantization, LoRA settings, scalar heads, the one tokenization rule, saving and loading a Hydra,
+export of the actor merged into the base, and byte counting. Knows no data format and no training method.
+"""
