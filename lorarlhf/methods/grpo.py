@@ -18,32 +18,17 @@ penalty to the reference inside the loss.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import partial
 
-import torch
-from tqdm.auto import tqdm
-
-from lorarlhf.training import distributed
 from lorarlhf.training.config import RLConfig, _is_number, _positive_int
-from lorarlhf.training.rewards import reward_functions
 from lorarlhf.training.rl_loop import (
-    PhaseTimer,
-    PromptStream,
-    collect,
-    final_metrics,
-    fit_prompts,
+    RLLoop,
     in_chunks,
-    mean_stats,
-    rollout_record,
     rows_of,
-    sampling_of,
 )
 from lorarlhf.training.rl_losses import LOSS_TYPES, group_advantages, grpo_policy_loss, masked_mean
-from lorarlhf.training.supervised_loop import NonFiniteGuard, OutOfMemoryBackoff, StageRun, make_optimizer, synced_step
-
-log = logging.getLogger("lorarlhf.grpo")
+from lorarlhf.training.supervised_loop import StageRun
 
 
 @dataclass
@@ -89,134 +74,49 @@ def train_grpo(
 ) -> StageRun:
     """Run GRPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role.
 
-    checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through (between rollouts) and resume from."""
-    functions = reward_functions(reward_fn)
-    if not functions and "reward" not in hydra.roles:
-        raise ValueError("GRPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")
-    hydra.disable_dropout()
-    torch.manual_seed(config.seed)
-    prompts = fit_prompts(hydra.tokenizer, prompts, config)
-    stream = PromptStream(prompts, config.seed)
-    sampling = sampling_of(config)
+    checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through (between rollouts) and resume
+    from."""
     params = hydra.trainable_parameters("actor")
-    optimizer, schedule = make_optimizer(params, config)
-    run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
-    backoff = OutOfMemoryBackoff("rl")
-    if checkpoints is not None and (state := checkpoints.restore(optimizer)) is not None:
-        stream.load_state_dict(state["stream"])
-        guard.load_state_dict(state["guard"])
-        schedule.load_state_dict(state["schedule"])
-        run.history, steps = state["history"], state["step"]
-    bar = tqdm(total=config.steps, initial=steps, desc="grpo", disable=not progress or not distributed.is_main())
+    loop = RLLoop("grpo", hydra, prompts, params, config, reward_fn=reward_fn, group_size=config.group_size,
+                  on_step=on_step, progress=progress, checkpoints=checkpoints)  # fmt: skip
 
-    while steps < config.steps:
-        steps_before = steps
-        timer = PhaseTimer()
-        samples, seeds = stream.next(config.batch_size, repeats=config.group_size)
-        samples, seeds = distributed.shard(samples, config.group_size), distributed.shard(seeds, config.group_size)
-        rollout, rewards = collect(hydra, samples, seeds, sampling, functions, config, timer, backoff)
-        if rewards is None:
-            guard.skip(f"a reward was NaN or infinite in the rollout after step {steps}")
-            continue
-        raw_scores, scores = rewards
-        advantages = group_advantages(scores, config.group_size, scale_by_std=config.scale_rewards)  # (B*G,)
-        batch = rollout.batch()
-        mask = batch.response_mask  # (B*G, T)
+    for scored in loop:  # B prompts x G samples each, as B*G rows
+        batch, mask = scored.batch, scored.mask  # (B*G, T)
+        advantages = group_advantages(scored.rewards, config.group_size, scale_by_std=config.scale_rewards)  # (B*G,)
+        ref_logp, old_logp, old_entropy = loop.scoring_passes(partial(_scoring_passes, hydra, batch, config))
 
-        with timer("reference"), torch.no_grad():  # in grad_accumulation chunks, like the updates
-            ref_logp, old_logp, old_entropy = backoff.run(
-                partial(_scoring_passes, hydra, batch, config), "the reference and rollout-policy passes"
-            )  # (B, T) each
+        with loop.training():
+            for minibatch in loop.minibatches(config.num_iterations, config.num_minibatches):
+                loss_of = partial(_policy_loss, hydra, batch, old_logp, ref_logp, advantages, config)
+                loop.update(minibatch, loss_of, per_token=config.loss_type == "token")
 
-        stats = []
-        with timer("train"), hydra.train_mode():
-            for _ in range(config.num_iterations):
-                for minibatch in torch.randperm(len(samples)).chunk(config.num_minibatches):
-                    update = partial(_update, hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp,
-                                     advantages, config)  # fmt: skip
-                    step_stats = backoff.run(update, "the update")
-                    if step_stats is None:
-                        guard.skip(f"the loss or a gradient was not finite at step {steps + 1}")
-                        continue
-                    guard.ok()
-                    stats.append(step_stats)
-                    steps += 1
-                    schedule.step()
-                    bar.update(1)
-                    if steps >= config.steps:
-                        break
-                if steps >= config.steps:
-                    break
-
-        sequence_kl = ((old_logp - ref_logp) * mask).sum(dim=1).mean().item()  # k1, per sequence
-        record = {
-            "step": steps,
-            **rollout_record(rollout, raw_scores, scores, timer),
-            "rl/kl": sequence_kl,
-            "rl/lr": schedule.get_last_lr()[0],
+        loop.log({
+            "rl/kl": ((old_logp - ref_logp) * mask).sum(dim=1).mean().item(),  # k1, per sequence
             "rl/advantage_abs": advantages.abs().mean().item(),
             "rl/entropy": masked_mean(old_entropy, mask).item(),
-            **mean_stats(stats),
-        }
-        record = distributed.mean_record(record)
-        run.history.append(record)
-        bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{sequence_kl:.3f}")
-        if on_step is not None:
-            on_step(record)
-        if checkpoints is not None and checkpoints.due(steps, steps_before):
-            state = {
-                "stream": stream.state_dict(),
-                "history": run.history,
-                "guard": guard.state_dict(),
-                "schedule": schedule.state_dict(),
-            }
-            checkpoints.save(steps, hydra, optimizer, state)
-    bar.close()
-    run.metrics = {**final_metrics(run.history), **guard.metrics()}
-    return run
+        })  # fmt: skip
+    return loop.finish()
 
 
-def _scoring_passes(hydra, batch, config: GRPOConfig, smaller: int = 1):
-    """Reference log-probs, rollout-policy log-probs and entropy, without autograd, in grad_accumulation x
-    `smaller` chunks."""
-    chunks, t, logprobs = config.grad_accumulation * smaller, config.temperature, hydra.token_logprobs
+def _scoring_passes(hydra, batch, config: GRPOConfig, chunks: int):
+    """Reference log-probs, rollout-policy log-probs and entropy, (B*G, T) each, in `chunks` row slices."""
+    t, logprobs = config.temperature, hydra.token_logprobs
     ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)
     old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
     return ref_logp, old_logp, old_entropy
 
 
-def _update(hydra, optimizer, params, batch, minibatch, mask, old_logp, ref_logp, advantages, config, smaller=1):
-    """One optimizer step on a minibatch, in grad_accumulation (x `smaller`) micro-batches; None if not finite."""
-    optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
-    finite = True
-    micro_batches = minibatch.chunk(config.grad_accumulation * smaller)
-    minibatch_tokens = mask[minibatch].sum().clamp_min(1)
-    for rows in micro_batches:
-        # Weight each micro-batch by its share of what the loss averages over (tokens, or sequences), so
-        # the accumulated gradient equals the one of the whole minibatch at once.
-        if config.loss_type == "token":
-            share = (mask[rows].sum() / minibatch_tokens).item()
-        else:
-            share = len(rows) / len(minibatch)
-        logp = hydra.token_logprobs(rows_of(batch, rows), role="actor", temperature=config.temperature)
-        loss, loss_stats = grpo_policy_loss(
-            logp,
-            old_logp[rows],
-            ref_logp[rows],
-            advantages[rows],
-            mask[rows],
-            clip=config.clip,
-            beta=config.kl_coef,
-            loss_type=config.loss_type,
-        )
-        if not torch.isfinite(loss):
-            log.warning("skipping an update: the loss is %s", loss.item())
-            finite = False
-            break
-        (loss * share).backward()
-        parts = {"rl/loss": loss.item(), **{f"rl/{k}": v for k, v in loss_stats.items()}}
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value * share
-    grad_norm = synced_step(optimizer, params, config.max_grad_norm, finite)  # averaged over processes
-    return None if grad_norm is None else {**totals, "rl/grad_norm": grad_norm}
+def _policy_loss(hydra, batch, old_logp, ref_logp, advantages, config: GRPOConfig, rows):
+    """The GRPO loss of the rollout's `rows` under the current actor, and its statistics."""
+    logp = hydra.token_logprobs(rows_of(batch, rows), role="actor", temperature=config.temperature)
+    loss, stats = grpo_policy_loss(
+        logp,
+        old_logp[rows],
+        ref_logp[rows],
+        advantages[rows],
+        batch.response_mask[rows],
+        clip=config.clip,
+        beta=config.kl_coef,
+        loss_type=config.loss_type,
+    )
+    return loss, {"rl/loss": loss.item(), **{f"rl/{k}": v for k, v in stats.items()}}

@@ -20,32 +20,22 @@ actor and critic are updated with PPO's clipped objectives (Schulman et al. 2017
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lorarlhf.kernels import token_kl
 from lorarlhf.model.hydra import CRITIC_MODES
 from lorarlhf.model.tokenization import TokenizedBatch
 from lorarlhf.training import distributed
 from lorarlhf.training.config import ESTIMATORS, RLConfig, _is_number, _positive_int
-from lorarlhf.training.rewards import reward_functions
 from lorarlhf.training.rl_loop import (
-    PhaseTimer,
-    PromptStream,
-    collect,
-    final_metrics,
-    fit_prompts,
+    RLLoop,
     in_chunks,
     last_token_scores,
-    mean_stats,
-    rollout_record,
     rows_of,
-    sampling_of,
     unique_params,
 )
 from lorarlhf.training.rl_losses import (
@@ -59,9 +49,7 @@ from lorarlhf.training.rl_losses import (
     masked_mean,
     masked_whiten,
 )
-from lorarlhf.training.supervised_loop import NonFiniteGuard, OutOfMemoryBackoff, StageRun, make_optimizer, synced_step
-
-log = logging.getLogger("lorarlhf.ppo")
+from lorarlhf.training.supervised_loop import StageRun
 
 
 @dataclass
@@ -136,10 +124,8 @@ def train_ppo(
 ) -> StageRun:
     """Run PPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role.
 
-    checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through (between rollouts) and resume from."""
-    functions = reward_functions(reward_fn)
-    if not functions and "reward" not in hydra.roles:
-        raise ValueError("PPO needs a reward: pass reward_fn, or a Hydra with a trained reward role")
+    checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through (between rollouts) and resume
+    from."""
     if "critic" not in hydra.roles:
         raise ValueError("PPO needs a critic role: build the Hydra with a 'critic' adapter or critic='shared'")
     if config.critic != hydra.critic_mode:
@@ -147,47 +133,23 @@ def train_ppo(
             f"config critic={config.critic!r} but the Hydra was built with critic={hydra.critic_mode!r}; "
             "build it with HydraModel.from_pretrained(..., critic=...) to match"
         )
-    hydra.disable_dropout()
-    torch.manual_seed(config.seed)
-    prompts = fit_prompts(hydra.tokenizer, prompts, config)
-    stream = PromptStream(prompts, config.seed)
-    sampling = sampling_of(config)
     kl_control = (
         AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         if config.adaptive_kl
         else FixedKLController(config.kl_coef)
     )
     params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
-    optimizer, schedule = make_optimizer(params, config)
-    run, steps, guard = StageRun(), 0, NonFiniteGuard("rl", config.max_skipped_steps)
-    backoff = OutOfMemoryBackoff("rl")
-    if checkpoints is not None and (state := checkpoints.restore(optimizer)) is not None:
-        stream.load_state_dict(state["stream"])
-        kl_control.load_state_dict(state["kl_control"])
-        guard.load_state_dict(state["guard"])
-        schedule.load_state_dict(state["schedule"])
-        run.history, steps = state["history"], state["step"]
-    bar = tqdm(total=config.steps, initial=steps, desc="ppo", disable=not progress or not distributed.is_main())
+    loop = RLLoop("ppo", hydra, prompts, params, config, reward_fn=reward_fn, state={"kl_control": kl_control},
+                  on_step=on_step, progress=progress, checkpoints=checkpoints)  # fmt: skip
 
-    while steps < config.steps:
-        steps_before = steps
-        timer = PhaseTimer()
-        batch_prompts, seeds = (distributed.shard(part) for part in stream.next(config.batch_size))
-        rollout, rewards = collect(hydra, batch_prompts, seeds, sampling, functions, config, timer, backoff)
-        if rewards is None:
-            guard.skip(f"a reward was NaN or infinite in the rollout after step {steps}")
-            continue
-        raw_scores, scores = rewards
-        batch = rollout.batch()
-        mask = batch.response_mask  # (B, T): the sampled tokens
-
-        with timer("reference"), torch.no_grad():  # in grad_accumulation chunks, like the updates
-            ref_logp, old_logp, old_entropy, old_values = backoff.run(
-                partial(_scoring_passes, hydra, batch, config), "the reference and rollout-policy passes"
-            )  # (B, T) each
+    for scored in loop:
+        batch, mask = scored.batch, scored.mask  # (B, T): mask marks the sampled tokens
+        ref_logp, old_logp, old_entropy, old_values = loop.scoring_passes(
+            partial(_scoring_passes, hydra, batch, config)
+        )  # (B, T) each
 
         kl = token_kl(old_logp, ref_logp, estimator=config.kl_estimator) * mask  # (B, T)
-        token_rewards = -kl_control.value * kl + last_token_scores(scores, mask)  # (B, T)
+        token_rewards = -kl_control.value * kl + last_token_scores(scored.rewards, mask)  # (B, T)
         advantages, returns = gae(token_rewards, old_values, mask, gamma=config.gamma, lam=config.lam)
         if config.whiten_advantages:
             advantages = (
@@ -196,107 +158,48 @@ def train_ppo(
                 else distributed.global_masked_whiten(advantages, mask)
             )
 
-        stats, stop = [], False
-        with timer("train"), hydra.train_mode():
-            for _ in range(config.ppo_epochs):
-                order = torch.randperm(len(batch_prompts))
-                for minibatch in order.chunk(config.num_minibatches):
-                    update = partial(_update, hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values,
-                                     advantages, returns, config)  # fmt: skip
-                    step_stats = backoff.run(update, "the update")
-                    if step_stats is None:  # non-finite loss or gradient: nothing was applied
-                        guard.skip(f"the loss or a gradient was not finite at step {steps + 1}")
-                        continue
-                    guard.ok()
-                    stats.append(step_stats)
-                    steps += 1
-                    schedule.step()
-                    bar.update(1)
-                    if config.target_kl is not None and step_stats["rl/approx_kl"] > 1.5 * config.target_kl:
-                        stop = True  # the policy moved too far from the rollout's: collect a fresh batch
-                    if stop or steps >= config.steps:
-                        break
-                if stop or steps >= config.steps:
-                    break
+        with loop.training():
+            for minibatch in loop.minibatches(config.ppo_epochs, config.num_minibatches):
+                loss_of = partial(_ppo_loss, hydra, batch, old_logp, old_values, advantages, returns, config)
+                stats = loop.update(minibatch, loss_of)
+                if stats and config.target_kl is not None and stats["rl/approx_kl"] > 1.5 * config.target_kl:
+                    break  # the policy moved too far from the rollout's: collect a fresh batch
 
         sequence_kl = distributed.mean(kl.sum(dim=1).mean().item())  # mean per-sequence KL, every process
-        kl_control.update(sequence_kl, len(batch_prompts))
-        record = {
-            "step": steps,
-            **rollout_record(rollout, raw_scores, scores, timer),
+        kl_control.update(sequence_kl, mask.shape[0])
+        loop.log({
             "rl/kl": sequence_kl,
-            "rl/lr": schedule.get_last_lr()[0],
             "rl/kl_coef": kl_control.value,
             "rl/entropy": masked_mean(old_entropy, mask).item(),
             "rl/explained_variance": explained_variance(old_values, returns, mask),
-            **mean_stats(stats),
-        }
-        record = distributed.mean_record(record)
-        run.history.append(record)
-        bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{sequence_kl:.3f}")
-        if on_step is not None:
-            on_step(record)
-        if checkpoints is not None and checkpoints.due(steps, steps_before):
-            state = {
-                "stream": stream.state_dict(),
-                "kl_control": kl_control.state_dict(),
-                "history": run.history,
-                "guard": guard.state_dict(),
-                "schedule": schedule.state_dict(),
-            }
-            checkpoints.save(steps, hydra, optimizer, state)
-    bar.close()
-    run.metrics = {**final_metrics(run.history), **guard.metrics()}
-    return run
+        })  # fmt: skip
+    return loop.finish()
 
 
-def _scoring_passes(hydra, batch, config: PPOConfig, smaller: int = 1):
-    """Reference log-probs, rollout-policy log-probs and entropy, and values of the rollout, without autograd,
-    in grad_accumulation x `smaller` chunks."""
-    chunks, t, logprobs = config.grad_accumulation * smaller, config.temperature, hydra.token_logprobs
+def _scoring_passes(hydra, batch, config: PPOConfig, chunks: int):
+    """Reference log-probs, rollout-policy log-probs and entropy, and values of the rollout, (B, T) each,
+    in `chunks` row slices."""
+    t, logprobs = config.temperature, hydra.token_logprobs
     ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)
     old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
     return ref_logp, old_logp, old_entropy, in_chunks(batch, chunks, partial(state_values, hydra))
 
 
-def _update(
-    hydra, optimizer, params, batch, minibatch, mask, old_logp, old_values, advantages, returns, config, smaller=1
-):
-    """One optimizer step on a minibatch, in grad_accumulation (x `smaller`) micro-batches; None if not finite."""
-    optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
-    finite = True
-    micro_batches = minibatch.chunk(config.grad_accumulation * smaller)
-    minibatch_tokens = mask[minibatch].sum().clamp_min(1)
-    for rows in micro_batches:
-        # The losses are token means; weighting each micro-batch by its share of the minibatch's tokens
-        # makes the accumulated gradient the token mean over the whole minibatch, whatever the lengths.
-        share = (mask[rows].sum() / minibatch_tokens).item()
-        sub = rows_of(batch, rows)
-        if config.ent_coef > 0:  # the entropy's gradient costs one more matmul: only when it is in the loss
-            logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature, return_entropy=True)
-        else:
-            logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature), None
-        values = state_values(hydra, sub)
-        pg_loss, pg_stats = clipped_policy_loss(logp, old_logp[rows], advantages[rows], mask[rows], clip=config.clip)
-        vf_loss = clipped_value_loss(values, old_values[rows], returns[rows], mask[rows], clip=config.value_clip)
-        loss = pg_loss + config.vf_coef * vf_loss
-        if entropy is not None:
-            loss = loss - config.ent_coef * entropy_bonus(entropy, mask[rows])
-        if not torch.isfinite(loss):
-            log.warning("skipping an update: the loss is %s", loss.item())
-            finite = False
-            break
-        (loss * share).backward()
-        parts = {
-            "rl/policy_loss": pg_loss.item(),
-            "rl/value_loss": vf_loss.item(),
-            **{f"rl/{k}": v for k, v in pg_stats.items()},
-        }
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value * share
-    grad_norm = synced_step(optimizer, params, config.max_grad_norm, finite)  # averaged over processes
-    return None if grad_norm is None else {**totals, "rl/grad_norm": grad_norm}
+def _ppo_loss(hydra, batch, old_logp, old_values, advantages, returns, config: PPOConfig, rows):
+    """Clipped policy loss + vf_coef x clipped value loss (- ent_coef x entropy) of the rollout's `rows`."""
+    sub, mask = rows_of(batch, rows), batch.response_mask[rows]
+    if config.ent_coef > 0:  # the entropy's gradient costs one more matmul: only when it is in the loss
+        logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature, return_entropy=True)
+    else:
+        logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature), None
+    values = state_values(hydra, sub)
+    pg_loss, pg_stats = clipped_policy_loss(logp, old_logp[rows], advantages[rows], mask, clip=config.clip)
+    vf_loss = clipped_value_loss(values, old_values[rows], returns[rows], mask, clip=config.value_clip)
+    loss = pg_loss + config.vf_coef * vf_loss
+    if entropy is not None:
+        loss = loss - config.ent_coef * entropy_bonus(entropy, mask)
+    stats = {"rl/policy_loss": pg_loss.item(), "rl/value_loss": vf_loss.item()}
+    return loss, {**stats, **{f"rl/{k}": v for k, v in pg_stats.items()}}
 
 
 def state_values(hydra, batch: TokenizedBatch) -> torch.Tensor:

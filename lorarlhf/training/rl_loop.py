@@ -1,6 +1,7 @@
-"""Pieces both RL trainers (PPO, GRPO) share: the prompt stream, collecting a scored rollout, timing, records.
+"""The RL loop PPO and GRPO share (`RLLoop`, the twin of SupervisedLoop) and its pieces: the prompt stream,
+collecting a scored rollout, timing, records.
 
-Kept out of the trainers so each trainer file reads as its algorithm.
+Kept out of the trainers so each trainer file reads as its algorithm: advantages, losses, and nothing else.
 """
 
 from __future__ import annotations
@@ -9,16 +10,28 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 import torch
+from tqdm.auto import tqdm
 
 from lorarlhf.model.memory import peak_memory_gb
 from lorarlhf.model.tokenization import TokenizedBatch
-from lorarlhf.training.rewards import NonFiniteReward, score_rollout
+from lorarlhf.training import distributed
+from lorarlhf.training.rewards import NonFiniteReward, reward_functions, score_rollout
 from lorarlhf.training.rollout import Rollout, SamplingConfig, generate_in_pieces
-from lorarlhf.training.supervised_loop import rng_state_from_json, rng_state_to_json
+from lorarlhf.training.supervised_loop import (
+    NonFiniteGuard,
+    OutOfMemoryBackoff,
+    StageRun,
+    make_optimizer,
+    rng_state_from_json,
+    rng_state_to_json,
+    synced_step,
+)
 
 log = logging.getLogger("lorarlhf.rl")
 
@@ -183,3 +196,179 @@ def fit_prompts(tokenizer, prompts: list[str], config) -> list[str]:
     if not kept:
         raise ValueError(f"every prompt is longer than max_length - max_new_tokens = {room} tokens")
     return kept
+
+
+@dataclass
+class ScoredRollout:
+    """One iteration's sampled batch with its rewards, as the trainer's algorithm receives it.
+
+    rollout: what was sampled; batch: prompt + response tokens, (B, T) each, response_mask (B, T) marking
+    the sampled tokens; raw (B,): rewards as scored; rewards (B,): as shaped for the losses."""
+
+    rollout: Rollout
+    batch: TokenizedBatch
+    raw: torch.Tensor
+    rewards: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.response_mask
+
+
+class RLLoop:
+    """The iteration loop PPO and GRPO share, so each trainer states only its advantages and losses.
+
+        loop = RLLoop("ppo", hydra, prompts, params, config, reward_fn=..., on_step=..., checkpoints=...)
+        for scored in loop:                                    # a scored rollout of this process's share
+            ref_logp, ... = loop.scoring_passes(passes)        # passes(chunks), without autograd
+            advantages = ...
+            with loop.training():
+                for minibatch in loop.minibatches(epochs, num_minibatches):
+                    stats = loop.update(minibatch, loss_of)    # loss_of(rows) -> (loss, {name: float})
+            loop.log({"rl/kl": ...})                           # + the rollout's reward, lengths, lr, times
+        run = loop.finish()
+
+    It owns the prompt stream, sampling and scoring, AdamW and its schedule, the non-finite guard, the
+    out-of-memory backoff, the micro-batch accumulation, progress, records and checkpoints, and resumes all
+    of them (and any `state` objects the trainer adds, such as a KL controller) from `checkpoints`.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        hydra,
+        prompts: list[str],
+        params,
+        config,
+        *,
+        reward_fn=None,
+        group_size: int = 1,
+        state: dict | None = None,
+        on_step=None,
+        progress=True,
+        checkpoints=None,
+    ):
+        self.functions = reward_functions(reward_fn)
+        if not self.functions and "reward" not in hydra.roles:
+            raise ValueError(f"{stage.upper()} needs a reward: pass reward_fn, or a Hydra with a trained reward role")
+        self.stage, self.hydra, self.params, self.config = stage, hydra, params, config
+        self.group_size, self.on_step, self.checkpoints = group_size, on_step, checkpoints
+        hydra.disable_dropout()  # the rollout's log-probs and the update's must come from the same network
+        torch.manual_seed(config.seed)
+        self.stream = PromptStream(fit_prompts(hydra.tokenizer, prompts, config), config.seed)
+        self.sampling = sampling_of(config)
+        self.optimizer, self.schedule = make_optimizer(params, config)
+        self.guard, self.backoff = NonFiniteGuard("rl", config.max_skipped_steps), OutOfMemoryBackoff("rl")
+        self.state = {"stream": self.stream, "guard": self.guard, "schedule": self.schedule, **(state or {})}
+        self.run, self.steps = StageRun(), 0
+        if checkpoints is not None and (saved := checkpoints.restore(self.optimizer)) is not None:
+            for name, part in self.state.items():
+                part.load_state_dict(saved[name])
+            self.run.history, self.steps = saved["history"], saved["step"]
+        self.bar = tqdm(
+            total=config.steps, initial=self.steps, desc=stage, disable=not progress or not distributed.is_main()
+        )
+        self.timer, self.stats, self.scored, self.steps_before = PhaseTimer(), [], None, self.steps
+
+    def __iter__(self) -> Iterator[ScoredRollout]:
+        while self.steps < self.config.steps:
+            self.timer, self.stats, self.steps_before = PhaseTimer(), [], self.steps
+            samples, seeds = self.stream.next(self.config.batch_size, repeats=self.group_size)
+            samples, seeds = distributed.shard(samples, self.group_size), distributed.shard(seeds, self.group_size)
+            rollout, rewards = collect(
+                self.hydra, samples, seeds, self.sampling, self.functions, self.config, self.timer, self.backoff
+            )
+            if rewards is None:
+                self.guard.skip(f"a reward was NaN or infinite in the rollout after step {self.steps}")
+                continue
+            self.scored = ScoredRollout(rollout, rollout.batch(), *rewards)
+            yield self.scored
+
+    def scoring_passes(self, passes):
+        """passes(chunks): the rollout's log-probs under fixed weights (reference, rollout policy, values),
+        without autograd, in grad_accumulation chunks like the updates (more when memory runs out)."""
+        with self.timer("reference"), torch.no_grad():
+            return self.backoff.run(
+                lambda smaller: passes(self.config.grad_accumulation * smaller),
+                "the reference and rollout-policy passes",
+            )
+
+    @contextmanager
+    def training(self):
+        """The updates of one rollout: timed, with the adapters in training mode."""
+        with self.timer("train"), self.hydra.train_mode():
+            yield
+
+    def minibatches(self, epochs: int, num_minibatches: int) -> Iterator[torch.Tensor]:
+        """Row indices of each minibatch, each pass over the rollout in a fresh order, until `steps` are done.
+        A trainer that breaks out of it (an early stop) goes on to the next rollout."""
+        rows = self.scored.mask.shape[0]
+        for _ in range(epochs):
+            if self.steps >= self.config.steps:
+                return
+            for minibatch in torch.randperm(rows).chunk(num_minibatches):
+                if self.steps >= self.config.steps:
+                    return
+                yield minibatch
+
+    def update(self, minibatch: torch.Tensor, loss_of, *, per_token: bool = True) -> dict[str, float] | None:
+        """One optimizer step on `minibatch` through loss_of(rows) -> (loss, stats), accumulated over
+        grad_accumulation micro-batches (more when memory runs out); its stats, or None when a loss or
+        gradient was not finite (nothing applied, the guard counts it).
+
+        per_token: the loss is a mean over tokens (True) or over sequences; each micro-batch's gradient is
+        weighted by its share of them, so the accumulated gradient is the one of the whole minibatch."""
+        stats = self.backoff.run(partial(self._accumulate, minibatch, loss_of, per_token), "the update")
+        if stats is None:
+            self.guard.skip(f"the loss or a gradient was not finite at step {self.steps + 1}")
+            return None
+        self.guard.ok()
+        self.stats.append(stats)
+        self.steps += 1
+        self.schedule.step()
+        self.bar.update(1)
+        return stats
+
+    def _accumulate(self, minibatch, loss_of, per_token: bool, smaller: int = 1) -> dict[str, float] | None:
+        self.optimizer.zero_grad(set_to_none=True)
+        mask, totals, finite = self.scored.mask, {}, True
+        minibatch_tokens = mask[minibatch].sum().clamp_min(1)
+        for rows in minibatch.chunk(self.config.grad_accumulation * smaller):
+            share = (mask[rows].sum() / minibatch_tokens).item() if per_token else len(rows) / len(minibatch)
+            loss, parts = loss_of(rows)
+            if not torch.isfinite(loss):
+                log.warning("skipping an update: the loss is %s", loss.item())
+                finite = False
+                break
+            (loss * share).backward()
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value * share
+        grad_norm = synced_step(self.optimizer, self.params, self.config.max_grad_norm, finite)
+        return None if grad_norm is None else {**totals, "rl/grad_norm": grad_norm}
+
+    def log(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Record the iteration (averaged over processes), report it, and checkpoint when one is due."""
+        scored = self.scored
+        record = {
+            "step": self.steps,
+            **rollout_record(scored.rollout, scored.raw, scored.rewards, self.timer),
+            "rl/kl": metrics["rl/kl"],
+            "rl/lr": self.schedule.get_last_lr()[0],
+            **metrics,
+            **mean_stats(self.stats),
+        }
+        record = distributed.mean_record(record)
+        self.run.history.append(record)
+        self.bar.set_postfix(reward=f"{record['rl/reward_mean']:.3f}", kl=f"{record['rl/kl']:.3f}")
+        if self.on_step is not None:
+            self.on_step(record)
+        if self.checkpoints is not None and self.checkpoints.due(self.steps, self.steps_before):
+            state = {name: part.state_dict() for name, part in self.state.items()}
+            self.checkpoints.save(self.steps, self.hydra, self.optimizer, {**state, "history": self.run.history})
+        return record
+
+    def finish(self) -> StageRun:
+        """The stage's run: first and last reward, last KL, iterations, and the skipped-step count."""
+        self.bar.close()
+        self.run.metrics = {**final_metrics(self.run.history), **self.guard.metrics()}
+        return self.run
