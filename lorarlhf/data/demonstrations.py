@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from lorarlhf.data import PreferenceDataError, PreferencePair, _open_source, _render_prompt, _Row, load_preferences
+from lorarlhf.data import PreferenceDataError, PreferencePair, Row, load_preferences, open_source, render_prompt
 
 logger = logging.getLogger("lorarlhf.data.demonstrations")
 
@@ -38,7 +38,7 @@ def load_demonstrations(source, *, tokenizer=None, max_length: int | None = None
     that won: each pair's chosen response unless the same record also ranks it below another one.
     max_length (with tokenizer): drop, and log the count of, demonstrations longer than that in tokens.
     """
-    name, records = _open_source(source, split)
+    name, records = open_source(source, split)
     records = iter(records)
     first = next(records, None)
     if first is None:
@@ -47,7 +47,7 @@ def load_demonstrations(source, *, tokenizer=None, max_length: int | None = None
         return _fit(winners(load_preferences(source, tokenizer=tokenizer, split=split)), name, tokenizer, max_length)
     demos = []
     for index, (number, record) in enumerate([first, *records]):
-        row = _Row(name, number, index, record, tokenizer)
+        row = Row(name, number, index, record, tokenizer)
         if not _is_demonstration(record):
             raise row.error(
                 f"fields {sorted(map(str, record))} are not a demonstration; every row of a demonstration source "
@@ -68,7 +68,7 @@ def _is_demonstration(record: dict) -> bool:
     return any(record.get(name) is not None for name in (*COMPLETION_FIELDS, "messages"))
 
 
-def _parse(row: _Row) -> Demonstration:
+def _parse(row: Row) -> Demonstration:
     if row.present("messages"):
         for name in ("prompt", *COMPLETION_FIELDS):
             if row.present(name):
@@ -82,7 +82,7 @@ def _parse(row: _Row) -> Demonstration:
         if cut == 0:
             raise row.error("holds only assistant messages; the answer needs a prompt before it", field="messages")
         return Demonstration(
-            _render_prompt(messages[:cut], row.tokenizer), row.assistant_text("messages", messages[cut:])
+            render_prompt(messages[:cut], row.tokenizer), row.assistant_text("messages", messages[cut:])
         )
     both = [name for name in COMPLETION_FIELDS if row.present(name)]
     if len(both) > 1:
