@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lorarlhf.data import PreferencePair, _open_source, load_preferences, load_prompts, split_eval
+from lorarlhf.data import PreferencePair, load_preferences, load_prompts, open_source, split_eval
 from lorarlhf.data.demonstrations import Demonstration, load_demonstrations, winners
 from lorarlhf.methods.dpo import DPOConfig, train_dpo
 from lorarlhf.methods.grpo import GRPOConfig, train_grpo
@@ -352,7 +352,7 @@ def _has_pairs(data) -> bool:
     if _is_prompt_list(data):
         return False
     try:
-        _, records = _open_source(data, "train")
+        _, records = open_source(data, "train")
         _, first = next(iter(records))
     except (StopIteration, OSError, ValueError, TypeError):
         return True  # let the loader report what is wrong with it

@@ -43,8 +43,6 @@ from lorarlhf.data.votes import (
     vote_agreement,
 )
 
-_open_source = open_source  # the old name, until lorarlhf.pipeline imports open_source
-
 __all__ = [
     "AGGREGATIONS",
     "DROP_REASONS",
