@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from lorarlhf.methods.table import METHODS
+
 
 def _info(args) -> int:
     """Versions and the device a run would use: the first thing to paste into a bug report."""
@@ -55,7 +57,7 @@ def _score(args) -> int:
     if (source / MANIFEST).is_file():
         hydra = HydraModel.load(source, device=args.device)
     else:
-        hydra = HydraModel.from_pretrained(args.model, quantize=args.quantize, device=args.device)
+        hydra = HydraModel.from_pretrained(args.model, device=args.device, **_quantize_given(args))
     with torch.no_grad():
         reward = hydra.score([args.prompt], [args.response]).item()
         logprob = hydra.sequence_logprobs([args.prompt], [args.response], role="actor").item()
@@ -64,11 +66,12 @@ def _score(args) -> int:
 
 
 def _align(args) -> int:
-    from lorarlhf.pipeline import CONFIGS, align
+    from lorarlhf.methods.table import METHODS
+    from lorarlhf.pipeline import align
 
-    if args.method not in CONFIGS:
-        raise ValueError(f"--method {args.method!r} is not a method; choose one of {tuple(CONFIGS)}")
-    overrides = _overrides(CONFIGS[args.method], args.method, args.set or [])
+    if args.method not in METHODS:
+        raise ValueError(f"--method {args.method!r} is not a method; choose one of {tuple(METHODS)}")
+    overrides = _overrides(METHODS[args.method].config, args.method, args.set or [])
     overrides.update({flag: True for flag in ("resume", "overwrite") if getattr(args, flag)})
     reward_fn = _import_reward_fn(args.reward_fn) if args.reward_fn else None
     result = align(
@@ -95,6 +98,31 @@ def _overrides(config_cls, method: str, assignments: list[str]) -> dict:
             raise ValueError(f"--set {assignment!r} must look like key=value, e.g. --set steps=100")
         overrides[name.strip()] = parse_option(config_cls, method, name.strip(), text.strip())
     return overrides
+
+
+def _given(args, *names: str) -> dict:
+    """The options among `names` given on the command line. The others are not passed, so they keep the
+    defaults of what receives them (a config dataclass or a function): no default is written twice."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _quantize_given(args) -> dict:
+    """--quantize as the keyword it sets ("none": keep the compute dtype), when given."""
+    return {} if args.quantize is None else {"quantize": None if args.quantize == "none" else args.quantize}
+
+
+def _config_values(args, config_cls, method: str, names: tuple[str, ...]) -> dict:
+    """Config options given as flags, typed by their field; the others at the config's defaults. A flag
+    the method's config does not have is the error `align()` gives for it."""
+    from dataclasses import fields
+
+    from lorarlhf.training.config import parse_option
+
+    defaults = {f.name: f.default for f in fields(config_cls)}
+    given = _given(args, *names)
+    wanted = [name for name in names if name in defaults or name in given]
+    return {name: parse_option(config_cls, method, name, given[name]) if name in given else defaults[name]
+            for name in wanted}  # fmt: skip
 
 
 def _import_reward_fn(spec: str):
@@ -127,10 +155,10 @@ def _options(args) -> int:
     """Every option of a method, its default and what it does: the same dataclass align() validates with."""
     from dataclasses import MISSING, fields
 
-    from lorarlhf.pipeline import CONFIGS
+    from lorarlhf.methods.table import METHODS
     from lorarlhf.training.config import option_docs
 
-    config_cls = CONFIGS[args.method]
+    config_cls = METHODS[args.method].config
     docs = option_docs(config_cls)
     print(f"options of --method {args.method} (lorarlhf align ... --set name=value):\n")
     for item in sorted(fields(config_cls), key=lambda f: f.name):
@@ -142,9 +170,9 @@ def _options(args) -> int:
 
 def _demo(args) -> int:
     from lorarlhf.demo.runner import DemoReport, run_demo
-    from lorarlhf.pipeline import CONFIGS
+    from lorarlhf.methods.ppo import PPOConfig
 
-    overrides = _overrides(CONFIGS["ppo"], "ppo", args.set or [])
+    overrides = _overrides(PPOConfig, "ppo", args.set or [])
     report: DemoReport = run_demo(args.output_dir, quick=args.quick, seed=args.seed, **overrides)
     print()
     print(report)
@@ -152,25 +180,15 @@ def _demo(args) -> int:
 
 
 def _plan(args) -> int:
+    from lorarlhf.methods.table import method_named
     from lorarlhf.planner import plan
 
-    quantize = None if args.quantize == "none" else args.quantize
-    print(
-        plan(
-            args.model,
-            method=args.method,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            max_new_tokens=args.max_new_tokens,
-            group_size=args.group_size,
-            gpu_memory_gb=args.gpu_memory_gb,
-            lora_r=args.lora_r,
-            quantize=quantize,
-            dtype=args.dtype,
-            gradient_checkpointing=not args.no_gradient_checkpointing,
-            reward_model=not args.reward_fn,
-        )
-    )
+    method = method_named(args.method)
+    options = _config_values(args, method.config, method.name, (*PLANNED_OPTIONS, "quantize"))
+    if args.no_gradient_checkpointing:
+        options["gradient_checkpointing"] = False
+    options.update(_given(args, "gpu_memory_gb", "dtype"))
+    print(plan(args.model, method=method.name, reward_model=not args.reward_fn, **options))
     return 0
 
 
@@ -178,20 +196,16 @@ def _sample(args) -> int:
     from lorarlhf.labelling import sample_candidates
     from lorarlhf.training.rollout import SamplingConfig
 
-    sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k
-    )
+    sampling = SamplingConfig(**_given(args, "max_new_tokens", "temperature", "top_p", "top_k"))
     report = sample_candidates(
         args.model,
         args.prompts,
         args.out,
-        n=args.n,
         sampling=sampling,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        quantize=None if args.quantize == "none" else args.quantize,
         trust_remote_code=args.trust_remote_code,
         overwrite=args.overwrite,
+        **_given(args, "n", "seed", "batch_size"),
+        **_quantize_given(args),
     )
     print(f"{args.out}: {report}")
     print(f"next: lorarlhf label {args.out} --annotator YOUR_NAME --out votes.jsonl")
@@ -277,6 +291,75 @@ def _quoted(text: str, width: int) -> str:
     return quoted if len(quoted) <= width else quoted[: width - 4] + '..."'
 
 
+QUANTIZE_FLAG = ("nf4", "none")
+# `lorarlhf plan` options that are config fields of the planned method, and what they count.
+PLANNED_OPTIONS = {
+    "batch_size": "prompts (ppo, grpo), pairs (rm, dpo) or demonstrations (sft) per step",
+    "max_length": "prompt + response tokens",
+    "max_new_tokens": "sampled tokens (ppo, grpo)",
+    "group_size": "samples per prompt (grpo)",
+    "lora_r": "LoRA rank",
+}
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Shows each option's default, read from where it is defined (a config dataclass, a function's
+    signature) only when help is printed: `lorarlhf` starts without loading model code, and no default is
+    written twice."""
+
+    def _get_help_string(self, action):
+        default_of = getattr(action, "default_of", None)
+        return f"{action.help} (default: {default_of()})" if default_of else action.help
+
+
+def _flag(parser, flag: str, default_of, **options) -> None:
+    """An option whose absence means: the default of what receives it (`default_of()` tells it, for help)."""
+    action = parser.add_argument(flag, default=None, **options)
+    action.default_of = default_of
+
+
+def _config_default(method: str, name: str):
+    def default() -> str:
+        from dataclasses import fields
+
+        from lorarlhf.methods.table import METHODS
+
+        value = {f.name: f.default for f in fields(METHODS[method].config)}.get(name)
+        return f"{value!r} for {method}; `lorarlhf options METHOD` lists them"
+
+    return default
+
+
+def _field_default(path: str, name: str):
+    def default() -> str:
+        from dataclasses import fields
+
+        from lorarlhf.methods.table import resolve
+
+        return repr({f.name: f.default for f in fields(resolve(path))}[name])
+
+    return default
+
+
+def _signature_default(path: str, name: str):
+    def default() -> str:
+        import inspect
+
+        from lorarlhf.methods.table import resolve
+
+        return repr(inspect.signature(resolve(path)).parameters[name].default)
+
+    return default
+
+
+def _command(commands, name: str, **options) -> argparse.ArgumentParser:
+    return commands.add_parser(name, formatter_class=_DefaultsHelp, **options)
+
+
+def _method_list() -> str:
+    return ", ".join(f"{name} ({method.summary})" for name, method in METHODS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lorarlhf import __version__
 
@@ -284,32 +367,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lorarlhf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    info = commands.add_parser("info", help="print versions and the device a run would use")
+    info = _command(commands, "info", help="print versions and the device a run would use")
     info.set_defaults(run=_info)
 
-    tiny = commands.add_parser("tiny-model", help="write a tiny random Llama and tokenizer (offline experiments)")
+    tiny = _command(commands, "tiny-model", help="write a tiny random Llama and tokenizer (offline experiments)")
     tiny.add_argument("out_dir", help="a new or empty directory")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
     tiny.set_defaults(run=_tiny_model)
 
-    score = commands.add_parser("score", help="reward score and actor log-prob of one prompt/response pair")
+    score = _command(commands, "score", help="reward score and actor log-prob of one prompt/response pair")
     score.add_argument("model", help="hub id, model directory, or a saved run directory")
     score.add_argument("--prompt", required=True)
     score.add_argument("--response", required=True)
-    score.add_argument("--quantize", default="nf4", choices=["nf4", "none"], help="base quantization (default nf4)")
+    _flag(
+        score,
+        "--quantize",
+        _signature_default("lorarlhf.model.hydra:HydraModel.from_pretrained", "quantize"),
+        choices=QUANTIZE_FLAG,
+        help="base quantization",
+    )
     score.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     score.set_defaults(run=_score)
 
-    align = commands.add_parser(
+    align = _command(
+        commands,
         "align",
-        help="align a model with preference data (sft, rm, dpo, ppo, grpo)",
+        help=f"align a model with preference data ({', '.join(METHODS)})",
         description="Run lorarlhf.align(MODEL, DATA, method=...) and write the run to --output-dir.",
         epilog="Every option of a method: lorarlhf options METHOD. Example: lorarlhf align demo prefs.jsonl "
         "--method dpo --output-dir runs/dpo --set steps=200 --set beta=0.1",
     )
     align.add_argument("model", help='hub id, local model directory, or "demo" (the bundled tiny model)')
     align.add_argument("data", help="a .jsonl/.json/.csv/.parquet file, a dataset directory, or a hub dataset id")
-    align.add_argument("--method", default="ppo", help="sft, rm, dpo, ppo or grpo (default ppo)")
+    align.add_argument("--method", default="ppo", metavar="METHOD", help=f"{_method_list()} (default ppo)")
     align.add_argument(
         "--output-dir", default=None, help="a new directory, or a previous run's (default lorarlhf-runs/)"
     )
@@ -328,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
     align.set_defaults(run=_align)
 
-    demo = commands.add_parser(
+    demo = _command(
+        commands,
         "demo",
         help="the whole loop on the bundled tiny model, on a CPU: votes, reward model, PPO, before/after",
         description="Simulated annotators vote on pairs of product reviews (hidden preference: positive ones); "
@@ -341,26 +432,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a PPO option, e.g. --set steps=80")
     demo.set_defaults(run=_demo)
 
-    planner = commands.add_parser(
+    planner = _command(
+        commands,
         "plan",
         help="estimate a run's peak GPU memory per phase from the model's config (no weights loaded)",
         description="An itemised estimate of peak GPU memory per phase and the micro-batch that fits the card.",
     )
     planner.add_argument("model", help="hub id or local model directory (only config.json is read)")
-    planner.add_argument("--method", default="ppo", choices=["sft", "rm", "dpo", "ppo", "grpo"])
-    planner.add_argument("--batch-size", type=int, default=8, help="prompts (rl), pairs (rm, dpo) or examples")
-    planner.add_argument("--max-length", type=int, default=512, help="prompt + response tokens (default 512)")
-    planner.add_argument("--max-new-tokens", type=int, default=64, help="sampled tokens (ppo, grpo)")
-    planner.add_argument("--group-size", type=int, default=8, help="GRPO samples per prompt (default 8)")
+    planner.add_argument("--method", default="ppo", choices=tuple(METHODS), help="(default ppo)")
+    for name, words in PLANNED_OPTIONS.items():  # config options: typed and defaulted by the method's config
+        default_of = _config_default("grpo" if name == "group_size" else "ppo", name)
+        _flag(planner, "--" + name.replace("_", "-"), default_of, metavar="N", help=words)
     planner.add_argument("--gpu-memory-gb", type=float, default=None, help="the card's memory, e.g. 24")
-    planner.add_argument("--lora-r", type=int, default=16)
-    planner.add_argument("--quantize", default="nf4", choices=["nf4", "none"])
-    planner.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    _flag(planner, "--quantize", _config_default("ppo", "quantize"), choices=QUANTIZE_FLAG, help="base quantization")
+    _flag(planner, "--dtype", _signature_default("lorarlhf.planner:plan", "dtype"),
+          choices=("bfloat16", "float16", "float32"), help="compute dtype")  # fmt: skip
     planner.add_argument("--no-gradient-checkpointing", action="store_true")
     planner.add_argument("--reward-fn", action="store_true", help="ppo/grpo rewarded by a function, no reward adapter")
     planner.set_defaults(run=_plan)
 
-    sample = commands.add_parser(
+    sample = _command(
+        commands,
         "sample",
         help="sample K different responses per prompt, to label",
         description="Sample --n different responses per prompt from MODEL (or a saved run's actor) and write "
@@ -368,20 +460,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("model", help='hub id, local model directory, a saved run directory, or "demo"')
     sample.add_argument("prompts", help="prompts: a .jsonl/.json/.csv/.parquet file or dataset with a prompt field")
-    sample.add_argument("--n", type=int, default=2, help="responses per prompt: 2 to compare, more to rank (default 2)")
+    candidates = "lorarlhf.labelling.candidates:sample_candidates"
+    _flag(
+        sample,
+        "--n",
+        _signature_default(candidates, "n"),
+        type=int,
+        help="responses per prompt: 2 to compare, more to rank",
+    )
     sample.add_argument("--out", default="candidates.jsonl", help="the file to write (default candidates.jsonl)")
-    sample.add_argument("--max-new-tokens", type=int, default=64, help="longest response in tokens (default 64)")
-    sample.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
-    sample.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (default 0: off)")
-    sample.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    sample.add_argument("--batch-size", type=int, default=16, help="responses sampled at once (default 16)")
-    sample.add_argument("--quantize", default="nf4", choices=["nf4", "none"], help="base quantization (default nf4)")
+    for flag, kind, words in (
+        ("--max-new-tokens", int, "longest response in tokens"),
+        ("--temperature", float, "sampling temperature"),
+        ("--top-p", float, "nucleus sampling mass (1: off)"),
+        ("--top-k", int, "keep the k likeliest tokens (0: off)"),
+    ):
+        field = flag[2:].replace("-", "_")
+        _flag(sample, flag, _field_default("lorarlhf.training.rollout:SamplingConfig", field), type=kind, help=words)
+    _flag(sample, "--seed", _signature_default(candidates, "seed"), type=int, help="sampling seed")
+    _flag(
+        sample, "--batch-size", _signature_default(candidates, "batch_size"), type=int, help="responses sampled at once"
+    )
+    _flag(
+        sample,
+        "--quantize",
+        _signature_default(candidates, "quantize"),
+        choices=QUANTIZE_FLAG,
+        help="base quantization",
+    )
     sample.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     sample.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     sample.set_defaults(run=_sample)
 
-    labelling = commands.add_parser(
+    labelling = _command(
+        commands,
         "label",
         help="label candidates in the browser: A / B / tie, or rank; votes saved as they are made",
         description="Serve a labelling page for a candidates file (needs pip install 'lorarlhf[label]'). Every "
@@ -400,16 +512,16 @@ def build_parser() -> argparse.ArgumentParser:
     labelling.add_argument("--no-shuffle", action="store_true", help="show responses in file order, not shuffled")
     labelling.set_defaults(run=_label)
 
-    agreement = commands.add_parser(
-        "agreement", help="inter-annotator agreement of a votes file, and the items people disagree on most"
+    agreement = _command(
+        commands, "agreement", help="inter-annotator agreement of a votes file, and the items people disagree on most"
     )
     agreement.add_argument("votes", help="a votes file (from `lorarlhf label`) or any data with vote records")
     agreement.add_argument("--plot", default=None, metavar="FILE.png", help="also draw how each two annotators agree")
     agreement.add_argument("--overwrite", action="store_true", help="replace --plot if it exists")
     agreement.set_defaults(run=_agreement)
 
-    options = commands.add_parser("options", help="list a method's options, defaults and what they do")
-    options.add_argument("method", choices=["sft", "rm", "dpo", "ppo", "grpo"])
+    options = _command(commands, "options", help="list a method's options, defaults and what they do")
+    options.add_argument("method", choices=tuple(METHODS))
     options.set_defaults(run=_options)
     return parser
 

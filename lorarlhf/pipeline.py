@@ -29,11 +29,7 @@ import torch
 
 from lorarlhf.data import PreferencePair, load_preferences, load_prompts, open_source, split_eval
 from lorarlhf.data.demonstrations import Demonstration, load_demonstrations, winners
-from lorarlhf.methods.dpo import DPOConfig, train_dpo
-from lorarlhf.methods.grpo import GRPOConfig, train_grpo
-from lorarlhf.methods.ppo import PPOConfig, train_ppo
-from lorarlhf.methods.reward import RewardConfig, train_reward_model
-from lorarlhf.methods.sft import SFTConfig, train_sft
+from lorarlhf.methods.table import HELD_OUT_KEYWORD, METHODS, method_named, roles_of, stages_of
 from lorarlhf.model.export import export_merged
 from lorarlhf.model.hydra import HydraModel, resolve_model
 from lorarlhf.model.loading import load_tokenizer
@@ -44,9 +40,7 @@ from lorarlhf.plots import plot_training_curves, read_metrics
 from lorarlhf.training import distributed
 from lorarlhf.training.checkpoints import CHECKPOINTS, RunCheckpoints
 
-CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "dpo": DPOConfig, "rm": RewardConfig, "sft": SFTConfig}
-METHODS = tuple(CONFIGS)
-RL_TRAINERS = {"ppo": train_ppo, "grpo": train_grpo}
+CONFIGS = {name: method.config for name, method in METHODS.items()}  # each method's config class
 SAMPLES = "samples.jsonl"
 CURVES = "training_curves.png"
 MERGED = "merged"
@@ -82,13 +76,15 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     reward_fn: for "ppo"/"grpo", fn(prompts, responses) -> list[float] (or a list of them, or of
     (fn, weight) pairs). Without it the RL methods first train the reward role on the data's pairs.
     """
-    if method not in CONFIGS:
-        raise ValueError(f"method={method!r} is not a method; choose one of {METHODS}")
-    config = CONFIGS[method].from_overrides(method, overrides)
-    if reward_fn is not None and method not in RL_TRAINERS:
-        raise ValueError(f"reward_fn is for the RL methods (ppo, grpo); method={method!r} does not sample responses")
-    if config.merge and method == "rm":
-        raise ValueError("merge=True merges the actor, which method='rm' does not train; it trains the reward role")
+    entry = method_named(method)
+    config = entry.config.from_overrides(method, overrides)
+    if reward_fn is not None and not entry.samples:
+        sampling = ", ".join(name for name, m in METHODS.items() if m.samples)
+        raise ValueError(f"reward_fn is for the RL methods ({sampling}); method={method!r} does not sample responses")
+    if config.merge and not entry.trains_actor:
+        raise ValueError(
+            f"merge=True merges the actor, which method={method!r} does not train; it trains the {entry.roles[0]} role"
+        )
     distributed.init_from_environment()  # under accelerate launch / torchrun: one process per GPU
     main = distributed.is_main()  # only the first process writes files
     if output_dir is None and distributed.world_size() > 1:
@@ -98,43 +94,25 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         tokenizer = model.tokenizer
     else:
         tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
-    train_reward = method == "rm" or (method in RL_TRAINERS and reward_fn is None and not _reuses_reward(model, data))
-    inputs = _Inputs(data, tokenizer, config, method, train_reward)  # reads the data now: bad rows fail fast
+    reward_stage = "rm" in entry.before and reward_fn is None and not _reuses_reward(model, data)
+    stages = stages_of(entry, config, reward_stage=reward_stage)
+    inputs = _Inputs(data, tokenizer, config, method, {stage.method.data for stage in stages})  # bad rows fail now
     prepare = partial(_prepare_output_dir, output_dir, method, resume=config.resume, overwrite=config.overwrite)
     out = prepare() if main else Path(output_dir)
     distributed.barrier()  # the others start once the first process has checked and made the directory
-    hydra = _hydra_for(model, config, _roles_for(method, config, train_reward))
+    hydra = _hydra_for(model, config, roles_of(stages))
     checkpoints = _checkpoints(out, config, method, hydra)
     if hydra.device.type == "cuda" and config.gpu_memory_gb is not None:
+        train_reward = "reward" in roles_of(stages)
         memory_plan = fit_to_card(config, method, hydra, train_reward, _card_gb(config.gpu_memory_gb, hydra.device))
         if main:
             (out / "memory_plan.txt").write_text(str(memory_plan) + "\n")
     if main:
         (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
-    sample_prompts = [] if method == "rm" else inputs.sample_prompts()
+    sample_prompts = inputs.sample_prompts(entry.data) if entry.trains_actor else []
     if "before" not in checkpoints.extra:  # a resumed run keeps the samples its first start took
         checkpoints.extra["before"] = _sample(hydra, sample_prompts, config)
     before = checkpoints.extra["before"]
-
-    stages = []  # (name, optimizer steps, run(checkpoints, on_step) -> StageRun), in order
-    if method == "sft" or getattr(config, "sft", False):
-        sft_config = config if method == "sft" else config.sft_stage_config()
-        (train_demos, eval_demos) = inputs.demos
-        stages.append(
-            ("sft", sft_config.steps, partial(train_sft, hydra, train_demos, sft_config, eval_demos=eval_demos))
-        )
-    if method == "dpo":
-        (train_pairs, eval_pairs) = inputs.pairs
-        stages.append(("dpo", config.steps, partial(train_dpo, hydra, train_pairs, config, eval_pairs=eval_pairs)))
-    if train_reward:
-        rm_config = config if method == "rm" else _reward_stage_config(config)
-        (train_pairs, eval_pairs) = inputs.pairs
-        stages.append(
-            ("rm", rm_config.steps, partial(train_reward_model, hydra, train_pairs, rm_config, eval_pairs=eval_pairs))
-        )
-    if method in RL_TRAINERS:
-        trainer = partial(RL_TRAINERS[method], hydra, inputs.prompts, config, reward_fn=reward_fn)
-        stages.append((method, config.steps, trainer))
 
     metrics: dict[str, float] = {}
     with open(out / "metrics.jsonl", "w") if main else nullcontext() as metrics_log:
@@ -151,13 +129,17 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
 
             return write
 
-        for name, steps, run_stage in stages:
-            if name in checkpoints.completed:  # finished before the interruption: its adapters are loaded
-                metrics.update({k: v for k, v in checkpoints.completed[name].items() if k != "_steps"})
+        for stage in stages:
+            if stage.name in checkpoints.completed:  # finished before the interruption: its adapters are loaded
+                metrics.update({k: v for k, v in checkpoints.completed[stage.name].items() if k != "_steps"})
                 continue
-            stage_run = run_stage(on_step=writer(name), checkpoints=checkpoints.stage(name))
+            data_of_stage, held_out = inputs.for_trainer(stage.method.data)
+            train = partial(stage.method.trainer, hydra, data_of_stage, stage.config, **held_out)
+            if stage.method.samples:
+                train = partial(train, reward_fn=reward_fn)
+            stage_run = train(on_step=writer(stage.name), checkpoints=checkpoints.stage(stage.name))
             metrics.update(stage_run.metrics)
-            checkpoints.finish_stage(name, stage_run.metrics, steps)
+            checkpoints.finish_stage(stage.name, stage_run.metrics, stage.config.steps)
 
     samples = [
         {"prompt": p, "before": b, "after": a}
@@ -178,15 +160,22 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
 
 
 class _Inputs:
-    """The data in the forms the method's stages need, read up front so bad data fails before the model
+    """The data in the forms the run's stages need, read up front so bad data fails before the model
     loads: preference pairs and demonstrations split for evaluation by prompt, RL prompts, and the prompts
     shown before and after training."""
 
-    def __init__(self, data, tokenizer, config, method: str, train_reward: bool):
+    def __init__(self, data, tokenizer, config, method: str, kinds: set[str]):
         self.data, self.tokenizer, self.config, self.method = data, tokenizer, config, method
-        self.demos = self._demonstrations() if method == "sft" or getattr(config, "sft", False) else None
-        self.pairs = self._pairs() if method == "dpo" or train_reward else None
-        self.prompts = self._prompts() if method in RL_TRAINERS else None
+        self.demos = self._demonstrations() if "demonstrations" in kinds else None
+        self.pairs = self._pairs() if "pairs" in kinds else None
+        self.prompts = self._prompts() if "prompts" in kinds else None
+
+    def for_trainer(self, kind: str) -> tuple[list, dict]:
+        """A trainer's data: what it trains on, and its held-out part as the keyword the trainer takes."""
+        if kind == "prompts":
+            return self.prompts, {}
+        train, held_out = self.demos if kind == "demonstrations" else self.pairs
+        return train, {HELD_OUT_KEYWORD[kind]: held_out}
 
     def _pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
         pairs = _pairs_from(self.data, self.tokenizer, self.config, self.method)
@@ -209,9 +198,10 @@ class _Inputs:
             return list(dict.fromkeys(pair.prompt for pair in self.data))
         return load_prompts(self.data, tokenizer=self.tokenizer)
 
-    def sample_prompts(self) -> list[str]:
-        """The first `samples` distinct prompts, held-out ones first where the method holds some out."""
-        split = self.demos if self.method == "sft" else self.pairs
+    def sample_prompts(self, kind: str) -> list[str]:
+        """The first `samples` distinct prompts of the method's data, held-out ones first where it holds some
+        out (a sampling method given pairs takes them from the pairs)."""
+        split = self.demos if kind == "demonstrations" else self.pairs
         if split is None:
             return self.prompts[: self.config.samples]
         train, held_out = split
@@ -228,11 +218,7 @@ def _sample(hydra: HydraModel, prompts: list[str], config) -> list[str]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
         return hydra.generate(
-            prompts,
-            max_new_tokens=getattr(config, "max_new_tokens", 64),
-            role="actor",
-            do_sample=True,
-            temperature=getattr(config, "temperature", 1.0),
+            prompts, max_new_tokens=config.max_new_tokens, role="actor", do_sample=True, temperature=config.temperature
         )
 
 
@@ -242,27 +228,29 @@ def fit_to_card(config, method: str, hydra: HydraModel, train_reward: bool, gpu_
     The effective batch stays the user's: only how much of it is in memory at once changes. Under data
     parallelism the plan is for one process's share of the batch, on its own card.
     """
+    entry = method_named(method)
     weights = hydra.causal_lm.get_output_embeddings().weight
     per_process = max(1, config.batch_size // distributed.world_size())  # each process holds its share
+    group_size = config.samples_per_prompt if entry.samples else 1
     memory_plan = plan(
         hydra.causal_lm.config,
         method=method,
         batch_size=per_process,
         max_length=config.max_length,
-        max_new_tokens=getattr(config, "max_new_tokens", 0),
-        group_size=getattr(config, "group_size", 1),
+        max_new_tokens=config.max_new_tokens,
+        group_size=group_size,
         gpu_memory_gb=gpu_memory_gb,
         lora_r=config.lora_r,
         quantize=config.quantize,
         dtype=str(weights.dtype).removeprefix("torch."),
         gradient_checkpointing=config.gradient_checkpointing,
-        reward_model=train_reward or (method in RL_TRAINERS and hydra.is_trained("reward")),
+        reward_model=train_reward or (entry.samples and hydra.is_trained("reward")),
     )
     units = per_process  # what a process's update is cut into: prompts x samples for RL, pairs, demonstrations
-    if method in RL_TRAINERS:
-        units = max(1, per_process * getattr(config, "group_size", 1) // config.num_minibatches)
+    if entry.samples:
+        units = max(1, per_process * group_size // config.num_minibatches)
     wanted = min(units, max(config.grad_accumulation, memory_plan.grad_accumulation))
-    if method in RL_TRAINERS:  # micro-batches must split each minibatch evenly
+    if entry.samples:  # micro-batches must split each minibatch evenly
         wanted = next(d for d in range(wanted, units + 1) if units % d == 0)
     if wanted != config.grad_accumulation:
         log.info("grad_accumulation %d -> %d to fit %.1f GB", config.grad_accumulation, wanted, gpu_memory_gb)
@@ -306,15 +294,6 @@ def _checkpoints(out: Path, config, method: str, hydra: HydraModel) -> RunCheckp
     return checkpoints
 
 
-def _reward_stage_config(config) -> RewardConfig:
-    """The reward-model stage run before PPO/GRPO when the data is preferences and no reward_fn is given."""
-    shared = ("seed", "quantize", "lora_r", "lora_alpha", "max_length", "eval_fraction", "gradient_checkpointing")
-    shared += ("grad_accumulation", "max_skipped_steps")
-    return RewardConfig(
-        steps=config.rm_steps, lr=config.rm_lr, batch_size=config.batch_size, **{k: getattr(config, k) for k in shared}
-    )
-
-
 def _is_prompt_list(data) -> bool:
     return isinstance(data, list | tuple) and bool(data) and all(isinstance(item, str) for item in data)
 
@@ -327,17 +306,6 @@ def _short_name(source: str) -> str:
     """A hub id as is; a local directory by its last two parts (".../lorarlhf/demo/model" -> "demo/model")."""
     path = Path(source)
     return "/".join(path.parts[-2:]) if path.is_absolute() else source
-
-
-def _roles_for(method: str, config, train_reward: bool) -> tuple[str, ...]:
-    """The adapters a run trains or reads, and no others (each costs its weights and optimizer state)."""
-    roles = {"sft": ("sft", "actor"), "rm": ("reward",), "dpo": ("actor",), "ppo": ("actor", "critic")}
-    roles = roles.get(method, ("actor",))
-    if method in RL_TRAINERS and train_reward:
-        roles += ("reward",)
-    if getattr(config, "sft", False):
-        roles = ("sft", *roles)
-    return roles
 
 
 def _reuses_reward(model, data) -> bool:
@@ -367,17 +335,7 @@ def _hydra_for(model, config, roles: tuple[str, ...]) -> HydraModel:
                 model.add_role(role)
         return model
     torch.manual_seed(config.seed)  # adapter and head initialisation
-    return HydraModel.from_pretrained(
-        model,
-        roles=roles,
-        quantize=config.quantize,
-        lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        gradient_checkpointing=config.gradient_checkpointing,
-        critic=getattr(config, "critic", "separate"),
-        trust_remote_code=config.trust_remote_code,
-        device=distributed.local_device(),
-    )
+    return HydraModel.from_pretrained(model, roles=roles, device=distributed.local_device(), **config.hydra_options())
 
 
 def _pairs_from(data, tokenizer, config, method: str) -> list[PreferencePair]:
@@ -388,12 +346,7 @@ def _pairs_from(data, tokenizer, config, method: str) -> list[PreferencePair]:
             f"method={method!r} got prompts only: pass reward_fn, preference pairs to learn a reward, "
             "or a model whose reward adapter is trained (a HydraModel or the output_dir of a method='rm' run)"
         )
-    options = {}
-    if isinstance(config, RewardConfig):
-        options = dict(
-            aggregate=config.aggregate, weight_rankings=config.weight_rankings, score_margin=config.score_margin
-        )
-    return load_preferences(data, tokenizer=tokenizer, max_length=config.max_length, **options)
+    return load_preferences(data, tokenizer=tokenizer, max_length=config.max_length, **config.pair_options())
 
 
 def _prepare_output_dir(output_dir, method: str, *, resume: bool = False, overwrite: bool = False) -> Path:

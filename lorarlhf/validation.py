@@ -15,16 +15,17 @@ def is_number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
-def check_int(name: str, value, *, minimum: int = 1, hint: str = "") -> int:
-    """`value` as an integer >= minimum (not a bool), else a ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+def check_int(name: str, value, *, minimum: int | None = 1, hint: str = "") -> int:
+    """`value` as an integer >= minimum (not a bool; any integer when minimum is None), else a ValueError."""
+    integer = not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    if not integer or (minimum is not None and value < minimum):
+        allowed = {None: "an integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
         raise ValueError(f"{name}={value!r} must be {allowed}{hint}")
     return int(value)
 
 
 def check_number(
-    name: str, value, *, low: float | None = None, high: float | None = None, open_low=False, open_high=False
+    name: str, value, *, low: float | None = None, high: float | None = None, open_low=False, open_high=False, hint=""
 ) -> float:
     """`value` as a finite number within [low, high] (an end left out when None; open where asked)."""
     inside = is_number(value)
@@ -33,7 +34,7 @@ def check_number(
     if inside and high is not None:
         inside = value < high if open_high else value <= high
     if not inside:
-        raise ValueError(f"{name}={value!r} must be {_interval(low, high, open_low, open_high)}")
+        raise ValueError(f"{name}={value!r} must be {_interval(low, high, open_low, open_high)}{hint}")
     return float(value)
 
 
@@ -63,7 +64,7 @@ def _interval(low, high, open_low: bool, open_high: bool) -> str:
     if low == 0 and open_low and high is None:
         return "a positive number"
     if high is None:
-        return "a number" if low is None else f"a number {'>' if open_low else '>='} {low:g}"
+        return "a number" if low is None else f"{'>' if open_low else '>='} {low:g}"
     if low is None:
-        return f"a number {'<' if open_high else '<='} {high:g}"
+        return f"{'<' if open_high else '<='} {high:g}"
     return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"

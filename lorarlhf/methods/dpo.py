@@ -24,9 +24,11 @@ from functools import partial
 import torch
 
 from lorarlhf.data import PreferencePair
-from lorarlhf.training.config import CommonConfig, SFTStageOptions, _is_number
+from lorarlhf.methods.sft import SFTStageOptions
+from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
 from lorarlhf.training.supervised_loop import StageRun, SupervisedLoop, sliced_backward
+from lorarlhf.validation import check_bool, check_choice, check_number
 
 LOSSES = ("sigmoid", "ipo", "cpl")
 
@@ -51,17 +53,12 @@ class DPOConfig(CommonConfig, SFTStageOptions):
     def __post_init__(self):
         super().__post_init__()
         self._check_sft_stage()
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not supported; choose one of {LOSSES}")
+        check_choice("loss", self.loss, LOSSES)
         for name in ("beta", "cpl_alpha"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive number")
-        if not _is_number(self.label_smoothing) or not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing={self.label_smoothing!r} must be in [0, 0.5)")
-        if not _is_number(self.cpl_lambda) or not 0 < self.cpl_lambda <= 1:
-            raise ValueError(f"cpl_lambda={self.cpl_lambda!r} must be in (0, 1]")
-        if not isinstance(self.precompute_ref, bool):
-            raise ValueError(f"precompute_ref={self.precompute_ref!r} must be True or False")
+            check_number(name, getattr(self, name), low=0, open_low=True)
+        check_number("label_smoothing", self.label_smoothing, low=0, high=0.5, open_high=True)
+        check_number("cpl_lambda", self.cpl_lambda, low=0, high=1, open_low=True)
+        check_bool("precompute_ref", self.precompute_ref)
 
 
 def pair_logprobs(hydra, pairs: list[PreferencePair], role: str, max_length: int | None = None):

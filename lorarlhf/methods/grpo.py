@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from lorarlhf.training.config import RLConfig, _is_number, _positive_int
+from lorarlhf.methods.rl_options import RLConfig
 from lorarlhf.training.rl_loop import (
     RLLoop,
     in_chunks,
@@ -29,6 +29,7 @@ from lorarlhf.training.rl_loop import (
 )
 from lorarlhf.training.rl_losses import LOSS_TYPES, group_advantages, grpo_policy_loss, masked_mean
 from lorarlhf.training.supervised_loop import StageRun
+from lorarlhf.validation import check_bool, check_choice, check_int, check_number
 
 
 @dataclass
@@ -51,22 +52,24 @@ class GRPOConfig(RLConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("group_size", "num_iterations", "num_minibatches"):
-            _positive_int(self, name)
+        check_int("group_size", self.group_size)
         if self.group_size < 2:
             raise ValueError(f"group_size={self.group_size} must be >= 2: advantages compare samples of a prompt")
-        if not _is_number(self.clip) or self.clip <= 0:
-            raise ValueError(f"clip={self.clip!r} must be a positive number")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type={self.loss_type!r} is not supported; choose one of {LOSS_TYPES}")
-        if not isinstance(self.scale_rewards, bool):
-            raise ValueError(f"scale_rewards={self.scale_rewards!r} must be True or False")
+        for name in ("num_iterations", "num_minibatches"):
+            check_int(name, getattr(self, name))
+        check_number("clip", self.clip, low=0, open_low=True)
+        check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        check_bool("scale_rewards", self.scale_rewards)
         samples = self.batch_size * self.group_size
         if samples % self.num_minibatches or (samples // self.num_minibatches) % self.grad_accumulation:
             raise ValueError(
                 f"batch_size x group_size = {samples} samples must split into num_minibatches={self.num_minibatches}"
                 f" minibatches of a multiple of grad_accumulation={self.grad_accumulation}"
             )
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.group_size
 
 
 def train_grpo(

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from lorarlhf.kernels import token_kl
+from lorarlhf.methods.rl_options import RLConfig
 from lorarlhf.model.hydra import CRITIC_MODES
 from lorarlhf.model.tokenization import TokenizedBatch
 from lorarlhf.training import distributed
-from lorarlhf.training.config import ESTIMATORS, RLConfig, _is_number, _positive_int
 from lorarlhf.training.rl_loop import (
     RLLoop,
     in_chunks,
@@ -50,6 +50,9 @@ from lorarlhf.training.rl_losses import (
     masked_whiten,
 )
 from lorarlhf.training.supervised_loop import StageRun
+from lorarlhf.validation import check_bool, check_choice, check_int, check_number, check_optional_number
+
+ESTIMATORS = ("k1", "k3")
 
 
 @dataclass
@@ -88,35 +91,30 @@ class PPOConfig(RLConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _positive_int(self, "ppo_epochs")
-        _positive_int(self, "num_minibatches")
-        _positive_int(self, "kl_horizon")
+        for name in ("ppo_epochs", "num_minibatches", "kl_horizon"):
+            check_int(name, getattr(self, name))
         for name in ("clip", "value_clip", "kl_target"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive number")
+            check_number(name, getattr(self, name), low=0, open_low=True)
         for name in ("vf_coef", "ent_coef"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+            check_number(name, getattr(self, name), low=0)
         for name in ("gamma", "lam"):
-            if not _is_number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be in [0, 1]")
+            check_number(name, getattr(self, name), low=0, high=1)
         for name in ("adaptive_kl", "whiten_advantages"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+            check_bool(name, getattr(self, name))
         if self.adaptive_kl and self.kl_coef <= 0:
             raise ValueError("adaptive_kl=True needs kl_coef > 0 to start from (it is multiplied, never added to)")
-        if self.kl_estimator not in ESTIMATORS:
-            raise ValueError(f"kl_estimator={self.kl_estimator!r} is not supported; choose one of {ESTIMATORS}")
-        if self.critic not in CRITIC_MODES:
-            raise ValueError(f"critic={self.critic!r} is not supported; choose one of {CRITIC_MODES}")
-        if self.target_kl is not None and (not _is_number(self.target_kl) or self.target_kl <= 0):
-            raise ValueError(f"target_kl={self.target_kl!r} must be None or a positive number")
+        check_choice("kl_estimator", self.kl_estimator, ESTIMATORS)
+        check_choice("critic", self.critic, CRITIC_MODES)
+        check_optional_number("target_kl", self.target_kl, low=0, open_low=True)
         if self.batch_size % self.num_minibatches:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of num_minibatches={self.num_minibatches}"
             )
         if (self.batch_size // self.num_minibatches) % self.grad_accumulation:
             raise ValueError("each minibatch (batch_size / num_minibatches) must be a multiple of grad_accumulation")
+
+    def hydra_options(self) -> dict:
+        return {**super().hydra_options(), "critic": self.critic}
 
 
 def train_ppo(

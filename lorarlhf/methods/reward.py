@@ -24,8 +24,8 @@ from functools import partial
 
 import torch
 
-from lorarlhf.data import PreferencePair
-from lorarlhf.training.config import CommonConfig, _is_number
+from lorarlhf.data import AGGREGATIONS, PreferencePair
+from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import (
     bradley_terry_loss,
     plackett_luce_loss,
@@ -33,11 +33,11 @@ from lorarlhf.training.losses import (
     reward_centering_loss,
 )
 from lorarlhf.training.supervised_loop import StageRun, SupervisedLoop, sliced_backward
+from lorarlhf.validation import check_bool, check_choice, check_int, check_number
 
 log = logging.getLogger("lorarlhf.reward")
 
 
-AGGREGATES = ("majority", "bradley_terry")
 OBJECTIVES = ("pairwise", "listwise")
 UTILITIES = ("log_sigmoid", "prompt_aware")
 
@@ -64,18 +64,17 @@ class RewardConfig(CommonConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, allowed in (("objective", OBJECTIVES), ("utility", UTILITIES), ("aggregate", AGGREGATES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; choose one of {allowed}")
+        for name, allowed in (("objective", OBJECTIVES), ("utility", UTILITIES), ("aggregate", AGGREGATIONS)):
+            check_choice(name, getattr(self, name), allowed)
         if self.utility == "prompt_aware" and self.objective != "pairwise":
             raise ValueError("utility='prompt_aware' works with objective='pairwise' only")
-        if not _is_number(self.center_coef) or self.center_coef < 0:
-            raise ValueError(f"center_coef={self.center_coef!r} must be >= 0")
-        if isinstance(self.ece_bins, bool) or not isinstance(self.ece_bins, int) or self.ece_bins < 1:
-            raise ValueError(f"ece_bins={self.ece_bins!r} must be a positive integer")
+        check_number("center_coef", self.center_coef, low=0)
+        check_int("ece_bins", self.ece_bins)
         for name in ("weight_rankings", "score_margin"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+            check_bool(name, getattr(self, name))
+
+    def pair_options(self) -> dict:
+        return dict(aggregate=self.aggregate, weight_rankings=self.weight_rankings, score_margin=self.score_margin)
 
 
 @dataclass

@@ -25,12 +25,43 @@ import torch
 from lorarlhf.data.demonstrations import Demonstration
 from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.supervised_loop import StageRun, SupervisedLoop, sliced_backward
+from lorarlhf.validation import check_bool, check_int, check_number
 
 
 @dataclass
 class SFTConfig(CommonConfig):
     lr: float = 2e-4
     """AdamW learning rate of the sft adapter."""
+
+
+# What the optional SFT stage takes from the run it precedes: everything but its own steps and lr.
+SHARED_WITH_SFT_STAGE = (
+    "batch_size", "seed", "quantize", "lora_r", "lora_alpha", "max_length", "eval_fraction",
+    "gradient_checkpointing", "max_grad_norm", "weight_decay", "grad_accumulation", "max_skipped_steps",
+)  # fmt: skip
+
+
+@dataclass
+class SFTStageOptions:
+    """The optional SFT stage before DPO, PPO or GRPO: the actor starts from it, the reference is it."""
+
+    sft: bool = False
+    """Fine-tune an sft adapter on demonstrations first (the data's completions, or the preferred answers of
+    preference pairs); the actor then starts from it and the frozen reference is base + sft adapter."""
+    sft_steps: int = 100
+    """Optimizer steps of that SFT stage."""
+    sft_lr: float = 2e-4
+    """Learning rate of that SFT stage."""
+
+    def _check_sft_stage(self) -> None:
+        check_bool("sft", self.sft)
+        check_int("sft_steps", self.sft_steps)
+        check_number("sft_lr", self.sft_lr, low=0, open_low=True)
+
+    def sft_stage_config(self) -> SFTConfig:
+        """The SFTConfig of the pre-stage: this run's shared settings with the stage's own steps and lr."""
+        shared = {name: getattr(self, name) for name in SHARED_WITH_SFT_STAGE}
+        return SFTConfig(steps=self.sft_steps, lr=self.sft_lr, **shared)
 
 
 def train_sft(

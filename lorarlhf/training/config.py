@@ -1,6 +1,6 @@
 """Configuration shared by every method: the names `align(..., steps=50)` means the same way everywhere.
 
-Each method's config (e.g. reward_config.RewardConfig) is a dataclass extending `CommonConfig`; every field
+Each method's config (e.g. methods.reward.RewardConfig) is a dataclass extending `CommonConfig`; every field
 carries its help text as a docstring right under it, `__post_init__` validates with a message naming the
 allowed values, and `from_overrides` turns `align()` keyword arguments into a config, refusing unknown names.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
-import math
 import textwrap
 from dataclasses import asdict, dataclass, fields
 
 from lorarlhf.model.loading import QUANTIZE_CHOICES
+from lorarlhf.validation import check_bool, check_choice, check_int, check_number, is_number
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -60,6 +60,12 @@ class CommonConfig:
     run stops with an error saying where the NaN came from."""
     samples: int = 4
     """Prompts whose completions are sampled before and after training into samples.jsonl (0: none)."""
+    max_new_tokens: int = 64
+    """Longest sampled response in tokens: of the samples before and after training (PPO, GRPO: of every
+    rollout)."""
+    temperature: float = 1.0
+    """Sampling temperature of the samples before and after training (PPO, GRPO: of the rollouts, and of the
+    log-probs the losses use)."""
     merge: bool = False
     """Also save the actor merged into a full-precision copy of the base, as an ordinary transformers
     checkpoint in output_dir/merged (loads the base again, unquantized, on the CPU)."""
@@ -76,41 +82,29 @@ class CommonConfig:
     """Run the model repository's own Python code when loading it (read it first: it runs as you)."""
 
     def __post_init__(self):
-        _positive_int(self, "steps")
-        _positive_int(self, "batch_size")
-        _positive_int(self, "lora_r")
-        _positive_int(self, "max_length")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r} must be an integer")
-        _positive_number(self, "lr")
-        _positive_number(self, "lora_alpha")
-        _positive_number(self, "max_grad_norm")
+        positive = ("steps", "batch_size", "lora_r", "max_length", "max_new_tokens", "grad_accumulation")
+        for name in (*positive, "keep_checkpoints", "max_skipped_steps"):
+            check_int(name, getattr(self, name))
+        check_int("seed", self.seed, minimum=None)
+        for name in ("lr", "lora_alpha", "max_grad_norm"):
+            check_number(name, getattr(self, name), low=0, open_low=True)
+        if not is_number(self.temperature) or self.temperature <= 0:  # sampled, and a softmax's divisor
+            raise ValueError(
+                f"temperature={self.temperature!r} must be > 0 for RL (log-probs need a softmax) and samples"
+            )
         if isinstance(self.quantize, str) and self.quantize.lower() == "none":
             self.quantize = None
-        if self.quantize not in QUANTIZE_CHOICES:
-            raise ValueError(f"quantize={self.quantize!r} is not supported; choose one of {QUANTIZE_CHOICES}")
-        if not _is_number(self.eval_fraction) or not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction={self.eval_fraction!r} must be in [0, 1)")
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ValueError(f"gradient_checkpointing={self.gradient_checkpointing!r} must be True or False")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
-            raise ValueError(f"samples={self.samples!r} must be an integer >= 0")
-        for name in ("merge", "resume", "overwrite", "trust_remote_code"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
-        if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) or self.save_every < 0:
-            raise ValueError(f"save_every={self.save_every!r} must be an integer >= 0 (0: no checkpoints)")
-        _positive_int(self, "keep_checkpoints")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not supported; choose one of {LR_SCHEDULES}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0")
-        _positive_int(self, "max_skipped_steps")
-        _positive_int(self, "grad_accumulation")
+        check_choice("quantize", self.quantize, QUANTIZE_CHOICES)
+        check_number("eval_fraction", self.eval_fraction, low=0, high=1, open_high=True)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_int("samples", self.samples, minimum=0)
+        for name in ("gradient_checkpointing", "merge", "resume", "overwrite", "trust_remote_code"):
+            check_bool(name, getattr(self, name))
+        check_int("save_every", self.save_every, minimum=0, hint=" (0: no checkpoints)")
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
         card = self.gpu_memory_gb
-        if card is not None and card != "auto" and (not _is_number(card) or card <= 0):
+        if card is not None and card != "auto" and (not is_number(card) or card <= 0):
             raise ValueError(f"gpu_memory_gb={self.gpu_memory_gb!r} must be 'auto', None or a positive number")
         if self.resume and self.overwrite:
             raise ValueError("resume=True continues the run in output_dir and overwrite=True replaces it; pick one")
@@ -132,105 +126,19 @@ class CommonConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def hydra_options(self) -> dict:
+        """How HydraModel.from_pretrained builds the base and adapters for this run."""
+        return dict(
+            quantize=self.quantize,
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            gradient_checkpointing=self.gradient_checkpointing,
+            trust_remote_code=self.trust_remote_code,
+        )
 
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-
-
-def _positive_int(config, name: str) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-
-
-def _positive_number(config, name: str) -> None:
-    value = getattr(config, name)
-    if not _is_number(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive number")
-
-
-@dataclass
-class SFTStageOptions:
-    """The optional SFT stage before DPO, PPO or GRPO: the actor starts from it, the reference is it."""
-
-    sft: bool = False
-    """Fine-tune an sft adapter on demonstrations first (the data's completions, or the preferred answers of
-    preference pairs); the actor then starts from it and the frozen reference is base + sft adapter."""
-    sft_steps: int = 100
-    """Optimizer steps of that SFT stage."""
-    sft_lr: float = 2e-4
-    """Learning rate of that SFT stage."""
-
-    def _check_sft_stage(self) -> None:
-        if not isinstance(self.sft, bool):
-            raise ValueError(f"sft={self.sft!r} must be True or False")
-        _positive_int(self, "sft_steps")
-        _positive_number(self, "sft_lr")
-
-    def sft_stage_config(self):
-        """The SFTConfig of the pre-stage: this run's shared settings with the stage's own steps and lr."""
-        from lorarlhf.methods.sft import SFTConfig
-
-        shared = ("batch_size", "seed", "quantize", "lora_r", "lora_alpha", "max_length", "eval_fraction")
-        shared += ("gradient_checkpointing", "max_grad_norm", "weight_decay", "grad_accumulation", "max_skipped_steps")
-        return SFTConfig(steps=self.sft_steps, lr=self.sft_lr, **{name: getattr(self, name) for name in shared})
-
-
-ESTIMATORS = ("k1", "k3")
-REWARD_NORMALIZE = ("none", "batch")
-
-
-@dataclass
-class RLConfig(CommonConfig, SFTStageOptions):
-    """Options shared by the RL methods (PPO, GRPO): sampling, rewards, KL, and the reward-model stage."""
-
-    batch_size: int = 8
-    """Prompts per rollout (GRPO samples group_size responses for each)."""
-    lr: float = 1e-5
-    """AdamW learning rate of the actor (and critic) adapters."""
-    max_new_tokens: int = 64
-    """Longest sampled response in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature of the rollouts (and of the log-probs the losses use)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 keeps every token)."""
-    top_k: int = 0
-    """Top-k sampling (0 keeps every token)."""
-    kl_coef: float = 0.05
-    """Weight of the KL to the reference (PPO: in the per-token reward; GRPO: beta in the loss)."""
-    missing_eos_penalty: float | None = None
-    """Subtracted from the reward of a response that hit max_new_tokens without EOS (None: no penalty)."""
-    reward_normalize: str = "none"
-    """"none" or "batch" (whiten each rollout batch's rewards)."""
-    reward_clip: float | None = None
-    """Clip rewards to [-reward_clip, reward_clip] after normalisation (None: no clipping)."""
-    rm_steps: int = 200
-    """Reward-model steps trained first when the data is preference pairs and no reward_fn is given."""
-    rm_lr: float = 1e-4
-    """Learning rate of that reward-model stage."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        self._check_sft_stage()
-        for name in ("max_new_tokens", "rm_steps"):
-            _positive_int(self, name)
-        _positive_number(self, "rm_lr")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
-        if not _is_number(self.temperature) or self.temperature <= 0:
-            raise ValueError(f"temperature={self.temperature!r} must be > 0 for RL (log-probs need a softmax)")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
-        if not _is_number(self.kl_coef) or self.kl_coef < 0:
-            raise ValueError(f"kl_coef={self.kl_coef!r} must be >= 0")
-        if self.reward_normalize not in REWARD_NORMALIZE:
-            raise ValueError(
-                f"reward_normalize={self.reward_normalize!r} is not supported; choose one of {REWARD_NORMALIZE}"
-            )
-        for name in ("missing_eos_penalty", "reward_clip"):
-            value = getattr(self, name)
-            if value is not None and (not _is_number(value) or value < 0):
-                raise ValueError(f"{name}={value!r} must be None or a number >= 0")
+    def pair_options(self) -> dict:
+        """How load_preferences reads this run's preference data (a method with reading options adds them)."""
+        return {}
 
 
 # --------------------------------------------------------------------------- options as text (the CLI's --set)
