@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 from lorarlhf.kernels._common import LOGITS_CHUNK_BYTES
+from lorarlhf.validation import check_int
 
 GiB = 2**30
 NF4_BLOCK = 64  # weights per first-level scale
@@ -200,8 +201,7 @@ def plan(
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {tuple(DTYPE_BYTES)}")
     for name, value in (("batch_size", batch_size), ("max_length", max_length), ("lora_r", lora_r)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
+        check_int(name, value)
     config, name = _config_of(model)
     shape = Shape.from_config(config)
     width = DTYPE_BYTES[dtype]

@@ -10,6 +10,7 @@ import numbers
 import os
 
 from lorarlhf.data.records import PreferencePair, Row, render_prompt
+from lorarlhf.validation import is_number
 
 HH_ASSISTANT = "\n\nAssistant:"
 
@@ -111,7 +112,7 @@ def _parse_ratings(row: Row, *, score_margin: bool = False, **_) -> tuple[list[P
     if len(scores) != len(responses):
         raise row.error(f"{len(scores)} scores for {len(responses)} responses", field="scores")
     for score in scores:
-        if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
+        if not is_number(score):
             raise row.error(f"scores must be finite numbers, got {score!r}", field="scores")
     texts = [row.response(f"responses[{i}]", value) for i, value in enumerate(responses)]
     order = sorted(range(len(texts)), key=lambda i: -scores[i])  # best first; stable, so ties keep data order

@@ -18,6 +18,7 @@ import numpy as np
 
 from lorarlhf.data.records import PreferenceDataError, PreferencePair, Row, plural
 from lorarlhf.data.sources import open_source
+from lorarlhf.validation import check_int
 
 VOTE_LABELS = ("a", "b", "tie")
 _MOST_DISPUTED = 5
@@ -121,8 +122,7 @@ def bradley_terry(comparisons, n_players: int, *, prior: float = 1.0, max_iter: 
     free offset (the strengths sum to 0). The objective is strictly concave, so Newton's method with
     backtracking converges to its one maximum; the result is deterministic. Players that never play get 0.
     """
-    if isinstance(n_players, bool) or not isinstance(n_players, numbers.Integral) or n_players < 1:
-        raise ValueError(f"n_players must be a positive int, got {n_players!r}")
+    check_int("n_players", n_players)
     if not prior > 0:
         raise ValueError(f"prior must be > 0 so every strength stays finite, got {prior!r}")
     wins = np.zeros((n_players, n_players))  # wins[i, j]: weighted wins of i over j

@@ -17,6 +17,8 @@ import random
 import re
 from pathlib import Path
 
+from lorarlhf.validation import check_int
+
 DEMO_MODEL_DIR = Path(__file__).parent / "model"
 
 PRODUCTS = (
@@ -181,8 +183,7 @@ def sample_review(rng: random.Random, product: str, positive: bool) -> str:
 
 def corpus(n: int, seed: int) -> list[tuple[str, str]]:
     """`n` (prompt, review) pairs, each review about its prompt's product, exactly half positive (n even)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    check_int("n", n, minimum=0)
     rng = random.Random(seed)
     sentiments = [i % 2 == 0 for i in range(n)]
     rng.shuffle(sentiments)
@@ -228,10 +229,8 @@ def simulated_votes(n_items: int, *, annotators: int = 3, seed: int = 0) -> list
     ANNOTATOR_ERROR_RATES[i % 3]: on a contrast item it votes for the more positive review, or with that
     probability the other one; on a same-sentiment item it says "tie" or picks a side at random.
     """
-    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
-        raise ValueError(f"n_items must be a positive int, got {n_items!r}")
-    if isinstance(annotators, bool) or not isinstance(annotators, int) or annotators < 1:
-        raise ValueError(f"annotators must be a positive int, got {annotators!r}")
+    check_int("n_items", n_items)
+    check_int("annotators", annotators)
     rng = random.Random(seed)
     names = [f"annotator-{i + 1}" for i in range(annotators)]
     error_rates = [ANNOTATOR_ERROR_RATES[i % len(ANNOTATOR_ERROR_RATES)] for i in range(annotators)]

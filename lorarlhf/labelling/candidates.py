@@ -22,6 +22,7 @@ import numpy as np
 from lorarlhf.data import PreferenceDataError, load_prompts, read_jsonl
 from lorarlhf.model.hydra import HydraModel, resolve_model
 from lorarlhf.training.rollout import SamplingConfig, generate_in_pieces
+from lorarlhf.validation import check_int
 
 logger = logging.getLogger("lorarlhf.labelling")
 
@@ -141,8 +142,7 @@ def sample_candidates(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n={n!r}: candidates per prompt must be an integer >= 2 (2 to compare, more to rank)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    check_int("batch_size", batch_size)
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out, or pass overwrite=True (--overwrite) to replace it")

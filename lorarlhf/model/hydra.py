@@ -40,6 +40,7 @@ from lorarlhf.model.lora import LoraSettings
 from lorarlhf.model.memory import parameter_bytes
 from lorarlhf.model.saving import MANIFEST, load_hydra, save_hydra
 from lorarlhf.model.tokenization import TokenizedBatch, encode_prompt_response, encode_prompts_left_padded
+from lorarlhf.validation import check_int
 
 ADAPTER_ROLES = ("sft", "actor", "critic", "reward")
 ROLES = ("reference", *ADAPTER_ROLES)
@@ -462,8 +463,7 @@ class HydraModel(nn.Module):
     def generate(self, prompts: list[str], *, max_new_tokens: int = 64, role: str = "actor", **sampling) -> list[str]:
         """Complete each prompt as `role`. `sampling` goes to transformers' generate
         (do_sample, temperature, top_p, top_k, ...); without it the model's generation config applies."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+        check_int("max_new_tokens", max_new_tokens)
         input_ids, attention_mask = encode_prompts_left_padded(self.tokenizer, prompts)
         modes = {module: module.training for module in self.modules()}
         self.eval()  # no dropout while sampling, and the KV cache stays on under gradient checkpointing

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from peft import LoraConfig
 
+from lorarlhf.validation import check_int, check_number
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -21,12 +23,9 @@ class LoraSettings:
     """"all-linear" (every Linear but the LM head, as QLoRA) or a tuple of module names such as ("q_proj", "v_proj")."""
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"lora_r={self.r!r} must be a positive integer (e.g. 8, 16, 64)")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not self.alpha > 0:
-            raise ValueError(f"lora_alpha={self.alpha!r} must be a positive number (e.g. 2 * lora_r)")
-        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora_dropout={self.dropout!r} must be in [0, 1)")
+        check_int("lora_r", self.r, hint=" (e.g. 8, 16, 64)")
+        check_number("lora_alpha", self.alpha, low=0, open_low=True, hint=" (e.g. 2 * lora_r)")
+        check_number("lora_dropout", self.dropout, low=0, high=1, open_high=True)
         targets = self.target_modules
         if isinstance(targets, list):
             object.__setattr__(self, "target_modules", targets := tuple(targets))

@@ -8,12 +8,12 @@ is never passed on: `NonFiniteReward` names the function and the sample, and the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from lorarlhf.training.rollout import Rollout
+from lorarlhf.validation import is_number
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 NORMALIZE = ("none", "batch")  # validated by RLConfig.reward_normalize
@@ -33,7 +33,7 @@ def reward_functions(reward_fn) -> list[tuple[RewardFn, float]]:
         fn, weight = item if isinstance(item, tuple) else (item, 1.0)
         if not callable(fn):
             raise TypeError(f"reward_fn[{i}] is {type(fn).__name__}, not a function(prompts, responses)")
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+        if not is_number(weight):
             raise TypeError(f"reward_fn[{i}] has weight {weight!r}; weights are finite numbers")
         weighted.append((fn, float(weight)))
     if not weighted:

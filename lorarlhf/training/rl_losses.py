@@ -26,6 +26,7 @@ import math
 import torch
 
 from lorarlhf.kernels import token_kl
+from lorarlhf.validation import check_int
 
 LOSS_TYPES = ("sequence", "token")
 
@@ -111,8 +112,7 @@ def group_advantages(
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D (B,), got shape {tuple(rewards.shape)}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    check_int("group_size", group_size)
     B = rewards.shape[0]
     if B % group_size != 0:
         raise ValueError(f"batch size B={B} is not a multiple of group_size={group_size}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from lorarlhf.model.tokenization import TokenizedBatch, encode_prompts_left_padded
+from lorarlhf.validation import check_int, check_number
 
 
 @dataclass
@@ -29,14 +30,10 @@ class SamplingConfig:
     """Keep only the k most likely tokens (0 keeps all)."""
 
     def __post_init__(self):
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be a positive integer")
-        if not isinstance(self.temperature, int | float) or not self.temperature >= 0:
-            raise ValueError(f"temperature={self.temperature!r} must be >= 0 (0 is greedy)")
-        if not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
+        check_int("max_new_tokens", self.max_new_tokens)
+        check_number("temperature", self.temperature, low=0, hint=" (0 is greedy)")
+        check_number("top_p", self.top_p, low=0, high=1, open_low=True)
+        check_int("top_k", self.top_k, minimum=0, hint=" (0 disables it)")
 
 
 @dataclass
