@@ -23,7 +23,6 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from lorarlhf.demo.world import (
-    DEMO_MODEL_DIR,
     PROMPTS,
     corpus,
     gold_sentiment,
@@ -31,6 +30,7 @@ from lorarlhf.demo.world import (
     prompt_product,
     word_tokenizer,
 )
+from lorarlhf.model.loading import DEMO_MODEL_DIR
 from lorarlhf.model.tokenization import encode_prompt_response
 
 

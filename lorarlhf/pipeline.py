@@ -1,6 +1,7 @@
 """`lorarlhf.align(model, data, method=...)`: the one call a user makes.
 
-It builds (or takes) the Hydra, reads the data, runs the method's stages in order, and writes the run:
+It builds (or takes) the Hydra, reads the data, runs the method's stages in order (from the table of methods,
+methods/table.py), and writes the run:
 
     sft     SFT on demonstrations                          (also first, for dpo/ppo/grpo with sft=True)
     rm      reward model on preference pairs               (also first, for ppo/grpo on pairs without a reward_fn)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lorarlhf.kernels._common import LOGITS_CHUNK_BYTES
+from lorarlhf.kernels import LOGITS_CHUNK_BYTES
 from lorarlhf.validation import check_int
 
 GiB = 2**30

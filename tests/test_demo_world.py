@@ -9,7 +9,6 @@ import torch
 
 from lorarlhf.data import load_preferences
 from lorarlhf.demo.world import (
-    DEMO_MODEL_DIR,
     NEGATIVE_CLAUSES,
     NEUTRAL_CLAUSES,
     POSITIVE_CLAUSES,
@@ -26,6 +25,7 @@ from lorarlhf.demo.world import (
     simulated_votes,
     word_tokenizer,
 )
+from lorarlhf.model.loading import DEMO_MODEL_DIR
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from lorarlhf.data.demonstrations import Demonstration
 from lorarlhf.methods.dpo import DPOConfig, train_dpo
 from lorarlhf.methods.reward import RewardConfig, train_reward_model
 from lorarlhf.methods.sft import SFTConfig, train_sft
-from lorarlhf.training.supervised_loop import NonFiniteError
+from lorarlhf.training.steps import NonFiniteError
 
 PAIRS = [PreferencePair(f"Question {i}:", "cat yes", "cat no") for i in range(8)]
 DEMOS = [Demonstration(f"Question {i}:", "cat yes") for i in range(8)]

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lorarlhf.training.supervised_loop import ShuffledBatches, make_optimizer, sliced_backward
+from lorarlhf.training.steps import make_optimizer
+from lorarlhf.training.supervised_loop import ShuffledBatches, sliced_backward
 
 
 def lrs(schedule: str, warmup: int, steps: int = 10) -> list[float]:

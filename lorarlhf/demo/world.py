@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
 from lorarlhf.validation import check_int
-
-DEMO_MODEL_DIR = Path(__file__).parent / "model"
 
 PRODUCTS = (
     "kettle",

@@ -3,7 +3,7 @@
 Direct Preference Optimization (Rafailov et al. 2023): the policy's log-ratio to the reference is an
 implicit reward, and the Bradley-Terry likelihood of the preferences under that reward is maximised. The
 reference is the same base with adapters off (or the frozen sft adapter), so no second model is loaded.
-Variants: conservative DPO (label smoothing), IPO, and CPL, which needs no reference at all (losses.py).
+Variants: conservative DPO (label smoothing), IPO, and CPL, which needs no reference at all (training/losses.py).
 
     optionally: ref_logp <- reference log-probs of every pair, once
     for step in 1..steps:
@@ -27,7 +27,8 @@ from lorarlhf.data import PreferencePair
 from lorarlhf.methods.sft import SFTStageOptions
 from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
-from lorarlhf.training.supervised_loop import StageRun, SupervisedLoop, sliced_backward
+from lorarlhf.training.steps import StageRun
+from lorarlhf.training.supervised_loop import SupervisedLoop, sliced_backward
 from lorarlhf.validation import check_bool, check_choice, check_number
 
 LOSSES = ("sigmoid", "ipo", "cpl")

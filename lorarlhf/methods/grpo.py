@@ -28,7 +28,7 @@ from lorarlhf.training.rl_loop import (
     rows_of,
 )
 from lorarlhf.training.rl_losses import LOSS_TYPES, group_advantages, grpo_policy_loss, masked_mean
-from lorarlhf.training.supervised_loop import StageRun
+from lorarlhf.training.steps import StageRun
 from lorarlhf.validation import check_bool, check_choice, check_int, check_number
 
 

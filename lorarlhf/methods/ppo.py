@@ -49,7 +49,7 @@ from lorarlhf.training.rl_losses import (
     masked_mean,
     masked_whiten,
 )
-from lorarlhf.training.supervised_loop import StageRun
+from lorarlhf.training.steps import StageRun
 from lorarlhf.validation import check_bool, check_choice, check_int, check_number, check_optional_number
 
 ESTIMATORS = ("k1", "k3")

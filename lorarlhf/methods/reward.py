@@ -4,7 +4,7 @@ InstructGPT (Ouyang et al. 2022, sec. 3.5): a scalar reward read at the last tok
 trained so that sigmoid(r_chosen - r_rejected) is the probability the chosen answer is preferred. Only the
 reward adapter and head train; the frozen base and the other roles' adapters are untouched. Options: margins
 and pair weights, reward centering, a Plackett-Luce listwise objective for rankings, and the prompt-aware
-utility of Song et al. (2023) against reward collapse (losses.py has the formulas).
+utility of Song et al. (2023) against reward collapse (training/losses.py has the formulas).
 
     for step in 1..steps:
         batch   <- next shuffled pairs (or whole rankings, listwise)
@@ -32,7 +32,8 @@ from lorarlhf.training.losses import (
     prompt_aware_utility_loss,
     reward_centering_loss,
 )
-from lorarlhf.training.supervised_loop import StageRun, SupervisedLoop, sliced_backward
+from lorarlhf.training.steps import StageRun
+from lorarlhf.training.supervised_loop import SupervisedLoop, sliced_backward
 from lorarlhf.validation import check_bool, check_choice, check_int, check_number
 
 log = logging.getLogger("lorarlhf.reward")

@@ -24,7 +24,8 @@ import torch
 
 from lorarlhf.data.demonstrations import Demonstration
 from lorarlhf.training.config import CommonConfig
-from lorarlhf.training.supervised_loop import StageRun, SupervisedLoop, sliced_backward
+from lorarlhf.training.steps import StageRun
+from lorarlhf.training.supervised_loop import SupervisedLoop, sliced_backward
 from lorarlhf.validation import check_bool, check_int, check_number
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from lorarlhf.kernels import fused_linear_kl, fused_linear_logprobs
 from lorarlhf.model.heads import HEAD_ROLES, ScalarHead, gather_last_token
 from lorarlhf.model.loading import (
+    DEMO_MODEL_DIR,
     check_quantize,
     check_source,
     load_base_model,
@@ -499,8 +500,6 @@ def resolve_model(model, *, trust_remote_code: bool = False) -> HydraModel | str
     if not isinstance(model, str | os.PathLike):
         raise TypeError(f'model must be a hub id, a local path, "demo" or a HydraModel, not {type(model).__name__}')
     if model == "demo":
-        from lorarlhf.demo.world import DEMO_MODEL_DIR
-
         model = DEMO_MODEL_DIR
     if (Path(model) / MANIFEST).is_file():
         return HydraModel.load(model, trust_remote_code=trust_remote_code)

@@ -16,6 +16,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 QUANTIZE_CHOICES = ("nf4", None)
+# The bundled demo model (package data of lorarlhf.demo), which model="demo" names.
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

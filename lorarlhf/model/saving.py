@@ -229,7 +229,7 @@ def check_base_matches(saved: dict, causal_lm, source: str) -> None:
         )
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; the saved run is incomplete")
     try:
@@ -290,7 +290,7 @@ def load_weights(hydra, output_dir: Path):
     """Set every adapter and head of `hydra` to the ones saved in `output_dir` (safetensors only)."""
     for role in hydra.adapters:
         path = output_dir / ADAPTERS / role / ADAPTER_WEIGHTS
-        result = set_peft_model_state_dict(hydra.peft, _load_tensors(path), adapter_name=role)
+        result = set_peft_model_state_dict(hydra.peft, load_tensors(path), adapter_name=role)
         missing = [key for key in result.missing_keys if f".{role}." in key and "lora_" in key]
         if missing or result.unexpected_keys:
             raise ValueError(
@@ -299,7 +299,7 @@ def load_weights(hydra, output_dir: Path):
             )
     heads_path = output_dir / HEADS
     try:
-        hydra.heads.load_state_dict(_load_tensors(heads_path), strict=True)
+        hydra.heads.load_state_dict(load_tensors(heads_path), strict=True)
     except RuntimeError as error:
         raise ValueError(f"{heads_path} does not fit the model's heads: {error}") from error
     return hydra

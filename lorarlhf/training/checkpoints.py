@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from lorarlhf.model.saving import ADAPTER_WEIGHTS, ADAPTERS, HEADS, _load_tensors, read_manifest
+from lorarlhf.model.saving import ADAPTER_WEIGHTS, ADAPTERS, HEADS, load_tensors, read_manifest
 from lorarlhf.training import distributed
-from lorarlhf.training.supervised_loop import rng_state_from_json, rng_state_to_json
+from lorarlhf.training.steps import rng_state_from_json, rng_state_to_json
 
 log = logging.getLogger("lorarlhf.training.checkpoints")
 
@@ -162,8 +162,8 @@ class StageCheckpoints:
         if self.resume is None:
             return None
         path, state = self.resume.path, self.resume.state
-        load_optimizer_state(optimizer, _load_tensors(path / OPTIMIZER), state["optimizer"])
-        restore_rng(state["rng"], _load_tensors(path / RNG))
+        load_optimizer_state(optimizer, load_tensors(path / OPTIMIZER), state["optimizer"])
+        restore_rng(state["rng"], load_tensors(path / RNG))
         log.info("resumed stage %s at step %d from %s", self.stage, state["trainer"]["step"], path)
         self.resume = None
         return state["trainer"]
@@ -198,7 +198,7 @@ def validate(path: Path) -> dict:
         raise ValueError(f"{STATE} is not valid JSON ({error})") from error
     manifest = read_manifest(path)
     for name in (OPTIMIZER, RNG, HEADS, *(f"{ADAPTERS}/{role}/{ADAPTER_WEIGHTS}" for role in manifest["roles"])):
-        _load_tensors(path / name)  # raises on a missing or truncated file
+        load_tensors(path / name)  # raises on a missing or truncated file
     for key in ("stage", "step", "trainer", "optimizer", "records", "completed", "rng"):
         if key not in state:
             raise ValueError(f"{STATE} lacks {key!r}")

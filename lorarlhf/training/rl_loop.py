@@ -23,7 +23,7 @@ from lorarlhf.model.tokenization import TokenizedBatch
 from lorarlhf.training import distributed
 from lorarlhf.training.rewards import NonFiniteReward, reward_functions, score_rollout
 from lorarlhf.training.rollout import Rollout, SamplingConfig, generate_in_pieces
-from lorarlhf.training.supervised_loop import (
+from lorarlhf.training.steps import (
     NonFiniteGuard,
     OutOfMemoryBackoff,
     StageRun,
