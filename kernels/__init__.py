@@ -10,13 +10,14 @@ tests them without a GPU). `_common.backend_for` makes that choice.
     fused_linear_kl        exact full-vocabulary KL(policy || reference) per token
 """
 
-__all__ = ["fused_linear_logprobs", "token_kl", "fused_linear_kl", "LOGITS_CHUNK_BYTES"]
+__all__ = ["fused_linear_logprobs", "token_kl", "fused_linear_kl"]
 
 # Run from the repository root, this folder is also importable as a top-level `kernels`, the name of the
 # Hugging Face hub-kernels package that transformers and bitsandbytes probe for. Under that name it
 # defines nothing, so their `from kernels import get_kernel` fails the way a missing package does.
 if __name__ == "lorarlhf.kernels":
-    from ._common import LOGITS_CHUNK_BYTES
+    # The logits tile budget, which the memory planner counts.
+    from ._common import LOGITS_CHUNK_BYTES as LOGITS_CHUNK_BYTES
     from .linear_kl import fused_linear_kl
     from .logprobs import fused_linear_logprobs
     from .token_kl import token_kl
