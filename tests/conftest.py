@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 
 import pytest
 import torch
@@ -14,21 +16,61 @@ from lorarlhf.model.tiny import save_tiny_model
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def stat_seed() -> int:
+    """The seed of every test with a statistical threshold: 0, as in CI, unless LORARLHF_TEST_SEED says otherwise.
+
+    benchmarks/seed_spread.py runs those tests over several seeds to measure how far their numbers spread.
+    """
+    return int(os.environ.get("LORARLHF_TEST_SEED", "0"))
+
+
+@pytest.fixture
+def measured(request, stat_seed):
+    """measured(name, value, above=bar and/or below=bar) returns value; with LORARLHF_MEASURE=FILE it also
+    appends {"test", "seed", "triton", "name", "value", "bar", "direction"} to FILE as one JSON line.
+
+    Call it on each statistical quantity before the assert that compares it with its bar.
+    """
+    path = os.environ.get("LORARLHF_MEASURE")
+
+    def measure(name: str, value, *, above: float | None = None, below: float | None = None):
+        if above is None and below is None:
+            raise TypeError("measured() needs the bar: above=, below= or both")
+        if path:
+            bar = [above, below] if above is not None and below is not None else below if above is None else above
+            direction = "in" if isinstance(bar, list) else "<" if above is None else ">"
+            record = {
+                "test": request.node.nodeid,
+                "seed": stat_seed,
+                "triton": bool(os.environ.get("TRITON_INTERPRET")),
+                "name": name,
+                "value": float(value),
+                "bar": bar,
+                "direction": direction,
+            }
+            with open(path, "a") as file:
+                file.write(json.dumps(record) + "\n")
+        return value
+
+    return measure
+
+
 @pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+def _seed(stat_seed):
+    torch.manual_seed(stat_seed)
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model_dir(tmp_path_factory, stat_seed):
     """A 2-layer Llama with a byte-level tokenizer, on disk like a hub checkpoint."""
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0)
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=stat_seed)
 
 
 @pytest.fixture(scope="session")
-def other_tiny_model_dir(tmp_path_factory):
+def other_tiny_model_dir(tmp_path_factory, stat_seed):
     """Same architecture as tiny_model_dir, different weights."""
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-other"), seed=1)
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-other"), seed=stat_seed + 1)
 
 
 @pytest.fixture

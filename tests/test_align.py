@@ -36,9 +36,9 @@ def lowercase(prompts, responses):
 
 
 @pytest.fixture(scope="module")
-def peaked_model_dir(tmp_path_factory):
+def peaked_model_dir(tmp_path_factory, stat_seed):
     """Peaked next-token distributions like a trained model's (see test_rl.py)."""
-    return save_tiny_model(tmp_path_factory.mktemp("peaked"), seed=0, initializer_range=0.3)
+    return save_tiny_model(tmp_path_factory.mktemp("peaked"), seed=stat_seed, initializer_range=0.3)
 
 
 def actor_logprobs(hydra, prompts, responses, role="actor"):
@@ -49,30 +49,40 @@ def actor_logprobs(hydra, prompts, responses, role="actor"):
 # --------------------------------------------------------------------------- every method learns
 
 
-def test_sft_learns_the_demonstrations_then_actor_and_reference_start_from_them(peaked_model_dir, tmp_path):
+def test_sft_learns_the_demonstrations_then_actor_and_reference_start_from_them(
+    peaked_model_dir, tmp_path, stat_seed, measured
+):
     demos = [{"prompt": f"Question {i}:", "completion": "the answer is yes"} for i in range(24)]
     result = lorarlhf.align(
         str(peaked_model_dir), demos, method="sft", output_dir=tmp_path / "run", steps=30, lr=1e-2,
-        batch_size=8, eval_fraction=0.25, quantize=None, samples=2,
+        batch_size=8, eval_fraction=0.25, quantize=None, samples=2, seed=stat_seed,
     )  # fmt: skip
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["stage"] == "sft"
-    assert result.metrics["sft/eval_loss"] < 0.3 * first["sft/loss"], (result.metrics, first)
+    ratio = measured("sft/eval_loss / first sft/loss", result.metrics["sft/eval_loss"] / first["sft/loss"], below=0.3)
+    # bar 0.3: seed 0 gives 0.0002 (triton 0.0002); spread over 5 seeds 0.0001 (benchmarks/seed_spread.py)
+    assert ratio < 0.3, (result.metrics, first)
     hydra, prompts, answers = result.model, ["Question 99:"], ["the answer is yes"]
     sft = actor_logprobs(hydra, prompts, answers, role="sft")
     assert torch.equal(actor_logprobs(hydra, prompts, answers, role="actor"), sft)  # the actor starts from sft
     assert torch.equal(actor_logprobs(hydra, prompts, answers, role="reference"), sft)  # reference = base + sft
     bare = HydraModel.from_pretrained(str(peaked_model_dir), quantize=None, roles=("actor",))
-    assert sft > actor_logprobs(bare, prompts, answers, role="reference") + 5  # far likelier than under the base
+    gain = measured(
+        "sft log-prob gain over the base", sft - actor_logprobs(bare, prompts, answers, role="reference"), above=5
+    )
+    # bar 5 nats: seed 0 gives 163 (triton 163); spread 25. Far likelier than under the base.
+    assert gain > 5
 
 
-def test_dpo_learns_a_held_out_rule_and_exports_a_loadable_actor(tiny_model_dir, tmp_path):
+def test_dpo_learns_a_held_out_rule_and_exports_a_loadable_actor(tiny_model_dir, tmp_path, stat_seed, measured):
     result = lorarlhf.align(
-        str(tiny_model_dir), yes_no_pairs(64, seed=1), method="dpo", output_dir=tmp_path / "run", steps=40,
-        lr=5e-3, batch_size=8, beta=0.5, eval_fraction=0.25, quantize=None, samples=3,
+        str(tiny_model_dir), yes_no_pairs(64, seed=stat_seed + 1), method="dpo", output_dir=tmp_path / "run",
+        steps=40, lr=5e-3, batch_size=8, beta=0.5, eval_fraction=0.25, quantize=None, samples=3, seed=stat_seed,
     )  # fmt: skip
     assert result.metrics["dpo/eval_pairs"] == 16
-    assert result.metrics["dpo/eval_accuracy"] > 0.9, result.metrics
+    accuracy = measured("dpo/eval_accuracy", result.metrics["dpo/eval_accuracy"], above=0.9)
+    # bar 0.9: seed 0 gives 1.0 (triton 1.0); spread over 5 seeds 0 (benchmarks/seed_spread.py)
+    assert accuracy > 0.9, result.metrics
     out = result.output_dir
 
     # The actor as a standard PEFT adapter directory gives the Hydra actor's log-probs on a plain transformers model.
@@ -114,24 +124,35 @@ def test_dpo_after_sft_measures_its_kl_from_the_sft_policy(tiny_model_dir, tmp_p
     assert not (result.output_dir / "samples.jsonl").exists()  # samples=0
 
 
-def test_grpo_with_a_reward_function_raises_the_reward(peaked_model_dir, tmp_path):
+def test_grpo_with_a_reward_function_raises_the_reward(peaked_model_dir, tmp_path, stat_seed, measured):
     prompts = [f"Say something {i}:" for i in range(16)]
     result = lorarlhf.align(
         str(peaked_model_dir), prompts, method="grpo", reward_fn=lowercase, output_dir=tmp_path / "run",
-        steps=30, lr=1e-2, batch_size=4, group_size=4, max_new_tokens=8, samples=2,
+        steps=30, lr=1e-2, batch_size=4, group_size=4, max_new_tokens=8, samples=2, seed=stat_seed,
     )  # fmt: skip
-    assert result.metrics["rl/reward_last"] > result.metrics["rl/reward_first"] + 0.3, result.metrics
+    gain = measured(
+        "rl/reward_last - rl/reward_first",
+        result.metrics["rl/reward_last"] - result.metrics["rl/reward_first"],
+        above=0.3,
+    )
+    # bar 0.3: seed 0 gives 0.93 (triton 0.93); spread over 5 seeds 0.35 (benchmarks/seed_spread.py)
+    assert gain > 0.3, result.metrics
     assert result.model.adapters == ("actor",)  # a reward function needs no reward or critic adapter
     assert [s["prompt"] for s in result.samples] == prompts[:2]
 
 
-def test_rm_learns_and_trains_nothing_but_the_reward_role(tiny_model_dir, tmp_path):
-    records = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in yes_no_pairs(48, 3)]
+def test_rm_learns_and_trains_nothing_but_the_reward_role(tiny_model_dir, tmp_path, stat_seed, measured):
+    records = [
+        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+        for r in yes_no_pairs(48, stat_seed + 3)
+    ]
     result = lorarlhf.align(
         str(tiny_model_dir), records, method="rm", output_dir=tmp_path / "run", steps=40, lr=5e-3,
-        batch_size=8, eval_fraction=0.25, quantize=None,
+        batch_size=8, eval_fraction=0.25, quantize=None, seed=stat_seed,
     )  # fmt: skip
-    assert result.metrics["rm/eval_accuracy"] > 0.9, result.metrics
+    accuracy = measured("rm/eval_accuracy", result.metrics["rm/eval_accuracy"], above=0.9)
+    # bar 0.9: seed 0 gives 1.0 (triton 1.0); spread over 5 seeds 0 (benchmarks/seed_spread.py)
+    assert accuracy > 0.9, result.metrics
     assert result.model.adapters == ("reward",)
     assert not (result.output_dir / "samples.jsonl").exists()  # the policy did not change
     with pytest.raises(ValueError, match="merge=True merges the actor, which method='rm' does not train"):

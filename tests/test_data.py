@@ -513,8 +513,8 @@ def simulate_votes(seed=0, n_responses=8, n_annotators=30, pairs_per_annotator=1
     return true, records
 
 
-def test_bradley_terry_recovers_the_order_of_noisy_simulated_annotators():
-    true, records = simulate_votes()
+def test_bradley_terry_recovers_the_order_of_noisy_simulated_annotators(stat_seed, measured):
+    true, records = simulate_votes(seed=stat_seed)
     assert len(records) == 28  # every pair of the 8 responses was judged
     index = {f"response {i}": i for i in range(8)}
     comparisons = []
@@ -523,7 +523,8 @@ def test_bradley_terry_recovers_the_order_of_noisy_simulated_annotators():
         for label in r["votes"]:
             comparisons += {"a": [(a, b)], "b": [(b, a)], "tie": [(a, b, 0.5), (b, a, 0.5)]}[label]
     strengths = bradley_terry(comparisons, 8)
-    assert spearman(strengths, true) >= 0.9
+    # bar 0.9: seed 0 gives 0.976; spread over 5 seeds 0.024 (benchmarks/seed_spread.py)
+    assert measured("spearman(strengths, true)", spearman(strengths, true), above=0.9) >= 0.9
 
     prefs = load_preferences(records, aggregate="bradley_terry")
     assert len(prefs) == 28 and prefs.report.dropped["tie"] == 0
@@ -536,16 +537,23 @@ def test_bradley_terry_recovers_the_order_of_noisy_simulated_annotators():
         assert pair.weight == pytest.approx(1 / (1 + math.exp(-pair.margin)))
         assert 0.5 < pair.weight <= 1
     assert sorted(wins) == list(range(8))
-    assert spearman(wins, true) >= 0.9
+    # bar 0.9: seed 0 gives 0.976; spread 0.024
+    assert measured("spearman(wins, true)", spearman(wins, true), above=0.9) >= 0.9
 
-    # Where the annotators were clear (80% or more one way), majority and BT agree.
-    majority = {(p.chosen, p.rejected) for p in load_preferences(records)}
-    bt = {(p.chosen, p.rejected) for p in prefs}
-    clear = [r for r in records if max(r["votes"].count("a"), r["votes"].count("b")) >= 0.8 * len(r["votes"])]
-    assert len(clear) >= 5
-    for r in clear:
-        winner, loser = (r["a"], r["b"]) if r["votes"].count("a") > r["votes"].count("b") else (r["b"], r["a"])
-        assert (winner, loser) in majority and (winner, loser) in bt
+    # Where the annotators were clear (80% or more one way), majority and BT agree. One draw of votes has 4 to 17
+    # clear records over 5 seeds, so this checks those of 3 draws.
+    clear_records = 0
+    for draw in (records, simulate_votes(seed=stat_seed + 100)[1], simulate_votes(seed=stat_seed + 200)[1]):
+        majority = {(p.chosen, p.rejected) for p in load_preferences(draw)}
+        bt = {(p.chosen, p.rejected) for p in load_preferences(draw, aggregate="bradley_terry")}
+        clear = [r for r in draw if max(r["votes"].count("a"), r["votes"].count("b")) >= 0.8 * len(r["votes"])]
+        clear_records += len(clear)
+        for r in clear:
+            winner, loser = (r["a"], r["b"]) if r["votes"].count("a") > r["votes"].count("b") else (r["b"], r["a"])
+            assert (winner, loser) in majority and (winner, loser) in bt
+    measured("clear records in 3 draws", clear_records, above=3)
+    # bar 3 (was 5 in one draw, where 4 to 17 came): seed 0 gives 22; spread over 5 seeds 18 (benchmarks/seed_spread.py)
+    assert clear_records >= 3
 
 
 def test_bradley_terry_matches_exact_expected_win_counts():

@@ -128,18 +128,26 @@ def test_simulated_votes_are_deterministic_and_well_shaped():
         simulated_votes(5, annotators=0)
 
 
-def test_simulated_votes_aggregate_to_the_hidden_preference_with_human_disagreement():
-    records = simulated_votes(400, seed=0)
+def test_simulated_votes_aggregate_to_the_hidden_preference_with_human_disagreement(stat_seed, measured):
+    records = simulated_votes(400, seed=stat_seed)
     preferences = load_preferences(records)
     contrasts = {(r["prompt"], r["a"], r["b"]) for r in records if gold_sentiment(r["a"]) != gold_sentiment(r["b"])}
-    assert 0.7 * len(records) <= len(contrasts) <= 0.9 * len(records)  # mostly, not only, decisive items
+    measured("decisive items / items", len(contrasts) / len(records), above=0.65, below=0.9)
+    # bars 0.65 (was 0.7) and 0.9: seed 0 gives 0.74; spread over 5 seeds 0.058 (benchmarks/seed_spread.py)
+    assert 0.65 * len(records) <= len(contrasts) <= 0.9 * len(records)  # mostly, not only, decisive items
     decisive = [
         p for p in preferences if {(p.prompt, p.chosen, p.rejected), (p.prompt, p.rejected, p.chosen)} & contrasts
     ]
     right = sum(gold_sentiment(p.chosen) > gold_sentiment(p.rejected) for p in decisive)
+    measured("right / decisive pairs", right / len(decisive), above=0.8)
+    measured("decisive pairs / decisive items", len(decisive) / len(contrasts), above=0.9)
+    measured("wrong decisive pairs", len(decisive) - right, above=0)
+    kappa = measured("fleiss_kappa", preferences.report.agreement.fleiss_kappa, above=0.2, below=0.9)
+    # bars 0.8 and 0.9: seed 0 gives 0.90 and 1.0; spreads 0.029 and 0 (benchmarks/seed_spread.py)
     assert right >= 0.8 * len(decisive) and len(decisive) >= 0.9 * len(contrasts)
-    assert right < len(decisive)  # the careless annotator's errors sometimes carry the majority
-    kappa = preferences.report.agreement.fleiss_kappa
+    # bar 0: seed 0 gives 31 wrong pairs; spread 11. The careless annotator's errors sometimes carry the majority.
+    assert right < len(decisive)
+    # bars 0.2/0.9: seed 0 gives 0.37; spread 0.046
     assert 0.2 < kappa < 0.9
     assert preferences.report.agreement.annotators == 3
 
@@ -174,23 +182,28 @@ def _generate(model, tokenizer, prompt_list, **sampling) -> tuple[list[str], lis
 
 
 @pytest.mark.parametrize("sampling", [{"do_sample": False}, {"do_sample": True, "top_k": 0}], ids=["greedy", "sampled"])
-def test_bundled_model_writes_world_reviews_of_the_prompted_product(bundled, sampling):
+def test_bundled_model_writes_world_reviews_of_the_prompted_product(bundled, sampling, stat_seed, measured):
     model, tokenizer = bundled
-    torch.manual_seed(0)
+    torch.manual_seed(stat_seed)
     texts, ended = _generate(model, tokenizer, list(PROMPTS), **sampling)
     vocabulary = set(VOCABULARY)
     good = [
         end and set(text.split()) <= vocabulary and is_well_formed(text, prompt_product(prompt))
         for prompt, text, end in zip(PROMPTS, texts, ended, strict=True)
     ]
+    measured("well-formed share", sum(good) / len(PROMPTS), above=0.7)
+    # bar 0.7: seed 0 gives 1.0 (greedy and sampled); spread over 5 seeds 0.031 (benchmarks/seed_spread.py)
     assert sum(good) >= 0.7 * len(PROMPTS), list(zip(PROMPTS, texts, strict=True))
 
 
-def test_bundled_model_starts_unaligned(bundled):
+def test_bundled_model_starts_unaligned(bundled, stat_seed, measured):
     """Sampled at temperature 1 it writes negative reviews about as often as positive ones: room to align."""
     model, tokenizer = bundled
-    torch.manual_seed(0)
+    torch.manual_seed(stat_seed)
     texts, _ = _generate(model, tokenizer, list(PROMPTS) * 4, do_sample=True, top_k=0)
     positive = sum(gold_sentiment(text) == 1.0 for text in texts) / len(texts)
     negative = sum(gold_sentiment(text) == 0.0 for text in texts) / len(texts)
+    measured("positive share", positive, above=0.3, below=0.7)
+    measured("negative share", negative, above=0.3, below=0.7)
+    # bars 0.3/0.7: seed 0 gives 0.52 and 0.47; spreads 0.047 and 0.055 (benchmarks/seed_spread.py)
     assert 0.3 <= positive <= 0.7 and 0.3 <= negative <= 0.7

@@ -474,7 +474,7 @@ def test_guidelines_are_a_file_the_text_itself_or_sensible_defaults(tmp_path):
         _guidelines_text("missing.md")
 
 
-def test_a_votes_file_trains_with_align(tiny_model_dir, tmp_path):
+def test_a_votes_file_trains_with_align(tiny_model_dir, tmp_path, stat_seed, measured):
     from lorarlhf import align
 
     log = VoteLog(tmp_path / "votes.jsonl")
@@ -483,8 +483,13 @@ def test_a_votes_file_trains_with_align(tiny_model_dir, tmp_path):
         session = LabellingSession(items, log, annotator, shuffle=False)
         for item in items:
             session.vote(item.id, "a")
-    result = align(tiny_model_dir, log.path, method="dpo", output_dir=tmp_path / "run", steps=4, batch_size=2, lr=1e-2)
-    assert result.metrics["dpo/train_loss_last"] < 0.6932  # below log 2: the votes moved the actor
+    result = align(
+        tiny_model_dir, log.path, method="dpo", output_dir=tmp_path / "run", steps=4, batch_size=2, lr=1e-2,
+        seed=stat_seed,
+    )  # fmt: skip
+    loss = measured("dpo/train_loss_last", result.metrics["dpo/train_loss_last"], below=0.6932)
+    # bar log 2: seed 0 gives 0.35 (triton 0.35); spread over 5 seeds 0.27 (benchmarks/seed_spread.py)
+    assert loss < 0.6932  # below log 2: the votes moved the actor
     report = load_preferences(log.path).report
     assert (report.pairs, report.agreement.items, report.agreement.mean_pairwise_agreement) == (4, 4, 1.0)
 
