@@ -40,7 +40,12 @@ from lorarlhf.model.loading import (
 from lorarlhf.model.lora import LoraSettings
 from lorarlhf.model.memory import parameter_bytes
 from lorarlhf.model.saving import MANIFEST, load_hydra, save_hydra
-from lorarlhf.model.tokenization import TokenizedBatch, encode_prompt_response, encode_prompts_left_padded
+from lorarlhf.model.tokenization import (
+    TokenizedBatch,
+    encode_prompt_response,
+    encode_prompts_left_padded,
+    end_token_ids,
+)
 from lorarlhf.validation import check_int
 
 ADAPTER_ROLES = ("sft", "actor", "critic", "reward")
@@ -460,6 +465,11 @@ class HydraModel(nn.Module):
         batch = self.encode(prompts, responses)
         return self.token_logprobs(batch, role=role).sum(dim=1)
 
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        """The token ids that end a response: the tokenizer's EOS and the generation_config's end ids."""
+        return end_token_ids(self.tokenizer, getattr(self.causal_lm, "generation_config", None))
+
     @torch.no_grad()
     def generate(self, prompts: list[str], *, max_new_tokens: int = 64, role: str = "actor", **sampling) -> list[str]:
         """Complete each prompt as `role`. `sampling` goes to transformers' generate
@@ -475,13 +485,18 @@ class HydraModel(nn.Module):
                     attention_mask=attention_mask.to(self.device),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.tokenizer.eos_token_id,
+                    eos_token_id=list(self.end_ids),
                     **sampling,
                 )
         finally:
             for module, training in modes.items():
                 module.training = training
-        return self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+        new = output[:, input_ids.shape[1] :]  # (B, R)
+        ended = torch.isin(new, torch.tensor(self.end_ids, device=new.device)).cumsum(dim=1) > 0
+        # The text stops before the end token, which may not be a special token the decoder skips.
+        return self.tokenizer.batch_decode(
+            new.masked_fill(ended, self.tokenizer.pad_token_id), skip_special_tokens=True
+        )
 
     @contextmanager
     def _as(self, role: str | None):

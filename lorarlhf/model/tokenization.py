@@ -33,6 +33,17 @@ class TokenizedBatch:
         return TokenizedBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device))
 
 
+def end_token_ids(tokenizer, generation_config=None) -> tuple[int, ...]:
+    """Every token id that ends a response: the tokenizer's EOS and each eos_token_id of the model's
+    generation_config (Llama 3 lists three: end of text, end of message, end of turn; Qwen2.5 two).
+
+    Sampling stops on any of them, so a response is never continued past the end the model chose."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids += configured if isinstance(configured, list | tuple) else [configured]
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
 def _check_texts(name: str, texts) -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, list | tuple):
         raise TypeError(f"{name} must be a list of strings, not {type(texts).__name__}")

@@ -42,9 +42,9 @@ class Rollout:
 
     prompt_ids:    (B, P) long  prompt tokens, left-padded so every response starts at column P
     prompt_mask:   (B, P) bool  True on real prompt tokens
-    response_ids:  (B, R) long  sampled tokens, padded after EOS (or after max_new_tokens)
-    response_mask: (B, R) bool  True on sampled tokens, the EOS included
-    finished:      (B,)   bool  True when the response ended with EOS
+    response_ids:  (B, R) long  sampled tokens, padded after the end token (or after max_new_tokens)
+    response_mask: (B, R) bool  True on sampled tokens, the end token included
+    finished:      (B,)   bool  True when the response ended with an end token (hydra.end_ids)
     prompts, responses: the decoded texts (responses without special tokens), for reward functions and logs
     """
 
@@ -80,7 +80,7 @@ def generate_rollout(
     prompt_mask = prompt_mask.bool()
     generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
     batch_size = prompt_ids.shape[0]
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ends, pad = torch.tensor(hydra.end_ids, device=device), tokenizer.pad_token_id  # any of them ends a response
 
     modes = {module: module.training for module in hydra.modules()}
     hydra.eval()  # no dropout while sampling, and the KV cache works under gradient checkpointing
@@ -94,7 +94,7 @@ def generate_rollout(
                 next_ids = torch.where(alive, next_ids, torch.full_like(next_ids, pad))
                 tokens.append(next_ids)
                 alive_before = alive
-                alive = alive & (next_ids != eos)
+                alive = alive & ~torch.isin(next_ids, ends)
                 if not alive.any():
                     break
                 attention = torch.cat([attention, alive_before.long()[:, None]], dim=1)
@@ -104,11 +104,13 @@ def generate_rollout(
             module.training = training
 
     response_ids = torch.stack(tokens, dim=1)  # (B, R)
-    # A token is part of the response up to and including the first EOS.
-    ended_before = torch.cumsum((response_ids == eos).long(), dim=1) - (response_ids == eos).long()
+    # A token is part of the response up to and including the first end token.
+    is_end = torch.isin(response_ids, ends)  # (B, R); padding comes only after a row has ended
+    ended_before = torch.cumsum(is_end.long(), dim=1) - is_end.long()
     response_mask = ended_before == 0
-    finished = (response_ids == eos).any(dim=1)
-    texts = tokenizer.batch_decode(response_ids.masked_fill(~response_mask, pad), skip_special_tokens=True)
+    finished = is_end.any(dim=1)
+    shown = response_ids.masked_fill(~response_mask | is_end, pad)  # the text stops before the end token
+    texts = tokenizer.batch_decode(shown, skip_special_tokens=True)
     return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, finished, list(prompts), texts)
 
 
