@@ -82,3 +82,31 @@ def test_tiny_tokenizer_round_trips_any_text_and_is_the_same_every_build(tokeniz
 def test_batch_moves_to_a_device(tokenizer):
     batch = encode_prompt_response(tokenizer, ["a"], ["b"]).to(torch.device("cpu"))
     assert batch.input_ids.device.type == "cpu" and batch.response_mask.dtype == torch.bool
+
+
+# A chat template that writes BOS itself, as Llama 3's and Gemma's do.
+BOS_WRITING_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _template_ids(tokenizer, messages) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def test_a_prompt_the_chat_template_rendered_gets_its_bos_once():
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = BOS_WRITING_TEMPLATE
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = _template_ids(tokenizer, messages)
+    assert rendered.startswith(tokenizer.bos_token) and expected.count(tokenizer.bos_token_id) == 1
+
+    ids, mask = encode_prompts_left_padded(tokenizer, [rendered, "plain text"])
+    assert ids[0][mask[0].bool()].tolist() == expected  # rollouts and generate see the template's ids
+    assert ids[1][mask[1].bool()].tolist()[0] == tokenizer.bos_token_id  # plain text keeps the tokenizer's BOS
+    batch = encode_prompt_response(tokenizer, [rendered], ["Hello."])
+    prompt = batch.input_ids[0][~batch.response_mask[0] & batch.attention_mask[0].bool()].tolist()
+    assert prompt == expected  # DPO, reward and SFT batches too

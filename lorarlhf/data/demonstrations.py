@@ -92,9 +92,11 @@ def _parse(row: Row) -> Demonstration:
 
 def _fit(demos: list[Demonstration], name: str, tokenizer, max_length: int | None) -> list[Demonstration]:
     if max_length is not None and tokenizer is not None:
+        from lorarlhf.model.tokenization import prompt_token_ids  # lazy: it loads torch, which reading needs not
+
         # The rule of lorarlhf.model.tokenization: prompt with special tokens, completion without, then EOS.
         def length(demo: Demonstration) -> int:
-            prompt = tokenizer(demo.prompt)["input_ids"]
+            prompt = prompt_token_ids(tokenizer, [demo.prompt])[0]
             return len(prompt) + len(tokenizer(demo.completion, add_special_tokens=False)["input_ids"]) + 1
 
         kept = [demo for demo in demos if length(demo) <= max_length]

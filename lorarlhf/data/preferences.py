@@ -179,13 +179,15 @@ def _drop_duplicates_and_long(
         kept.append(pair)
     if max_length is None:
         return kept
+    from lorarlhf.model.tokenization import prompt_token_ids  # lazy: it loads torch, which reading needs not
+
     prompt_tokens: dict[str, int] = {}
     response_tokens: dict[str, int] = {}
 
     def length(prompt: str, response: str) -> int:
         # The rule of lorarlhf.model.tokenization: prompt with special tokens, response without, then EOS.
         if prompt not in prompt_tokens:
-            prompt_tokens[prompt] = len(tokenizer(prompt)["input_ids"])
+            prompt_tokens[prompt] = len(prompt_token_ids(tokenizer, [prompt])[0])
         if response not in response_tokens:
             response_tokens[response] = len(tokenizer(response, add_special_tokens=False)["input_ids"])
         return prompt_tokens[prompt] + response_tokens[response] + 1

@@ -3,7 +3,8 @@
 Reward scores, DPO log-probs and PPO rollouts must see the same tokens for the
 same text, or a reward model is trained on one tokenization and queried on
 another. The rule: prompt tokens (with the tokenizer's own special prefix, e.g.
-BOS) followed by the response's tokens without special tokens, then EOS, because
+BOS, once: a prompt a chat template rendered already holds it) followed by the
+response's tokens without special tokens, then EOS, because
 a finished answer ends with EOS and that is what generation produces. Prompt
 and response are tokenized separately so the boundary is exact: the response
 mask never covers a prompt token merged across the seam.
@@ -44,6 +45,17 @@ def end_token_ids(tokenizer, generation_config=None) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
+def prompt_token_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Each prompt's ids with the tokenizer's special prefix (e.g. BOS) exactly once.
+
+    A prompt a chat template rendered already begins with BOS (Llama 3, Gemma write it): tokenizing it with
+    special tokens would put a second BOS in front, a sequence the model never sees at inference."""
+    bos = tokenizer.bos_token
+    return [
+        tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"] for prompt in prompts
+    ]
+
+
 def _check_texts(name: str, texts) -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, list | tuple):
         raise TypeError(f"{name} must be a list of strings, not {type(texts).__name__}")
@@ -68,7 +80,7 @@ def encode_prompt_response(
         raise ValueError("prompts is empty; pass at least one prompt/response pair")
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token, which ends every response")
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    prompt_ids = prompt_token_ids(tokenizer, prompts)
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     rows = []
     for i, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
@@ -109,7 +121,7 @@ def encode_prompts_left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Ten
     prompts = _check_texts("prompts", prompts)
     if not prompts:
         raise ValueError("prompts is empty; pass at least one prompt")
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    prompt_ids = prompt_token_ids(tokenizer, prompts)
     width = max(len(ids) for ids in prompt_ids)
     input_ids = torch.full((len(prompt_ids), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lorarlhf.model.memory import peak_memory_gb
-from lorarlhf.model.tokenization import TokenizedBatch
+from lorarlhf.model.tokenization import TokenizedBatch, prompt_token_ids
 from lorarlhf.training import distributed
 from lorarlhf.training.rewards import NonFiniteReward, reward_functions, score_rollout
 from lorarlhf.training.rollout import Rollout, SamplingConfig, generate_in_pieces
@@ -186,7 +186,7 @@ def fit_prompts(tokenizer, prompts: list[str], config) -> list[str]:
     room = config.max_length - config.max_new_tokens
     if room < 1:
         raise ValueError(f"max_length={config.max_length} leaves no room for max_new_tokens={config.max_new_tokens}")
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    lengths = [len(ids) for ids in prompt_token_ids(tokenizer, list(prompts))]
     kept = [prompt for prompt, n in zip(prompts, lengths, strict=True) if n <= room]
     if len(kept) < len(prompts):
         log.warning(
