@@ -357,7 +357,7 @@ def _command(commands, name: str, **options) -> argparse.ArgumentParser:
 
 
 def _method_list() -> str:
-    return ", ".join(f"{name} ({method.summary})" for name, method in METHODS.items())
+    return " ".join(f"{name}: {method.summary}." for name, method in METHODS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,13 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "align",
         help=f"align a model with preference data ({', '.join(METHODS)})",
-        description="Run lorarlhf.align(MODEL, DATA, method=...) and write the run to --output-dir.",
+        description="Run lorarlhf.align(MODEL, DATA, method=...) and write the run to --output-dir. "
+        f"Methods: {_method_list()}",
         epilog="Every option of a method: lorarlhf options METHOD. Example: lorarlhf align demo prefs.jsonl "
         "--method dpo --output-dir runs/dpo --set steps=200 --set beta=0.1",
     )
     align.add_argument("model", help='hub id, local model directory, or "demo" (the bundled tiny model)')
     align.add_argument("data", help="a .jsonl/.json/.csv/.parquet file, a dataset directory, or a hub dataset id")
-    align.add_argument("--method", default="ppo", metavar="METHOD", help=f"{_method_list()} (default ppo)")
+    align.add_argument("--method", default="ppo", metavar="METHOD", help=f"{', '.join(METHODS)} (default ppo)")
     align.add_argument(
         "--output-dir", default=None, help="a new directory, or a previous run's (default lorarlhf-runs/)"
     )
