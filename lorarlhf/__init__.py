@@ -27,6 +27,6 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
-    if name in ("kernels", "data"):
+    if name in ("kernels", "data", "rewards"):
         return import_module(f"lorarlhf.{name}")
     raise AttributeError(f"module 'lorarlhf' has no attribute {name!r}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from lorarlhf.data import PreferencePair, load_preferences, load_prompts, open_source, split_eval
+from lorarlhf.data import PreferencePair, Prompts, load_preferences, load_prompts, open_source, split_eval
 from lorarlhf.data.demonstrations import Demonstration, load_demonstrations, winners
 from lorarlhf.methods.table import HELD_OUT_KEYWORD, METHODS, method_named, roles_of, stages_of
 from lorarlhf.model.export import export_merged
@@ -40,6 +40,7 @@ from lorarlhf.planner import MemoryPlan, plan
 from lorarlhf.plots import plot_training_curves, read_metrics
 from lorarlhf.training import distributed
 from lorarlhf.training.checkpoints import CHECKPOINTS, RunCheckpoints
+from lorarlhf.training.rewards import check_reward_columns, reward_functions
 
 CONFIGS = {name: method.config for name, method in METHODS.items()}  # each method's config class
 SAMPLES = "samples.jsonl"
@@ -74,8 +75,10 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     data: a path (.jsonl/.json/.csv/.parquet), a hub dataset id, a datasets.Dataset, or a list of dicts, of
     PreferencePairs or of prompt strings. Preference pairs for rm/dpo (and ppo/grpo without reward_fn),
     demonstrations (prompt + completion, or messages) or pairs for sft, prompts for ppo/grpo with reward_fn.
-    reward_fn: for "ppo"/"grpo", fn(prompts, responses) -> list[float] (or a list of them, or of
-    (fn, weight) pairs). Without it the RL methods first train the reward role on the data's pairs.
+    reward_fn: for "ppo"/"grpo", fn(prompts, completions, **columns) -> list[float] (or a list of them, or of
+    (fn, weight) pairs); columns are the other fields of the prompts' rows, one list each aligned with the
+    prompts (e.g. `answer`), and fn(prompts, completions) works too. Without it the RL methods first train
+    the reward role on the data's pairs.
     """
     entry = method_named(method)
     config = entry.config.from_overrides(method, overrides)
@@ -98,6 +101,8 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     reward_stage = "rm" in entry.before and reward_fn is None and not _reuses_reward(model, data)
     stages = stages_of(entry, config, reward_stage=reward_stage)
     inputs = _Inputs(data, tokenizer, config, method, {stage.method.data for stage in stages})  # bad rows fail now
+    if reward_fn is not None:  # a reward function asking for a column the rows lack fails before the model loads
+        check_reward_columns(reward_functions(reward_fn), inputs.prompt_columns)
     prepare = partial(_prepare_output_dir, output_dir, method, resume=config.resume, overwrite=config.overwrite)
     out = prepare() if main else Path(output_dir)
     distributed.barrier()  # the others start once the first process has checked and made the directory
@@ -170,11 +175,12 @@ class _Inputs:
         self.demos = self._demonstrations() if "demonstrations" in kinds else None
         self.pairs = self._pairs() if "pairs" in kinds else None
         self.prompts = self._prompts() if "prompts" in kinds else None
+        self.prompt_columns = self.prompts.columns if self.prompts is not None else {}
 
     def for_trainer(self, kind: str) -> tuple[list, dict]:
         """A trainer's data: what it trains on, and its held-out part as the keyword the trainer takes."""
         if kind == "prompts":
-            return self.prompts, {}
+            return self.prompts, {"columns": self.prompt_columns}
         train, held_out = self.demos if kind == "demonstrations" else self.pairs
         return train, {HELD_OUT_KEYWORD[kind]: held_out}
 
@@ -191,12 +197,13 @@ class _Inputs:
             demos = load_demonstrations(self.data, tokenizer=self.tokenizer, max_length=self.config.max_length)
         return split_eval(demos, self.config.eval_fraction, seed=self.config.seed)
 
-    def _prompts(self) -> list[str]:
-        """RL prompts: given directly, taken from PreferencePairs, or read from any data source."""
+    def _prompts(self) -> Prompts:
+        """RL prompts: given directly, taken from PreferencePairs, or read from any data source (with the other
+        fields of their rows as columns)."""
         if _is_prompt_list(self.data):
-            return list(self.data)
+            return Prompts(self.data)
         if _is_pair_list(self.data):
-            return list(dict.fromkeys(pair.prompt for pair in self.data))
+            return Prompts(dict.fromkeys(pair.prompt for pair in self.data))
         return load_prompts(self.data, tokenizer=self.tokenizer)
 
     def sample_prompts(self, kind: str) -> list[str]:

@@ -28,7 +28,7 @@ The package's modules, each importing only those listed before it:
 """
 
 from lorarlhf.data.preferences import AGGREGATIONS, DROP_REASONS, LoadReport, Preferences, load_preferences, split_eval
-from lorarlhf.data.prompts import load_prompts
+from lorarlhf.data.prompts import Prompts, load_prompts
 from lorarlhf.data.records import SHAPES, PreferenceDataError, PreferencePair, Row, render_prompt
 from lorarlhf.data.shapes import HH_ASSISTANT
 from lorarlhf.data.sources import SUPPORTED_EXTENSIONS, open_source, read_jsonl
@@ -63,6 +63,7 @@ __all__ = [
     "fleiss_kappa",
     "load_preferences",
     "load_prompts",
+    "Prompts",
     "open_source",
     "read_jsonl",
     "render_prompt",

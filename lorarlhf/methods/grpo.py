@@ -73,15 +73,25 @@ class GRPOConfig(RLConfig):
 
 
 def train_grpo(
-    hydra, prompts: list[str], config: GRPOConfig, *, reward_fn=None, on_step=None, progress=True, checkpoints=None
+    hydra,
+    prompts: list[str],
+    config: GRPOConfig,
+    *,
+    reward_fn=None,
+    columns: dict[str, list] | None = None,
+    on_step=None,
+    progress=True,
+    checkpoints=None,
 ) -> StageRun:
     """Run GRPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role.
 
-    checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through (between rollouts) and resume
-    from."""
+    columns: the prompts' other fields (e.g. an answer), one list each aligned with `prompts`, passed to the
+    reward functions that take them. checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save
+    through (between rollouts) and resume from."""
     params = hydra.trainable_parameters("actor")
-    loop = RLLoop("grpo", hydra, prompts, params, config, reward_fn=reward_fn, group_size=config.group_size,
-                  on_step=on_step, progress=progress, checkpoints=checkpoints)  # fmt: skip
+    loop = RLLoop("grpo", hydra, prompts, params, config, reward_fn=reward_fn, columns=columns,
+                  group_size=config.group_size, on_step=on_step, progress=progress,
+                  checkpoints=checkpoints)  # fmt: skip
 
     for scored in loop:  # B prompts x G samples each, as B*G rows
         batch, mask = scored.batch, scored.mask  # (B*G, T)

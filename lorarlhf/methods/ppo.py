@@ -118,12 +118,21 @@ class PPOConfig(RLConfig):
 
 
 def train_ppo(
-    hydra, prompts: list[str], config: PPOConfig, *, reward_fn=None, on_step=None, progress=True, checkpoints=None
+    hydra,
+    prompts: list[str],
+    config: PPOConfig,
+    *,
+    reward_fn=None,
+    columns: dict[str, list] | None = None,
+    on_step=None,
+    progress=True,
+    checkpoints=None,
 ) -> StageRun:
     """Run PPO on `prompts` until `config.steps` optimizer steps; rewards from `reward_fn` or the reward role.
 
-    checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through (between rollouts) and resume
-    from."""
+    columns: the prompts' other fields (e.g. an answer), one list each aligned with `prompts`, passed to the
+    reward functions that take them. checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save
+    through (between rollouts) and resume from."""
     if "critic" not in hydra.roles:
         raise ValueError("PPO needs a critic role: build the Hydra with a 'critic' adapter or critic='shared'")
     if config.critic != hydra.critic_mode:
@@ -137,8 +146,9 @@ def train_ppo(
         else FixedKLController(config.kl_coef)
     )
     params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
-    loop = RLLoop("ppo", hydra, prompts, params, config, reward_fn=reward_fn, state={"kl_control": kl_control},
-                  on_step=on_step, progress=progress, checkpoints=checkpoints)  # fmt: skip
+    loop = RLLoop("ppo", hydra, prompts, params, config, reward_fn=reward_fn, columns=columns,
+                  state={"kl_control": kl_control}, on_step=on_step, progress=progress,
+                  checkpoints=checkpoints)  # fmt: skip
 
     for scored in loop:
         batch, mask = scored.batch, scored.mask  # (B, T): mask marks the sampled tokens

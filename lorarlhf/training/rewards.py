@@ -1,6 +1,7 @@
 """Scoring rollouts: the reward role, programmatic reward functions, or a weighted mix, then shaping.
 
-A reward function is `fn(prompts: list[str], responses: list[str]) -> list[float]`. The reward role scores
+A reward function is `fn(prompts: list[str], completions: list[str], **columns) -> list[float]`: `columns` are the
+other fields of each prompt's row (TRL's convention; fn(prompts, completions) works too). The reward role scores
 the sampled token ids themselves. Shaping follows common RLHF practice: a penalty for responses cut off
 before EOS (TRL's missing_eos_penalty), optional batch normalisation and clipping. A NaN or infinite reward
 is never passed on: `NonFiniteReward` names the function and the sample, and the trainer skips that step.
@@ -8,6 +9,7 @@ is never passed on: `NonFiniteReward` names the function and the sample, and the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,6 +23,33 @@ NORMALIZE = ("none", "batch")  # validated by RLConfig.reward_normalize
 
 class NonFiniteReward(ValueError):
     """A reward that is NaN or infinite, named by its source and sample index."""
+
+
+def check_reward_columns(functions: list[tuple[RewardFn, float]], columns) -> None:
+    """Refuse, before any model loads, a reward function that asks for a column the prompts do not have.
+
+    A function is fn(prompts, completions) or fn(prompts, completions, **columns) (TRL's convention): its
+    parameters after the first two name the columns it receives; one without a default must be there."""
+    available = sorted(columns)
+    for fn, _ in functions:
+        if hasattr(fn, "terms"):  # a weighted sum (lorarlhf.rewards.weighted): its terms ask for the columns
+            check_reward_columns(list(fn.terms), columns)
+            continue
+        name = getattr(fn, "__name__", repr(fn))
+        try:
+            parameters = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            continue  # a builtin or C callable: nothing to check
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(positional) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in parameters):
+            raise TypeError(f"reward function {name} must take (prompts, completions, ...); it takes {len(positional)}")
+        for parameter in parameters[2:]:
+            variadic = parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+            if parameter.default is parameter.empty and not variadic and parameter.name not in columns:
+                raise ValueError(
+                    f"reward function {name} needs a column {parameter.name!r}, which the prompts' rows do not have; "
+                    f"their columns: {available or 'none (the data holds prompts only)'}"
+                )
 
 
 def reward_functions(reward_fn) -> list[tuple[RewardFn, float]]:
@@ -50,18 +79,20 @@ def score_rollout(
     missing_eos_penalty: float | None = None,
     normalize: str = "none",
     clip: float | None = None,
+    columns: dict[str, list] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(raw, shaped) rewards per response, (B,) float32 each.
 
     raw: the weighted reward functions, or the reward role when there are none; what a user reads in the
     logs. shaped: after the missing-EOS penalty, normalisation and clipping; what the losses use.
+    columns: the other fields of each response's prompt row, one list each, aligned with the responses.
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize={normalize!r} is not supported; choose one of {NORMALIZE}")
     if functions:
         total = torch.zeros(len(rollout.responses))
         for fn, weight in functions:
-            total += weight * _call(fn, rollout.prompts, rollout.responses)
+            total += weight * _call(fn, rollout.prompts, rollout.responses, columns or {})
         rewards = total.to(hydra.device)
     else:
         batch = rollout.batch()
@@ -77,9 +108,9 @@ def score_rollout(
     return raw, rewards
 
 
-def _call(fn: RewardFn, prompts: list[str], responses: list[str]) -> torch.Tensor:
+def _call(fn: RewardFn, prompts: list[str], responses: list[str], columns: dict[str, list]) -> torch.Tensor:
     name = getattr(fn, "__name__", repr(fn))
-    values = fn(prompts, responses)
+    values = fn(prompts, responses, **columns_for(fn, columns))
     try:
         values = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
     except (TypeError, ValueError) as error:
@@ -88,6 +119,17 @@ def _call(fn: RewardFn, prompts: list[str], responses: list[str]) -> torch.Tenso
         raise ValueError(f"reward function {name} returned {values.numel()} rewards for {len(responses)} responses")
     _check_finite(values, f"reward function {name}")
     return values
+
+
+def columns_for(fn, columns: dict[str, list]) -> dict[str, list]:
+    """The columns `fn` takes: all of them with **kwargs, else those it names; none for fn(prompts, completions)."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return dict(columns)
+    return {name: values for name, values in columns.items() if name in list(parameters)[2:]}
 
 
 def _check_finite(values: torch.Tensor, source: str) -> None:

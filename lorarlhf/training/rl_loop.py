@@ -43,24 +43,26 @@ class PromptStream:
     response does not depend on the other prompts in its batch.
     """
 
-    def __init__(self, prompts: list[str], seed: int):
+    def __init__(self, prompts: list[str], seed: int, columns: dict[str, list] | None = None):
         if not prompts:
             raise ValueError("no prompts: RL needs at least one prompt to sample responses for")
         self.prompts, self.rng, self.order, self.drawn = list(prompts), random.Random(seed), [], 0
-        self.seed = seed
+        self.seed, self.columns = seed, columns or {}
 
-    def next(self, n: int, repeats: int = 1) -> tuple[list[str], list[int]]:
-        """n prompts, each repeated `repeats` times in a row (GRPO groups), and one seed per sample."""
+    def next(self, n: int, repeats: int = 1) -> tuple[list[str], list[int], dict[str, list]]:
+        """n prompts, each repeated `repeats` times in a row (GRPO groups), one seed per sample, and the
+        prompts' columns aligned with the samples."""
         chosen = []
         for _ in range(n):
             if not self.order:
                 self.order = list(range(len(self.prompts)))
                 self.rng.shuffle(self.order)
-            chosen.append(self.prompts[self.order.pop()])
-        samples = [prompt for prompt in chosen for _ in range(repeats)]
-        seeds = [hash((self.seed, self.drawn + i)) & 0x7FFFFFFF for i in range(len(samples))]
-        self.drawn += len(samples)
-        return samples, seeds
+            chosen.append(self.order.pop())
+        rows = [i for i in chosen for _ in range(repeats)]
+        seeds = [hash((self.seed, self.drawn + i)) & 0x7FFFFFFF for i in range(len(rows))]
+        self.drawn += len(rows)
+        columns = {name: [values[i] for i in rows] for name, values in self.columns.items()}
+        return [self.prompts[i] for i in rows], seeds, columns
 
     def state_dict(self) -> dict:
         return {"rng": rng_state_to_json(self.rng.getstate()), "order": list(self.order), "drawn": self.drawn}
@@ -87,9 +89,12 @@ class PhaseTimer:
             self.seconds[phase] += time.perf_counter() - start
 
 
-def collect(hydra, prompts, seeds, sampling: SamplingConfig, functions, config, timer: PhaseTimer, backoff):
+def collect(
+    hydra, prompts, seeds, sampling: SamplingConfig, functions, config, timer: PhaseTimer, backoff, columns=None
+):
     """Sample and score one batch: (rollout, (raw, shaped) rewards), the rewards None when one is NaN or
-    infinite (the caller skips and counts it). Out of memory, it samples the batch in smaller pieces."""
+    infinite (the caller skips and counts it). Out of memory, it samples the batch in smaller pieces.
+    columns: the prompts' other fields, aligned with them, for the reward functions."""
     with timer("generate"):
         rollout = backoff.run(partial(generate_in_pieces, hydra, prompts, sampling, seeds), "generation")
     with timer("score"):
@@ -101,6 +106,7 @@ def collect(hydra, prompts, seeds, sampling: SamplingConfig, functions, config, 
                 missing_eos_penalty=config.missing_eos_penalty,
                 normalize=config.reward_normalize,
                 clip=config.reward_clip,
+                columns=columns,
             )
         except NonFiniteReward as error:
             log.warning("skipping a rollout: %s", error)
@@ -181,13 +187,14 @@ def in_chunks(batch: TokenizedBatch, chunks: int, fn, **kwargs):
     return torch.cat(parts)
 
 
-def fit_prompts(tokenizer, prompts: list[str], config) -> list[str]:
-    """Drop (and report) prompts that leave no room for max_new_tokens within max_length; never silently."""
+def fit_prompts(tokenizer, prompts: list[str], config) -> list[int]:
+    """The indices of the prompts that leave room for max_new_tokens within max_length; the others are dropped
+    and reported, never silently."""
     room = config.max_length - config.max_new_tokens
     if room < 1:
         raise ValueError(f"max_length={config.max_length} leaves no room for max_new_tokens={config.max_new_tokens}")
     lengths = [len(ids) for ids in prompt_token_ids(tokenizer, list(prompts))]
-    kept = [prompt for prompt, n in zip(prompts, lengths, strict=True) if n <= room]
+    kept = [i for i, n in enumerate(lengths) if n <= room]
     if len(kept) < len(prompts):
         log.warning(
             "dropped %d of %d prompts longer than max_length - max_new_tokens = %d tokens",
@@ -242,6 +249,7 @@ class RLLoop:
         config,
         *,
         reward_fn=None,
+        columns: dict[str, list] | None = None,
         group_size: int = 1,
         state: dict | None = None,
         on_step=None,
@@ -255,7 +263,9 @@ class RLLoop:
         self.group_size, self.on_step, self.checkpoints = group_size, on_step, checkpoints
         hydra.disable_dropout()  # the rollout's log-probs and the update's must come from the same network
         torch.manual_seed(config.seed)
-        self.stream = PromptStream(fit_prompts(hydra.tokenizer, prompts, config), config.seed)
+        kept = fit_prompts(hydra.tokenizer, prompts, config)
+        columns = {name: [values[i] for i in kept] for name, values in (columns or {}).items()}
+        self.stream = PromptStream([prompts[i] for i in kept], config.seed, columns)
         self.sampling = sampling_of(config)
         self.optimizer, self.schedule = make_optimizer(params, config)
         self.guard, self.backoff = NonFiniteGuard("rl", config.max_skipped_steps), OutOfMemoryBackoff("rl")
@@ -273,11 +283,13 @@ class RLLoop:
     def __iter__(self) -> Iterator[ScoredRollout]:
         while self.steps < self.config.steps:
             self.timer, self.stats, self.steps_before = PhaseTimer(), [], self.steps
-            samples, seeds = self.stream.next(self.config.batch_size, repeats=self.group_size)
+            samples, seeds, columns = self.stream.next(self.config.batch_size, repeats=self.group_size)
             samples, seeds = distributed.shard(samples, self.group_size), distributed.shard(seeds, self.group_size)
+            columns = {name: distributed.shard(values, self.group_size) for name, values in columns.items()}
             rollout, rewards = collect(
-                self.hydra, samples, seeds, self.sampling, self.functions, self.config, self.timer, self.backoff
-            )
+                self.hydra, samples, seeds, self.sampling, self.functions, self.config, self.timer, self.backoff,
+                columns,
+            )  # fmt: skip
             if rewards is None:
                 self.guard.skip(f"a reward was NaN or infinite in the rollout after step {self.steps}")
                 continue
