@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 from lorarlhf.methods.table import METHODS
+from lorarlhf.model.chat import plain_text
 
 
 def _info(args) -> int:
@@ -274,7 +275,7 @@ def format_agreement(source, report) -> str:
         for item in report.most_disputed:
             votes = " / ".join(f"{label} {n}" for label, n in item.votes.items())
             lines.append(f"  row {item.row}: {votes} (agreement {item.agreement:.2f})")
-            for name, text in (("prompt", item.prompt), ("a", item.a), ("b", item.b)):
+            for name, text in (("prompt", plain_text(item.prompt)), ("a", item.a), ("b", item.b)):
                 lines.append(f"    {name:<6} {_quoted(text, 100)}")
     return "\n".join(lines)
 

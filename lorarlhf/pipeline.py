@@ -11,8 +11,9 @@ methods/table.py), and writes the run:
 
 output_dir holds config.json, metrics.jsonl (one record per step, tagged with its stage), metrics.json
 (final metrics), the Hydra (hydra.json, heads, adapters/<role>/ as PEFT adapter directories, tokenizer),
-samples.jsonl (completions of a few prompts before and after training), training_curves.png, and with
-merge=True the actor merged into the base as a transformers checkpoint in merged/.
+samples.jsonl (completions of a few prompts before and after training), training_curves.png, with
+skip_bad_rows=True bad_rows.jsonl (each skipped data row, its reason and its record), and with merge=True
+the actor merged into the base as a transformers checkpoint in merged/.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from pathlib import Path
 import torch
 
 from lorarlhf.data import PreferencePair, Prompts, load_preferences, load_prompts, open_source, split_eval
+from lorarlhf.data.columns import rename
 from lorarlhf.data.demonstrations import Demonstration, load_demonstrations, winners
 from lorarlhf.methods.table import HELD_OUT_KEYWORD, METHODS, method_named, roles_of, stages_of
+from lorarlhf.model.chat import ChatFormat, jsonable
 from lorarlhf.model.export import export_merged
 from lorarlhf.model.hydra import HydraModel, resolve_model
 from lorarlhf.model.loading import load_tokenizer
@@ -44,6 +47,7 @@ from lorarlhf.training.rewards import check_reward_columns, reward_functions
 
 CONFIGS = {name: method.config for name, method in METHODS.items()}  # each method's config class
 SAMPLES = "samples.jsonl"
+BAD_ROWS = "bad_rows.jsonl"
 CURVES = "training_curves.png"
 MERGED = "merged"
 
@@ -95,12 +99,14 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         raise ValueError("running on several processes needs an explicit output_dir that all of them share")
     model = resolve_model(model, trust_remote_code=config.trust_remote_code)
     if isinstance(model, HydraModel):
-        tokenizer = model.tokenizer
-    else:
-        tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
-    reward_stage = "rm" in entry.before and reward_fn is None and not _reuses_reward(model, data)
+        if "chat_template" in overrides:
+            model.chat_template = config.chat_template
+        chat = model.chat
+    else:  # the data is read (and its tokens counted) before the model loads, by the same rule
+        chat = ChatFormat(load_tokenizer(model, trust_remote_code=config.trust_remote_code), config.chat_template)
+    reward_stage = "rm" in entry.before and reward_fn is None and not _reuses_reward(model, data, config)
     stages = stages_of(entry, config, reward_stage=reward_stage)
-    inputs = _Inputs(data, tokenizer, config, method, {stage.method.data for stage in stages})  # bad rows fail now
+    inputs = _Inputs(data, chat, config, method, {stage.method.data for stage in stages})  # bad rows fail now
     if reward_fn is not None:  # a reward function asking for a column the rows lack fails before the model loads
         check_reward_columns(reward_functions(reward_fn), inputs.prompt_columns)
     prepare = partial(_prepare_output_dir, output_dir, method, resume=config.resume, overwrite=config.overwrite)
@@ -115,6 +121,8 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
             (out / "memory_plan.txt").write_text(str(memory_plan) + "\n")
     if main:
         (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
+        if config.skip_bad_rows:
+            _write_bad_rows(out / BAD_ROWS, inputs.bad_rows)
     sample_prompts = inputs.sample_prompts(entry.data) if entry.trains_actor else []
     if "before" not in checkpoints.extra:  # a resumed run keeps the samples its first start took
         checkpoints.extra["before"] = _sample(hydra, sample_prompts, config)
@@ -148,7 +156,7 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
             checkpoints.finish_stage(stage.name, stage_run.metrics, stage.config.steps)
 
     samples = [
-        {"prompt": p, "before": b, "after": a}
+        {"prompt": jsonable(p), "before": b, "after": a}
         for p, b, a in zip(sample_prompts, before, _sample(hydra, sample_prompts, config), strict=True)
     ]
     if samples and main:
@@ -170,12 +178,19 @@ class _Inputs:
     loads: preference pairs and demonstrations split for evaluation by prompt, RL prompts, and the prompts
     shown before and after training."""
 
-    def __init__(self, data, tokenizer, config, method: str, kinds: set[str]):
-        self.data, self.tokenizer, self.config, self.method = data, tokenizer, config, method
+    def __init__(self, data, chat: ChatFormat, config, method: str, kinds: set[str]):
+        self.data, self.chat, self.config, self.method = data, chat, config, method
+        self.skipped = []  # the bad rows each loader skipped; one source read by two loaders skips a row twice
         self.demos = self._demonstrations() if "demonstrations" in kinds else None
         self.pairs = self._pairs() if "pairs" in kinds else None
         self.prompts = self._prompts() if "prompts" in kinds else None
         self.prompt_columns = self.prompts.columns if self.prompts is not None else {}
+
+    @property
+    def bad_rows(self) -> list:
+        """The rows skipped (skip_bad_rows=True) by any of the loaders, each once, in row order."""
+        unique = {(bad.row, bad.field, bad.reason): bad for bad in self.skipped}
+        return sorted(unique.values(), key=lambda bad: bad.row)
 
     def for_trainer(self, kind: str) -> tuple[list, dict]:
         """A trainer's data: what it trains on, and its held-out part as the keyword the trainer takes."""
@@ -185,7 +200,8 @@ class _Inputs:
         return train, {HELD_OUT_KEYWORD[kind]: held_out}
 
     def _pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        pairs = _pairs_from(self.data, self.tokenizer, self.config, self.method)
+        pairs = _pairs_from(self.data, self.chat, self.config, self.method)
+        self.skipped += getattr(getattr(pairs, "report", None), "bad_rows", [])
         return split_eval(pairs, self.config.eval_fraction, seed=self.config.seed)
 
     def _demonstrations(self) -> tuple[list[Demonstration], list[Demonstration]]:
@@ -194,7 +210,10 @@ class _Inputs:
         if _is_pair_list(self.data):
             demos = winners(self.data)
         else:
-            demos = load_demonstrations(self.data, tokenizer=self.tokenizer, max_length=self.config.max_length)
+            demos = load_demonstrations(
+                self.data, tokenizer=self.chat, max_length=self.config.max_length, **self.config.data_options()
+            )
+            self.skipped += demos.bad_rows
         return split_eval(demos, self.config.eval_fraction, seed=self.config.seed)
 
     def _prompts(self) -> Prompts:
@@ -204,7 +223,9 @@ class _Inputs:
             return Prompts(self.data)
         if _is_pair_list(self.data):
             return Prompts(dict.fromkeys(pair.prompt for pair in self.data))
-        return load_prompts(self.data, tokenizer=self.tokenizer)
+        prompts = load_prompts(self.data, tokenizer=self.chat, **self.config.data_options())
+        self.skipped += prompts.bad_rows
+        return prompts
 
     def sample_prompts(self, kind: str) -> list[str]:
         """The first `samples` distinct prompts of the method's data, held-out ones first where it holds some
@@ -316,23 +337,35 @@ def _short_name(source: str) -> str:
     return "/".join(path.parts[-2:]) if path.is_absolute() else source
 
 
-def _reuses_reward(model, data) -> bool:
+def _reuses_reward(model, data, config) -> bool:
     """RL without a reward_fn on prompts only, with a model whose reward adapter a previous run trained."""
-    return isinstance(model, HydraModel) and model.is_trained("reward") and not _has_pairs(data)
+    return isinstance(model, HydraModel) and model.is_trained("reward") and not _has_pairs(data, config)
 
 
-def _has_pairs(data) -> bool:
+def _has_pairs(data, config) -> bool:
     """Whether `data` holds preferences (not only prompts), judged from its first record."""
     if _is_pair_list(data):
         return True
     if _is_prompt_list(data):
         return False
     try:
-        _, records = open_source(data, "train")
-        _, first = next(iter(records))
+        name, records = open_source(data, config.split)
+        number, first = next(iter(records))
+        first = rename(name, number, first, config.columns) if isinstance(first, dict) else first
     except (StopIteration, OSError, ValueError, TypeError):
         return True  # let the loader report what is wrong with it
     return not (isinstance(first, dict) and set(k for k, v in first.items() if v is not None) <= {"prompt"})
+
+
+def _write_bad_rows(path: Path, bad_rows: list) -> None:
+    """One JSON line per skipped row: its number, the field at fault, the reason and the record as read."""
+    lines = [
+        json.dumps({"row": bad.row, "field": bad.field, "reason": bad.reason, "record": bad.record}, default=str)
+        for bad in bad_rows
+    ]
+    path.write_text("".join(line + "\n" for line in lines))
+    if bad_rows:
+        log.warning("skipped %d bad data rows; they and their reasons are in %s", len(bad_rows), path)
 
 
 def _hydra_for(model, config, roles: tuple[str, ...]) -> HydraModel:
@@ -346,7 +379,7 @@ def _hydra_for(model, config, roles: tuple[str, ...]) -> HydraModel:
     return HydraModel.from_pretrained(model, roles=roles, device=distributed.local_device(), **config.hydra_options())
 
 
-def _pairs_from(data, tokenizer, config, method: str) -> list[PreferencePair]:
+def _pairs_from(data, chat: ChatFormat, config, method: str) -> list[PreferencePair]:
     if _is_pair_list(data):
         return list(data)
     if _is_prompt_list(data):
@@ -354,7 +387,9 @@ def _pairs_from(data, tokenizer, config, method: str) -> list[PreferencePair]:
             f"method={method!r} got prompts only: pass reward_fn, preference pairs to learn a reward, "
             "or a model whose reward adapter is trained (a HydraModel or the output_dir of a method='rm' run)"
         )
-    return load_preferences(data, tokenizer=tokenizer, max_length=config.max_length, **config.pair_options())
+    return load_preferences(
+        data, tokenizer=chat, max_length=config.max_length, **config.data_options(), **config.pair_options()
+    )
 
 
 def _prepare_output_dir(output_dir, method: str, *, resume: bool = False, overwrite: bool = False) -> Path:

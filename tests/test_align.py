@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import lorarlhf
 from lorarlhf import HydraModel
-from lorarlhf.data import PreferenceDataError, PreferencePair, load_preferences
+from lorarlhf.data import Conversation, PreferenceDataError, PreferencePair, load_preferences
 from lorarlhf.data.demonstrations import Demonstration, load_demonstrations, winners
 from lorarlhf.model.tiny import save_tiny_model
 
@@ -206,7 +206,8 @@ def test_demonstrations_in_every_shape(tmp_path):
         {"prompt": "p1", "completion": "c1"},  # a duplicate, dropped
     ]
     demos = load_demonstrations(records)
-    assert demos == [Demonstration("p1", "c1"), Demonstration("p2", "c2"), Demonstration("user: p3\nassistant:", "c3")]
+    p3 = Conversation([{"role": "user", "content": "p3"}])
+    assert demos == [Demonstration("p1", "c1"), Demonstration("p2", "c2"), Demonstration(p3, "c3")]
     path = tmp_path / "demos.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records[:2]) + json.dumps({"prompt": "p", "completion": 3}))
     with pytest.raises(PreferenceDataError, match=r"demos.jsonl, row 3, field 'completion': must be a string"):

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from lorarlhf.data import (
     SUPPORTED_EXTENSIONS,
     AgreementReport,
+    Conversation,
     PreferenceDataError,
     PreferencePair,
     Preferences,
@@ -33,6 +34,7 @@ from lorarlhf.data import (
     load_prompts,
     split_eval,
 )
+from lorarlhf.model.chat import ChatFormat
 
 HH_PROMPT = "\n\nHuman: Hi!\n\nAssistant: Hello.\n\nHuman: Capital of France?\n\nAssistant:"
 
@@ -79,10 +81,10 @@ CONVERSATIONAL = [
         "rejected": [user("Hi"), assistant("Hello!"), user("Joke?"), assistant("No.")],
     },
 ]
-CONVERSATIONAL_PAIRS = [
-    ("system: Be brief.\nuser: Capital of France?\nassistant:", "Paris.", "Lyon."),
-    ("user: Hi\nassistant:", "Hello!", "Go away."),
-    ("user: Hi\nassistant: Hello!\nuser: Joke?\nassistant:", "Knock knock.", "No."),
+CONVERSATIONAL_PAIRS = [  # the prompts stay messages, system prompt and history included
+    (Conversation([{"role": "system", "content": "Be brief."}, user("Capital of France?")]), "Paris.", "Lyon."),
+    (Conversation([user("Hi")]), "Hello!", "Go away."),
+    (Conversation([user("Hi"), assistant("Hello!"), user("Joke?")]), "Knock knock.", "No."),
 ]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -176,7 +178,7 @@ def test_every_shape_from_every_format(fmt, tmp_path, request):
     assert triples(prefs) == PLAIN_PAIRS
     assert prefs.report.shapes == PLAIN_SHAPES
     assert prefs.report.rows == 6 and prefs.report.pairs == len(PLAIN_PAIRS) == 14
-    assert prefs.report.dropped == {"tie": 1, "duplicate": 0, "too_long": 0}
+    assert prefs.report.dropped == {"tie": 1, "duplicate": 0, "too_long": 0, "unpaired": 0, "multi_turn": 0}
     assert [p.group for p in prefs] == [0, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 4, 4, 5]
     assert [p.utility for p in prefs if p.prompt == "Rate these"] == ["open", "open"]
     assert {p.utility for p in prefs if p.prompt != "Rate these"} == {None}
@@ -197,7 +199,12 @@ def test_message_prompts_use_the_chat_template_when_the_tokenizer_has_one(tokeni
     with_template = build_tiny_tokenizer()  # a fresh one: the shared fixture keeps no template
     with_template.chat_template = CHAT_TEMPLATE
     prefs = load_preferences(CONVERSATIONAL, tokenizer=with_template)
-    assert [p.prompt for p in prefs] == [
+    assert [ChatFormat(tokenizer).prompt_text(p.prompt) for p in prefs] == [
+        "system: Be brief.\nuser: Capital of France?\nassistant:",
+        "user: Hi\nassistant:",
+        "user: Hi\nassistant: Hello!\nuser: Joke?\nassistant:",
+    ]
+    assert [ChatFormat(with_template).prompt_text(p.prompt) for p in prefs] == [
         "<|system|>Be brief.\n<|user|>Capital of France?\n<|assistant|>",
         "<|user|>Hi\n<|assistant|>",
         "<|user|>Hi\n<|assistant|>Hello!\n<|user|>Joke?\n<|assistant|>",
@@ -205,13 +212,13 @@ def test_message_prompts_use_the_chat_template_when_the_tokenizer_has_one(tokeni
     assert load_prompts(CONVERSATIONAL[:1], tokenizer=with_template) == [prefs[0].prompt]
 
 
-def test_several_assistant_messages_are_one_response_and_a_shared_answer_start_stays_in_it():
+def test_a_response_is_one_assistant_turn_and_a_shared_answer_start_stays_in_it():
     record = {
         "chosen": [user("Q"), assistant("Well,"), assistant("yes.")],
         "rejected": [user("Q"), assistant("Well,"), assistant("no.")],
     }
-    (pair,) = load_preferences([record])
-    assert (pair.prompt, pair.chosen, pair.rejected) == ("user: Q\nassistant:", "Well,\nyes.", "Well,\nno.")
+    with pytest.raises(PreferenceDataError, match=r"row 1, field 'chosen': the response is 2 assistant messages"):
+        load_preferences([record])  # not silently one turn: the template would write two
 
 
 def test_hh_rlhf_prompt_is_the_shared_prefix_through_the_last_assistant_turn():
@@ -232,7 +239,7 @@ def test_csv_text_cells_stay_text_unless_they_are_message_lists(tmp_path):
     )
     assert triples(load_preferences(path)) == [
         ("[1, 2] is a list?", "yes", "[not json"),
-        ("user: Hi\nassistant:", "hello", "go away"),
+        (Conversation([user("Hi")]), "hello", "go away"),
     ]
 
 

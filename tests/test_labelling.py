@@ -66,7 +66,7 @@ def test_candidates_read_back_with_ids_from_the_text_when_none_is_given(tmp_path
         ("not json", r"c.jsonl, row 2: not valid JSON"),
         ('["p"]', r"c.jsonl, row 2: a record must be a JSON object, not list"),
         ('{"responses": ["a", "b"]}', r"c.jsonl, row 2, field 'prompt': missing"),
-        ('{"prompt": 3, "responses": ["a", "b"]}', r"row 2, field 'prompt': must be text, not int"),
+        ('{"prompt": 3, "responses": ["a", "b"]}', r"field 'prompt': must be text or a list of messages, not int"),
         ('{"prompt": "p"}', r"row 2, field 'responses': missing"),
         ('{"prompt": "p", "responses": ["a", 2]}', r"row 2, field 'responses': must be a list of texts"),
         ('{"prompt": "p", "responses": ["a"]}', r"row 2, field 'responses': needs at least 2 responses"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lorarlhf.model.chat import ChatFormat
 from lorarlhf.model.tiny import build_tiny_tokenizer
 from lorarlhf.model.tokenization import encode_prompt_response, encode_prompts_left_padded
 
@@ -41,8 +42,8 @@ def test_long_responses_are_cut_to_max_length_and_long_prompts_refused(tokenizer
     [
         (["a"], ["b", "c"], ValueError, "got 1 prompts but 2 responses"),
         ([], [], ValueError, "prompts is empty"),
-        ("a", ["b"], TypeError, "prompts must be a list of strings, not str"),
-        (["a", 3], ["b", "c"], TypeError, r"prompts\[1\] must be a string, not int"),
+        ("a", ["b"], TypeError, "prompts must be a list of strings or conversations"),
+        (["a", 3], ["b", "c"], TypeError, r"prompts\[1\] must be a string or a list of messages, not int"),
         (["a"], [None], TypeError, r"responses\[0\] must be a string, not NoneType"),
     ],
 )
@@ -96,17 +97,19 @@ def _template_ids(tokenizer, messages) -> list[int]:
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-def test_a_prompt_the_chat_template_rendered_gets_its_bos_once():
+def test_a_conversation_gets_the_templates_ids_with_its_bos_once():
     tokenizer = build_tiny_tokenizer()
     tokenizer.chat_template = BOS_WRITING_TEMPLATE
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     expected = _template_ids(tokenizer, messages)
-    assert rendered.startswith(tokenizer.bos_token) and expected.count(tokenizer.bos_token_id) == 1
+    assert expected.count(tokenizer.bos_token_id) == 1
 
-    ids, mask = encode_prompts_left_padded(tokenizer, [rendered, "plain text"])
+    ids, mask = encode_prompts_left_padded(tokenizer, [messages, "plain text"])
     assert ids[0][mask[0].bool()].tolist() == expected  # rollouts and generate see the template's ids
-    assert ids[1][mask[1].bool()].tolist()[0] == tokenizer.bos_token_id  # plain text keeps the tokenizer's BOS
-    batch = encode_prompt_response(tokenizer, [rendered], ["Hello."])
+    as_user = _template_ids(tokenizer, [{"role": "user", "content": "plain text"}])
+    assert ids[1][mask[1].bool()].tolist() == as_user  # a string prompt on a chat model is a user message
+    never, never_mask = encode_prompts_left_padded(ChatFormat(tokenizer, "never"), ["plain text"])
+    assert never[0][never_mask[0].bool()].tolist() == tokenizer("plain text")["input_ids"]  # BOS + text
+    batch = encode_prompt_response(tokenizer, [messages], ["Hello."])
     prompt = batch.input_ids[0][~batch.response_mask[0] & batch.attention_mask[0].bool()].tolist()
     assert prompt == expected  # DPO, reward and SFT batches too

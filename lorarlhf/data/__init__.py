@@ -19,17 +19,24 @@ silently different training set.
 
 The package's modules, each importing only those listed before it:
 
-    records      PreferenceDataError, PreferencePair, Row (one input record) and render_prompt
+    records      PreferenceDataError, PreferencePair, Row (one input record), BadRows (skip_bad_rows)
     sources      open_source and the file readers (jsonl, json, csv, parquet), datasets and Hub ids
+    columns      columns={"prompt": "question", ...}: another layout's field names renamed to ours
+    layouts      hub layouts as published (UltraFeedback, SHP, PKU-SafeRLHF, HelpSteer, oasst, chatbot arena,
+                 orca pairs, KTO rows), recognised by their fields and turned into the shapes above
     shapes       the parser of each shape above, the votes aside
     votes        vote items pooled, majority and Bradley-Terry aggregation, Fleiss' kappa, vote_agreement
     preferences  load_preferences, its LoadReport, duplicate and too-long drops, split_eval
     prompts      load_prompts
+    feedback     load_feedback: unpaired labels (KTO)
+    demonstrations  load_demonstrations, for SFT
 """
 
+from lorarlhf.data.feedback import Feedback, FeedbackList, load_feedback
+from lorarlhf.data.layouts import LAYOUTS, PREFER_BY, SFT_MIN_RATING
 from lorarlhf.data.preferences import AGGREGATIONS, DROP_REASONS, LoadReport, Preferences, load_preferences, split_eval
 from lorarlhf.data.prompts import Prompts, load_prompts
-from lorarlhf.data.records import SHAPES, PreferenceDataError, PreferencePair, Row, render_prompt
+from lorarlhf.data.records import SHAPES, BadRow, PreferenceDataError, PreferencePair, Row
 from lorarlhf.data.shapes import HH_ASSISTANT
 from lorarlhf.data.sources import SUPPORTED_EXTENSIONS, open_source, read_jsonl
 from lorarlhf.data.votes import (
@@ -42,18 +49,26 @@ from lorarlhf.data.votes import (
     fleiss_kappa,
     vote_agreement,
 )
+from lorarlhf.model.chat import Conversation
 
 __all__ = [
+    "Conversation",
     "AGGREGATIONS",
     "DROP_REASONS",
     "HH_ASSISTANT",
+    "LAYOUTS",
+    "PREFER_BY",
+    "SFT_MIN_RATING",
     "SHAPES",
     "SUPPORTED_EXTENSIONS",
     "VOTE_LABELS",
     "AgreementReport",
     "AnnotatorAgreement",
     "AnnotatorPair",
+    "BadRow",
     "DisputedItem",
+    "Feedback",
+    "FeedbackList",
     "LoadReport",
     "PreferenceDataError",
     "PreferencePair",
@@ -61,12 +76,12 @@ __all__ = [
     "Row",
     "bradley_terry",
     "fleiss_kappa",
+    "load_feedback",
     "load_preferences",
     "load_prompts",
     "Prompts",
     "open_source",
     "read_jsonl",
-    "render_prompt",
     "split_eval",
     "vote_agreement",
 ]

@@ -1,16 +1,21 @@
 """The record level: `PreferenceDataError`, `PreferencePair`, and `Row`, one input record of any source.
 
 A `Row` finds its record's shape from its fields (`SHAPES`) and gives typed access to them, every error
-naming the source, the 1-based row and the field. `plural` words the counts in reports and logs.
+naming the source, the 1-based row and the field. `BadRows` raises a bad row's error, or with
+skip_bad_rows=True keeps it with its reason and goes on. `plural` words the counts in reports and logs.
 
-Any text field may instead hold a list of {"role", "content"} messages. A prompt is rendered with the
-tokenizer's chat template when it has one, else as "role: content" lines ending in "assistant:"; a
-response is the text of its assistant message(s).
+Any text field may instead hold a list of {"role", "content"} messages. A prompt given as messages stays
+a `Conversation` (system prompt and history kept), rendered into tokens only by lorarlhf.model.chat; a
+response is the text of its assistant message.
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from lorarlhf.model.chat import ChatFormat, Conversation
 
 SHAPES = {  # shape -> the fields that make it; quoted in errors for rows that match none
     "pair": "prompt, chosen, rejected",
@@ -20,7 +25,31 @@ SHAPES = {  # shape -> the fields that make it; quoted in errors for rows that m
     "ratings": "prompt, responses, scores (higher is better)",
     "votes": "prompt, a, b, votes ('a'/'b'/'tie', one per annotator), optional annotators",
     "prompt": "prompt (only for load_prompts)",
+    "unpaired-labels": "prompt, completion, label (true = thumbs up; KTO, e.g. trl-lib/kto-mix-14k): load_feedback(); "
+    "pairs where one prompt has both labels",
+    # Hub layouts, read as published (lorarlhf.data.layouts), each into one of the shapes above:
+    "ultrafeedback-binarized": "prompt, chosen, rejected (whole conversations), score_chosen, score_rejected "
+    "(HuggingFaceH4/ultrafeedback_binarized)",
+    "argilla-binarized": "prompt, chosen, rejected, chosen-rating, rejected-rating "
+    "(argilla/ultrafeedback-binarized-preferences-cleaned)",
+    "ultrafeedback": "instruction, completions [{response, overall_score, fine-grained_score, ...}] "
+    "(openbmb/UltraFeedback)",
+    "shp": "history, human_ref_A, human_ref_B, labels (1 = A preferred) (stanfordnlp/SHP, SHP-2)",
+    "pku-saferlhf": "prompt, response_0, response_1, better_response_id, safer_response_id "
+    "(PKU-Alignment/PKU-SafeRLHF)",
+    "helpsteer": "prompt, response, helpfulness, correctness, coherence, complexity, verbosity, one row per "
+    "response (nvidia/HelpSteer2, HelpSteer)",
+    "oasst": "message_id, parent_id, text, role, rank, message_tree_id, one row per message (OpenAssistant/oasst1, "
+    "oasst2)",
+    "chatbot-arena": "conversation_a, conversation_b, winner ('model_a'/'model_b'/'tie'/'tie (bothbad)'), judge "
+    "(lmsys/chatbot_arena_conversations)",
+    "orca-pairs": "system, question, chosen, rejected (Intel/orca_dpo_pairs)",
+    "distilabel-orca": "system, input, chosen, rejected, status (argilla/distilabel-intel-orca-dpo-pairs)",
 }
+COLUMNS_HINT = (
+    "for any other layout, map its fields to ours with columns=, e.g. "
+    "columns={'prompt': 'question', 'chosen': 'good', 'rejected': 'bad'}"
+)
 # Fields whose presence decides the shape. A row with signature fields of two shapes is ambiguous.
 _SIGNATURES = {
     "votes": ("votes", "a", "b"),
@@ -43,8 +72,8 @@ class PreferenceDataError(ValueError):
 class PreferencePair:
     """One human preference: `chosen` is the better response to `prompt` than `rejected`."""
 
-    prompt: str
-    """The prompt text, rendered (chat template or plain fallback) when the data gave messages."""
+    prompt: str | Conversation
+    """The prompt: its text, or the Conversation (system prompt, history, last user turn) the data gave."""
     chosen: str
     """The preferred response's text."""
     rejected: str
@@ -61,7 +90,8 @@ class PreferencePair:
 
 class Row:
     def __init__(self, source: str, number: int, index: int, record, tokenizer):
-        self.source, self.number, self.index, self.tokenizer = source, number, index, tokenizer
+        self.source, self.number, self.index = source, number, index
+        self.chat = None if tokenizer is None else ChatFormat.of(tokenizer)  # a tokenizer or a ChatFormat
         if not isinstance(record, dict):
             raise self.error(f"a record must be an object with named fields, got {type(record).__name__}")
         self.record = record
@@ -80,15 +110,31 @@ class Row:
             raise self.error(f"has fields of more than one record shape: {clash}; a row must be one shape")
         if found:
             shape = next(iter(found))
-            if shape != "pair" or self.present("prompt"):
+            if shape != "pair":
                 return shape
+            if self.present("prompt"):
+                return "conversation" if self.whole_conversations() else "pair"
             return "conversation" if isinstance(self.record.get("chosen"), list | tuple) else "hh-rlhf"
         if self.present("responses"):
             raise self.error("responses need 'ranks' (1 = best) or 'scores' (higher is better)", field="responses")
         if self.present("prompt"):
             return "prompt"
         shapes = "; ".join(f"{s}: {fields}" for s, fields in SHAPES.items())
-        raise self.error(f"fields {sorted(map(str, self.record))} match no record shape; the shapes are {shapes}")
+        raise self.error(
+            f"fields {sorted(map(str, self.record))} match no record shape; the shapes are {shapes}; {COLUMNS_HINT}"
+        )
+
+    def whole_conversations(self) -> bool:
+        """chosen and rejected are whole conversations (the user's turns too), as UltraFeedback-binarized gives them
+        beside its `prompt`: then their shared leading messages are the prompt."""
+        chosen, rejected = self.record.get("chosen"), self.record.get("rejected")
+        return (
+            isinstance(chosen, list | tuple)
+            and isinstance(rejected, list | tuple)
+            and bool(chosen)
+            and isinstance(chosen[0], dict)
+            and chosen[0].get("role") != "assistant"
+        )
 
     def get(self, name: str):
         if not self.present(name):
@@ -105,11 +151,16 @@ class Row:
             raise self.error(f"needs at least {min_len} entries, got {len(value)}", field=name)
         return list(value)
 
-    def prompt(self, name: str) -> str:
+    def prompt(self, name: str) -> str | Conversation:
         value = self.get(name)
         if isinstance(value, list | tuple):
-            return render_prompt(self.messages(name, value), self.tokenizer)
+            return Conversation(self.messages(name, value))
         return self.text(name, value)
+
+    @property
+    def templated(self) -> bool:
+        """Whether prompts become tokens by a chat template (so a transcript is better read as messages)."""
+        return self.chat is not None and self.chat.uses_template
 
     def response(self, name: str, value=None) -> str:
         value = self.get(name) if value is None else value
@@ -136,14 +187,20 @@ class Row:
         return list(value)
 
     def assistant_text(self, name: str, messages: list[dict]) -> str:
-        """A response given as messages: its assistant message(s), joined by newlines."""
+        """A response given as messages: its one assistant message (a response is one turn of the model's)."""
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 raise self.error(
                     f"a response given as messages holds only assistant messages; message {i} is {message['role']!r}",
                     field=name,
                 )
-        return self.text(name, "\n".join(m["content"] for m in messages))
+        if len(messages) > 1:
+            raise self.error(
+                f"the response is {len(messages)} assistant messages; a response is one assistant turn, so give "
+                "the earlier ones in the prompt",
+                field=name,
+            )
+        return self.text(name, messages[0]["content"])
 
     def utility(self) -> str | None:
         if not self.present("utility"):
@@ -157,11 +214,37 @@ class Row:
         return PreferencePair(prompt, chosen, rejected, group=self.index, utility=self.utility(), **extra)
 
 
-def render_prompt(messages: list[dict], tokenizer) -> str:
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # No template: a plain rendering that still shows who said what and that the assistant speaks next.
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+@dataclass(frozen=True)
+class BadRow:
+    """A row skipped with skip_bad_rows=True, and why."""
+
+    row: int
+    """1-based row in its source (a group's first row, for layouts read one group of rows at a time)."""
+    field: str | None
+    reason: str
+    record: object
+    """The record as the source gave it (a list of them for a group)."""
+
+
+class BadRows:
+    """Where a bad row goes: by default its error stops the load; with skip=True it is kept here and the load
+    goes on (a skipped row is a different training set, so it is counted and written out, never silent)."""
+
+    def __init__(self, skip: bool = False):
+        if not isinstance(skip, bool):
+            raise ValueError(f"skip_bad_rows={skip!r} must be True or False")
+        self.skip, self.rows = skip, []
+
+    @contextmanager
+    def guard(self, number: int, record):
+        """Run one row's reading; a PreferenceDataError naming a row is raised, or with skip=True kept."""
+        try:
+            yield
+        except PreferenceDataError as error:
+            if not self.skip or error.row is None:
+                raise
+            self.rows.append(BadRow(error.row, error.field, error.problem, record))
+            logging.getLogger("lorarlhf.data").debug("skipped bad row: %s", error)
 
 
 def plural(n: int, noun: str) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 
-from lorarlhf.data.records import PreferencePair, Row, render_prompt
+from lorarlhf.data.records import PreferencePair, Row
+from lorarlhf.model.chat import Conversation
 from lorarlhf.validation import is_number
 
 HH_ASSISTANT = "\n\nAssistant:"
@@ -44,8 +46,20 @@ def _parse_hh(row: Row, **_) -> tuple[list[PreferencePair], int]:
             field="chosen",
         )
     cut += len(HH_ASSISTANT)
-    prompt = chosen[:cut]
-    return [row.pair(prompt, row.text("chosen", chosen[cut:]), row.text("rejected", rejected[cut:]))], 0
+    prompt, chosen, rejected = chosen[:cut], row.text("chosen", chosen[cut:]), row.text("rejected", rejected[cut:])
+    if row.templated:  # a chat model reads the transcript as the conversation it is
+        return [row.pair(_hh_conversation(prompt), chosen.strip(), rejected.strip())], 0
+    return [row.pair(prompt, chosen, rejected)], 0
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def _hh_conversation(transcript: str) -> Conversation:
+    """ "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: ...\n\nAssistant:" as user/assistant messages."""
+    parts = _HH_TURN.split(transcript)  # [before, speaker, text, speaker, text, ...]; the last text is empty
+    turns = [(speaker, text.strip()) for speaker, text in zip(parts[1::2], parts[2::2], strict=True)][:-1]
+    return Conversation([(("user" if s == "Human" else "assistant"), text) for s, text in turns])
 
 
 def _parse_conversation(row: Row, **_) -> tuple[list[PreferencePair], int]:
@@ -68,7 +82,7 @@ def _parse_conversation(row: Row, **_) -> tuple[list[PreferencePair], int]:
             "chosen and rejected share no leading non-assistant messages to use as the prompt; add a 'prompt' field",
             field="chosen",
         )
-    prompt = render_prompt(chosen[:shared], row.tokenizer)
+    prompt = Conversation(chosen[:shared])
     return [
         row.pair(
             prompt, row.assistant_text("chosen", chosen[shared:]), row.assistant_text("rejected", rejected[shared:])

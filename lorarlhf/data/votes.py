@@ -16,7 +16,8 @@ from itertools import combinations
 
 import numpy as np
 
-from lorarlhf.data.records import PreferenceDataError, PreferencePair, Row, plural
+from lorarlhf.data.layouts import read_layouts
+from lorarlhf.data.records import BadRows, PreferenceDataError, PreferencePair, Row, plural
 from lorarlhf.data.sources import open_source
 from lorarlhf.validation import check_int
 
@@ -96,16 +97,17 @@ class AgreementReport:
         )
 
 
-def vote_agreement(source, *, split: str = "train") -> AgreementReport:
+def vote_agreement(source, *, split: str = "train", columns: dict[str, str] | None = None) -> AgreementReport:
     """How much the annotators of `source` agree: its vote records (other rows are not read), pooled per item.
 
     Unlike load_preferences it reports even when every item is a tie or a single vote; a source with no
-    vote records is an error.
+    vote records is an error. Hub layouts of votes (chatbot arena) and `columns` are read as load_preferences does.
     """
     name, records = open_source(source, split)
+    read = read_layouts(name, records, tokenizer=None, purpose="preferences", bad=BadRows(), columns=columns)
     items = []
-    for index, (row_number, record) in enumerate(records):
-        row = Row(name, row_number, index, record, None)
+    for index, item in enumerate(read.items):
+        row = Row(name, item.number, index, item.record, None)
         if row.shape() == "votes":
             items.append(parse_votes(row))
     if not items:

@@ -17,6 +17,7 @@ from lorarlhf.labelling.candidates import read_candidates
 from lorarlhf.labelling.guard import COLAB_FRAME_ANCESTORS, FRAME_ANCESTORS, RequestGuard, allowed_hosts, is_loopback
 from lorarlhf.labelling.session import LabellingSession, Shown
 from lorarlhf.labelling.votes import VoteLog
+from lorarlhf.model.chat import plain_text
 
 logger = logging.getLogger("lorarlhf.labelling")
 
@@ -243,7 +244,7 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
             buttons = [gr.update(visible=not pairwise and p < len(texts)) for p in range(longest)]
             return [
                 f"**{done}** · {session.total - session.done} to go",
-                gr.update(value=shown.item.prompt, visible=True),
+                gr.update(value=plain_text(shown.item.prompt), visible=True),
                 *boxes,
                 gr.update(visible=pairwise),
                 gr.update(visible=not pairwise),

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lorarlhf.data import PreferenceDataError, load_prompts, read_jsonl
+from lorarlhf.model.chat import Conversation, jsonable
 from lorarlhf.model.hydra import HydraModel, resolve_model
 from lorarlhf.training.rollout import SamplingConfig, generate_in_pieces
 from lorarlhf.validation import check_int
@@ -39,7 +40,7 @@ class CandidateItem:
     """One prompt and the responses to compare or rank."""
 
     id: str
-    prompt: str
+    prompt: str | Conversation
     responses: tuple[str, ...]
 
 
@@ -64,9 +65,9 @@ class SampleReport:
         return text
 
 
-def item_id(prompt: str, responses) -> str:
+def item_id(prompt, responses) -> str:
     """A stable id from the text alone: the same prompt and responses are the same item in any file."""
-    digest = hashlib.sha256(json.dumps([prompt, sorted(responses)], ensure_ascii=False).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([jsonable(prompt), sorted(responses)], ensure_ascii=False).encode()).hexdigest()
     return digest[:16]
 
 
@@ -97,8 +98,14 @@ def _item_from(record, name: str, number: int) -> CandidateItem:
     prompt = record.get("prompt")
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise CandidatesError(name, "missing" if prompt is None else "empty", row=number, field="prompt")
-    if not isinstance(prompt, str):
-        raise CandidatesError(name, f"must be text, not {type(prompt).__name__}", row=number, field="prompt")
+    if isinstance(prompt, list):
+        try:
+            prompt = Conversation(prompt)
+        except (TypeError, ValueError) as error:
+            raise CandidatesError(name, f"a list of messages, but {error}", row=number, field="prompt") from None
+    if not isinstance(prompt, str | Conversation):
+        problem = f"must be text or a list of messages, not {type(prompt).__name__}"
+        raise CandidatesError(name, problem, row=number, field="prompt")
     responses = record.get("responses")
     if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
         problem = "missing" if responses is None else "must be a list of texts"
@@ -149,7 +156,7 @@ def sample_candidates(
     sampling = sampling or SamplingConfig()
     hydra, model_name = _actor_of(model, quantize=quantize, trust_remote_code=trust_remote_code)
     if not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
-        prompts = load_prompts(prompts, tokenizer=hydra.tokenizer)
+        prompts = load_prompts(prompts, tokenizer=hydra.chat)
     if not prompts:
         raise ValueError("no prompts to sample for")
 
@@ -172,7 +179,13 @@ def sample_candidates(
 
     settings = asdict(sampling) | {"seed": seed}
     records = [
-        {"id": item_id(prompt, texts), "prompt": prompt, "responses": texts, "model": model_name, "sampling": settings}
+        {
+            "id": item_id(prompt, texts),
+            "prompt": jsonable(prompt),
+            "responses": texts,
+            "model": model_name,
+            "sampling": settings,
+        }
         for prompt, texts in zip(prompts, found, strict=True)
         if len(texts) >= 2
     ]

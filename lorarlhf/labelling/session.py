@@ -9,12 +9,14 @@ fixed order would turn that bias into preference data.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 from dataclasses import dataclass
 
 from lorarlhf.labelling.candidates import CandidateItem
 from lorarlhf.labelling.votes import PAIR_LABELS, VoteLog, pair_votes, ranking_votes
+from lorarlhf.model.chat import jsonable
 
 MAX_ANNOTATOR_LENGTH = 100
 
@@ -42,11 +44,16 @@ def check_annotator(name) -> str:
 
 def labelled(items: list[CandidateItem], votes: list[dict]) -> set[str]:
     """The ids of the items these votes judge: same id, prompt and responses (an edited item is a new one)."""
-    seen = {(vote.get("item"), vote.get("prompt"), vote.get("a"), vote.get("b")) for vote in votes}
+    seen = {(vote.get("item"), json.dumps(vote.get("prompt")), vote.get("a"), vote.get("b")) for vote in votes}
     return {
         item.id
         for item in items
-        if any((item.id, item.prompt, a, b) in seen for a in item.responses for b in item.responses if a != b)
+        if any(
+            (item.id, json.dumps(jsonable(item.prompt)), a, b) in seen
+            for a in item.responses
+            for b in item.responses
+            if a != b
+        )
     }
 
 

@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 from lorarlhf.labelling.candidates import CandidateItem
+from lorarlhf.model.chat import jsonable
 
 logger = logging.getLogger("lorarlhf.labelling")
 
@@ -60,7 +61,14 @@ def ranking_votes(item: CandidateItem, order: list[int], annotator: str, reason:
 
 
 def _record(item: CandidateItem, a: str, b: str, label: str, annotator: str, reason: str, kind: str) -> dict:
-    record = {"prompt": item.prompt, "a": a, "b": b, "votes": [label], "annotators": [annotator], "item": item.id}
+    record = {
+        "prompt": jsonable(item.prompt),
+        "a": a,
+        "b": b,
+        "votes": [label],
+        "annotators": [annotator],
+        "item": item.id,
+    }
     record["kind"] = kind
     if reason.strip():
         record["reason"] = reason.strip()

@@ -26,6 +26,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from lorarlhf.kernels import fused_linear_kl, fused_linear_logprobs
+from lorarlhf.model.chat import ChatFormat, check_chat_template
 from lorarlhf.model.heads import HEAD_ROLES, ScalarHead, gather_last_token
 from lorarlhf.model.loading import (
     DEMO_MODEL_DIR,
@@ -44,7 +45,6 @@ from lorarlhf.model.tokenization import (
     TokenizedBatch,
     encode_prompt_response,
     encode_prompts_left_padded,
-    end_token_ids,
 )
 from lorarlhf.validation import check_int
 
@@ -78,6 +78,7 @@ class HydraModel(nn.Module):
         roles: tuple[str, ...] = DEFAULT_ROLES,
         gradient_checkpointing: bool = False,
         critic: str = "separate",
+        chat_template: str = "auto",
     ):
         super().__init__()
         roles = _check_roles(roles)
@@ -92,6 +93,7 @@ class HydraModel(nn.Module):
         self.quantize = quantize
         self.lora = lora
         self.tokenizer = tokenizer
+        self.chat_template = check_chat_template(chat_template)
         self.logit_scale = logit_scale(base_model.config)
         self.base_bytes = parameter_bytes(base_model.parameters())
         if gradient_checkpointing:
@@ -135,6 +137,7 @@ class HydraModel(nn.Module):
         gradient_checkpointing: bool = False,
         critic: str = "separate",
         trust_remote_code: bool = False,
+        chat_template: str = "auto",
     ) -> HydraModel:
         """Load a causal LM (hub id or local directory), freeze it, and put an adapter on it per role.
 
@@ -146,9 +149,12 @@ class HydraModel(nn.Module):
             each segment under the role it ran with, trading compute for activation memory.
         critic: "separate" (its own adapter + value head) or "shared" (the actor's adapter + value head).
         trust_remote_code: run the model repository's own Python code (off: only transformers' own models).
+        chat_template: "auto" (the tokenizer's template when it has one), "never" (plain text) or a Jinja
+            template string: how prompts and responses become tokens (lorarlhf.model.chat).
         Weights are read from safetensors only. The model starts in eval mode, as transformers models do.
         """
         quantize = check_quantize(quantize)
+        check_chat_template(chat_template)
         source = check_source(name_or_path)
         lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
         roles = _check_roles(roles)
@@ -167,6 +173,7 @@ class HydraModel(nn.Module):
             roles=roles,
             gradient_checkpointing=gradient_checkpointing,
             critic=critic,
+            chat_template=chat_template,
         )
 
     @classmethod
@@ -451,9 +458,18 @@ class HydraModel(nn.Module):
 
     # ----------------------------------------------------------------- text in, text out
 
-    def encode(self, prompts: list[str], responses: list[str], *, max_length: int | None = None) -> TokenizedBatch:
+    @property
+    def chat(self) -> ChatFormat:
+        """The rendering rule of this model's tokenizer and chat_template: prompts and responses to ids."""
+        key = (id(self.tokenizer), self.chat_template)
+        if getattr(self, "_chat_key", None) != key:
+            generation_config = getattr(self.causal_lm, "generation_config", None)
+            self._chat, self._chat_key = ChatFormat(self.tokenizer, self.chat_template, generation_config), key
+        return self._chat
+
+    def encode(self, prompts: list, responses: list[str], *, max_length: int | None = None) -> TokenizedBatch:
         """Tokenize prompt/response pairs by the rule every method shares, on this model's device."""
-        return encode_prompt_response(self.tokenizer, prompts, responses, max_length=max_length).to(self.device)
+        return encode_prompt_response(self.chat, prompts, responses, max_length=max_length).to(self.device)
 
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """Reward-role score of each (prompt, response): (B,) float32."""
@@ -467,15 +483,17 @@ class HydraModel(nn.Module):
 
     @property
     def end_ids(self) -> tuple[int, ...]:
-        """The token ids that end a response: the tokenizer's EOS and the generation_config's end ids."""
-        return end_token_ids(self.tokenizer, getattr(self.causal_lm, "generation_config", None))
+        """The token ids that end a response: the tokenizer's EOS, the generation_config's end ids and the
+        chat template's end of turn."""
+        return self.chat.end_ids
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], *, max_new_tokens: int = 64, role: str = "actor", **sampling) -> list[str]:
-        """Complete each prompt as `role`. `sampling` goes to transformers' generate
-        (do_sample, temperature, top_p, top_k, ...); without it the model's generation config applies."""
+    def generate(self, prompts: list, *, max_new_tokens: int = 64, role: str = "actor", **sampling) -> list[str]:
+        """Complete each prompt (a string, or a list of messages) as `role`, rendered by `self.chat`.
+        `sampling` goes to transformers' generate (do_sample, temperature, top_p, top_k, ...); without it
+        the model's generation config applies."""
         check_int("max_new_tokens", max_new_tokens)
-        input_ids, attention_mask = encode_prompts_left_padded(self.tokenizer, prompts)
+        input_ids, attention_mask = encode_prompts_left_padded(self.chat, prompts)
         modes = {module: module.training for module in self.modules()}
         self.eval()  # no dropout while sampling, and the KV cache stays on under gradient checkpointing
         try:

@@ -144,6 +144,7 @@ def save_hydra(hydra, output_dir: Path) -> Path:
         },
         "roles": list(hydra.adapters),
         "critic": hydra.critic_mode,
+        "chat_template": hydra.chat_template,
         "heads": sorted(hydra.heads.keys()),
         "versions": _versions(),
     }
@@ -282,6 +283,7 @@ def load_hydra(
         roles=tuple(manifest["roles"]),
         gradient_checkpointing=gradient_checkpointing,
         critic=manifest.get("critic", "separate"),
+        chat_template=manifest.get("chat_template", "auto"),
     )
     return load_weights(hydra, output_dir)
 

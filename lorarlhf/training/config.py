@@ -10,9 +10,13 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
+import json
 import textwrap
 from dataclasses import asdict, dataclass, fields
 
+from lorarlhf.data.columns import check_columns
+from lorarlhf.data.layouts import check_prefer_by
+from lorarlhf.model.chat import check_chat_template
 from lorarlhf.model.loading import QUANTIZE_CHOICES
 from lorarlhf.validation import check_bool, check_choice, check_int, check_number, is_number
 
@@ -80,6 +84,21 @@ class CommonConfig:
     """Allow replacing an earlier run in output_dir (otherwise refused, so no finished run is lost)."""
     trust_remote_code: bool = False
     """Run the model repository's own Python code when loading it (read it first: it runs as you)."""
+    chat_template: str = "auto"
+    """How prompts become tokens: "auto" (the model's chat template when its tokenizer has one: a string prompt
+    is a user message), "never" (plain text: BOS + prompt, response + EOS) or a Jinja chat template string."""
+    split: str = "train"
+    """The split read when the data is a datasets.DatasetDict or a hub id (e.g. "train_prefs")."""
+    columns: dict[str, str] | None = None
+    """Our field names -> the data's, for a layout lorarlhf does not read as is, e.g. {"prompt": "question",
+    "chosen": "good", "rejected": "bad"} (on the command line: --set 'columns={"prompt": "question"}')."""
+    prefer_by: str | None = None
+    """What orders a hub layout's responses: "fine-grained_score" (UltraFeedback), "safer_response_id"
+    (PKU-SafeRLHF) or a HelpSteer attribute; None: each layout's default (overall_score, better_response_id,
+    helpfulness)."""
+    skip_bad_rows: bool = False
+    """Skip bad data rows, counted and written with their reasons to output_dir/bad_rows.jsonl, instead of
+    stopping at the first one."""
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "lora_r", "max_length", "max_new_tokens", "grad_accumulation")
@@ -106,6 +125,12 @@ class CommonConfig:
         card = self.gpu_memory_gb
         if card is not None and card != "auto" and (not is_number(card) or card <= 0):
             raise ValueError(f"gpu_memory_gb={self.gpu_memory_gb!r} must be 'auto', None or a positive number")
+        check_chat_template(self.chat_template)
+        if not isinstance(self.split, str) or not self.split:
+            raise ValueError(f"split={self.split!r} must be a split name, e.g. 'train' or 'train_prefs'")
+        check_columns(self.columns)
+        check_prefer_by(self.prefer_by)
+        check_bool("skip_bad_rows", self.skip_bad_rows)
         if self.resume and self.overwrite:
             raise ValueError("resume=True continues the run in output_dir and overwrite=True replaces it; pick one")
 
@@ -134,7 +159,12 @@ class CommonConfig:
             lora_alpha=self.lora_alpha,
             gradient_checkpointing=self.gradient_checkpointing,
             trust_remote_code=self.trust_remote_code,
+            chat_template=self.chat_template,
         )
+
+    def data_options(self) -> dict:
+        """How every loader (pairs, demonstrations, prompts) reads this run's data."""
+        return dict(split=self.split, columns=self.columns, prefer_by=self.prefer_by, skip_bad_rows=self.skip_bad_rows)
 
     def pair_options(self) -> dict:
         """How load_preferences reads this run's preference data (a method with reading options adds them)."""
@@ -186,6 +216,14 @@ def parse_option(cls, method: str, name: str, text: str):
                 pass
         elif kind == "str":
             return text
+        elif kind.startswith("dict"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
     words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "None": "none"}
+    words["dict[str, str]"] = 'a JSON object, e.g. {"prompt": "question"}'
     allowed = " or ".join(words.get(kind, kind) for kind in kinds)
     raise ValueError(f"{name}={text!r} is not valid: {name} takes {allowed}")

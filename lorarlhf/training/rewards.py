@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lorarlhf.model.chat import jsonable
 from lorarlhf.training.rollout import Rollout
 from lorarlhf.validation import is_number
 
@@ -108,8 +109,9 @@ def score_rollout(
     return raw, rewards
 
 
-def _call(fn: RewardFn, prompts: list[str], responses: list[str], columns: dict[str, list]) -> torch.Tensor:
+def _call(fn: RewardFn, prompts: list, responses: list[str], columns: dict[str, list]) -> torch.Tensor:
     name = getattr(fn, "__name__", repr(fn))
+    prompts = [jsonable(p) for p in prompts]  # a conversation reaches it as message dicts, as in TRL
     values = fn(prompts, responses, **columns_for(fn, columns))
     try:
         values = torch.as_tensor([float(v) for v in values], dtype=torch.float32)

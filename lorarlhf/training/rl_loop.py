@@ -187,13 +187,13 @@ def in_chunks(batch: TokenizedBatch, chunks: int, fn, **kwargs):
     return torch.cat(parts)
 
 
-def fit_prompts(tokenizer, prompts: list[str], config) -> list[int]:
+def fit_prompts(chat, prompts: list, config) -> list[int]:
     """The indices of the prompts that leave room for max_new_tokens within max_length; the others are dropped
     and reported, never silently."""
     room = config.max_length - config.max_new_tokens
     if room < 1:
         raise ValueError(f"max_length={config.max_length} leaves no room for max_new_tokens={config.max_new_tokens}")
-    lengths = [len(ids) for ids in prompt_token_ids(tokenizer, list(prompts))]
+    lengths = [len(ids) for ids in prompt_token_ids(chat, list(prompts))]
     kept = [i for i, n in enumerate(lengths) if n <= room]
     if len(kept) < len(prompts):
         log.warning(
@@ -263,7 +263,7 @@ class RLLoop:
         self.group_size, self.on_step, self.checkpoints = group_size, on_step, checkpoints
         hydra.disable_dropout()  # the rollout's log-probs and the update's must come from the same network
         torch.manual_seed(config.seed)
-        kept = fit_prompts(hydra.tokenizer, prompts, config)
+        kept = fit_prompts(hydra.chat, prompts, config)
         columns = {name: [values[i] for i in kept] for name, values in (columns or {}).items()}
         self.stream = PromptStream([prompts[i] for i in kept], config.seed, columns)
         self.sampling = sampling_of(config)

@@ -76,7 +76,7 @@ def generate_rollout(
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; one seed per prompt")
     tokenizer, device = hydra.tokenizer, hydra.device
-    prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts_left_padded(tokenizer, prompts))
+    prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts_left_padded(hydra.chat, prompts))
     prompt_mask = prompt_mask.bool()
     generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
     batch_size = prompt_ids.shape[0]
