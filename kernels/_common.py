@@ -100,9 +100,18 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
 
 
 def chunk_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float, dtype: torch.dtype
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    temperature: float,
+    softcap: float | None,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """(hidden @ weight.T + bias) / temperature for one chunk of rows, as a (rows, V) tile in `dtype`.
+    """softcap(hidden @ weight.T + bias) / temperature for one chunk of rows, as a (rows, V) tile in `dtype`.
+
+    softcap(x) = cap * tanh(x / cap) (Gemma 2's final-logit soft-capping), the identity when cap is None. It
+    comes before the temperature, as in transformers, where the model's forward caps and sampling then
+    divides by the temperature. Both are applied in place on the tile, so neither costs a second buffer.
 
     A 16-bit head stays 16-bit: the matmul reads it as is and writes float32 logits (cuBLAS accumulates in
     float32 anyway), so no float32 copy of the [V, H] weight is ever made.
@@ -113,9 +122,20 @@ def chunk_logits(
         logits = matmul_float32_out(hidden.to(weight.dtype), weight.T)  # (rows, V)
     if bias is not None:
         logits += bias.to(dtype)
-    if temperature != 1.0:
+    if softcap is not None:
+        logits.div_(softcap).tanh_().mul_(softcap / temperature)  # cap * tanh(x / cap) / T, in place
+    elif temperature != 1.0:
         logits.div_(temperature)  # in place: no second (rows, V) buffer
     return logits
+
+
+def softcap_slope(temperature: float, softcap: float | None) -> float:
+    """T / cap, which turns a tile entry z = cap * tanh(x / cap) / T back into tanh(x / cap); 0 without a cap.
+
+    The row kernels' backward multiplies each logit gradient by d softcap / dx = 1 - tanh(x / cap)^2
+    = 1 - (z * T / cap)^2, read from the tile they already hold, so the uncapped logits are never kept.
+    """
+    return 0.0 if softcap is None else temperature / softcap
 
 
 _MM_OUT_DTYPE: dict[str, bool] = {}
@@ -180,6 +200,13 @@ def check_temperature(temperature: float) -> None:
         or temperature <= 0
     ):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def check_softcap(softcap: float | None) -> None:
+    if softcap is None:
+        return
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real) or not math.isfinite(softcap) or softcap <= 0:
+        raise ValueError(f"softcap must be None (no soft-capping) or a finite number > 0, got {softcap!r}")
 
 
 def autocast_off(device: torch.device) -> torch.autocast:

@@ -7,7 +7,8 @@ tokens and reduces each pair of (rows, V) float32 tiles to one number per row wi
 
 As in logprobs.py, the upstream gradient is one number per row, so forward also computes
 W^T dKL/dz (and W^T dKL/dy when the reference side wants a gradient) from the tiles it holds, and backward
-is a per-row scaling; only a trainable LM head recomputes the tiles.
+is a per-row scaling; only a trainable LM head recomputes the tiles. A soft-capped head (Gemma 2) runs on
+the capped tiles, and the row kernels multiply each logit gradient by the cap's derivative 1 - tanh^2.
 """
 
 from __future__ import annotations
@@ -19,25 +20,35 @@ from ._common import (
     backend_for,
     block_v,
     check_hidden_weight,
+    check_softcap,
     check_temperature,
     chunk_logits,
     chunk_rows,
     compute_dtype,
     matmul_into,
     row_chunks,
+    softcap_slope,
     tl,
     triton,
 )
 
 
 def linear_kl_reference(
-    hidden: torch.Tensor, ref_hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0
+    hidden: torch.Tensor,
+    ref_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    temperature: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """Slow, obviously-correct version: full [N, V] log-softmaxes, then sum_k p_k (log p_k - log q_k)."""
+    """Slow, obviously-correct version: full [N, V] logits (soft-capped as transformers' Gemma 2 does),
+    log-softmaxes, then sum_k p_k (log p_k - log q_k)."""
     dtype = compute_dtype(hidden, ref_hidden, weight)
     w = weight.to(dtype)
-    logp = torch.log_softmax(hidden.to(dtype) @ w.T / temperature, dim=-1)  # (N, V)
-    logq = torch.log_softmax(ref_hidden.to(dtype) @ w.T / temperature, dim=-1)  # (N, V)
+    z, y = hidden.to(dtype) @ w.T, ref_hidden.to(dtype) @ w.T  # (N, V) each
+    if softcap is not None:
+        z, y = torch.tanh(z / softcap) * softcap, torch.tanh(y / softcap) * softcap
+    logp = torch.log_softmax(z / temperature, dim=-1)  # (N, V)
+    logq = torch.log_softmax(y / temperature, dim=-1)  # (N, V)
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
@@ -85,10 +96,14 @@ if triton is not None:
 
     @triton.jit
     def _kl_dlogits_kernel(
-        z_ptr, y_ptr, stride, lse_z_ptr, lse_y_ptr, kl_ptr, g_ptr, scale, V,
-        LOAD_G: tl.constexpr, WRITE_Z: tl.constexpr, WRITE_Y: tl.constexpr, BLOCK_V: tl.constexpr,
+        z_ptr, y_ptr, stride, lse_z_ptr, lse_y_ptr, kl_ptr, g_ptr, scale, cap_slope, V,
+        LOAD_G: tl.constexpr, WRITE_Z: tl.constexpr, WRITE_Y: tl.constexpr, SOFTCAP: tl.constexpr,
+        BLOCK_V: tl.constexpr,
     ):  # fmt: skip
-        """In place: z <- scale g p (log p - log q - KL), y <- scale g (q - p) (each on request)."""
+        """In place: z <- scale g p (log p - log q - KL), y <- scale g (q - p) (each on request).
+
+        With SOFTCAP, each times its cap's derivative 1 - (z * cap_slope)^2, resp. 1 - (y * cap_slope)^2.
+        """
         row = tl.program_id(0).to(tl.int64)
         lse_z = tl.load(lse_z_ptr + row)
         lse_y = tl.load(lse_y_ptr + row)
@@ -99,14 +114,23 @@ if triton is not None:
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             valid = cols < V
-            logp = tl.load(z_ptr + row * stride + cols, mask=valid, other=float("-inf")) - lse_z
-            logq = tl.load(y_ptr + row * stride + cols, mask=valid, other=0.0) - lse_y
+            z = tl.load(z_ptr + row * stride + cols, mask=valid, other=float("-inf"))
+            y = tl.load(y_ptr + row * stride + cols, mask=valid, other=0.0)
+            logp = z - lse_z
+            logq = y - lse_y  # finite: no -inf - -inf
             p = tl.exp(logp)
             if WRITE_Z:
                 dz = g * tl.where(p > 0, logp - logq - kl, 0.0) * p
+                if SOFTCAP:
+                    t = tl.where(valid, z * cap_slope, 0.0)  # tanh(x / cap)
+                    dz = dz * (1.0 - t * t)
                 tl.store(z_ptr + row * stride + cols, dz, mask=valid)
             if WRITE_Y:
-                tl.store(y_ptr + row * stride + cols, g * (tl.exp(logq) - p), mask=valid)
+                dy = g * (tl.exp(logq) - p)
+                if SOFTCAP:
+                    t = y * cap_slope
+                    dy = dy * (1.0 - t * t)
+                tl.store(y_ptr + row * stride + cols, dy, mask=valid)
 
 
 # --------------------------------------------------------------------------- row ops, one per backend
@@ -128,25 +152,31 @@ def _stats_triton(z, y):
     return lse_z, lse_y, kl
 
 
-def _dlogits_torch(z, y, lse_z, lse_y, kl, g, scale, write_z, write_y):
+def _dlogits_torch(z, y, lse_z, lse_y, kl, g, scale, cap_slope, write_z, write_y):
     """Same contract as _kl_dlogits_kernel: overwrites z and/or y with the KL's logit gradients."""
     g = torch.as_tensor(g, dtype=z.dtype, device=z.device).expand(z.shape[0])[:, None] * scale  # (rows, 1)
     logp, logq = z - lse_z[:, None], y - lse_y[:, None]  # (rows, V)
     p = logp.exp()
     if write_y:
-        y.copy_(g * (logq.exp() - p))
+        dy = g * (logq.exp() - p)
+        if cap_slope:  # chain rule through the soft-cap, read off y before it is overwritten
+            dy.mul_((y * cap_slope).square_().neg_().add_(1.0))
+        y.copy_(dy)
     if write_z:
-        z.copy_(g * torch.where(p > 0, logp - logq - kl[:, None], 0.0) * p)
+        dz = g * torch.where(p > 0, logp - logq - kl[:, None], 0.0) * p
+        if cap_slope:
+            dz.mul_((z * cap_slope).square_().neg_().add_(1.0))
+        z.copy_(dz)
 
 
-def _dlogits_triton(z, y, lse_z, lse_y, kl, g, scale, write_z, write_y):
+def _dlogits_triton(z, y, lse_z, lse_y, kl, g, scale, cap_slope, write_z, write_y):
     rows, vocab = z.shape
     if not rows:
         return
     load_g = isinstance(g, torch.Tensor)
     _kl_dlogits_kernel[(rows,)](
-        z, y, z.stride(0), lse_z, lse_y, kl, g if load_g else kl, float(scale), vocab,
-        LOAD_G=load_g, WRITE_Z=write_z, WRITE_Y=write_y, BLOCK_V=block_v(vocab),
+        z, y, z.stride(0), lse_z, lse_y, kl, g if load_g else kl, float(scale), float(cap_slope), vocab,
+        LOAD_G=load_g, WRITE_Z=write_z, WRITE_Y=write_y, SOFTCAP=bool(cap_slope), BLOCK_V=block_v(vocab),
     )  # fmt: skip
 
 
@@ -157,37 +187,41 @@ ROW_OPS = {"torch": (_stats_torch, _dlogits_torch), "triton": (_stats_triton, _d
 
 
 class LinearKLFunction(torch.autograd.Function):
-    """Chunked KL(p || q) per row, p = softmax(W h / T) (policy), q = softmax(W r / T) (reference).
+    """Chunked KL(p || q) per row, p = softmax(s(W h) / T) (policy), q = softmax(s(W r) / T) (reference).
 
-    Forward, per row (z = W h / T, y = W r / T, both (V,)):
+    s is the soft-cap s(x) = c tanh(x / c) when a cap c is given, the identity otherwise.
+
+    Forward, per row (z = s(W h) / T, y = s(W r) / T, both (V,)):
         log p = z - lse(z),   log q = y - lse(y)
         KL    = sum_k p_k (log p_k - log q_k)
 
-    Backward, with upstream g = dL/dKL of that row:
+    Backward, with upstream g = dL/dKL of that row, and the cap's derivatives
+    a_k = 1 - (z_k T / c)^2, b_k = 1 - (y_k T / c)^2 (both 1 without a cap):
         dKL/dz_k = p_k (log p_k - log q_k - KL)
         dKL/dy_k = q_k - p_k
-        dL/dh = g [W^T dKL/dz / T],   dL/dr = g [W^T dKL/dy / T]      (brackets computed in forward)
-        dL/dW = sum_rows g [dKL/dz h^T + dKL/dy r^T] / T               (tiles recomputed)
+        dL/dh = g [W^T (a dKL/dz) / T],   dL/dr = g [W^T (b dKL/dy) / T]      (brackets computed in forward)
+        dL/dW = sum_rows g [a dKL/dz h^T + b dKL/dy r^T] / T                   (tiles recomputed)
 
     Computed in float32 (float64 for float64 inputs); gradients come back in the input dtypes.
     """
 
     @staticmethod
-    def forward(ctx, hidden, ref_hidden, weight, temperature, rows, backend, grad_hidden, grad_ref):
+    def forward(ctx, hidden, ref_hidden, weight, temperature, softcap, rows, backend, grad_hidden, grad_ref):
         stats, dlogits = ROW_OPS[backend]
         dtype = compute_dtype(hidden, ref_hidden, weight)
         n = hidden.shape[0]
+        slope = softcap_slope(temperature, softcap)
         w = weight if backend == "triton" or weight.dtype == dtype else weight.to(dtype)  # CPU: upcast once
         lse_z, lse_y, kl = (torch.empty(n, dtype=dtype, device=hidden.device) for _ in range(3))
         dkl_dh = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden else None  # (N, H)
         dkl_dr = hidden.new_empty(hidden.shape, dtype=dtype) if grad_ref else None  # (N, H)
         with autocast_off(hidden.device):
             for s, e in row_chunks(n, rows):
-                z = chunk_logits(hidden[s:e], w, None, temperature, dtype)  # (rows, V)
-                y = chunk_logits(ref_hidden[s:e], w, None, temperature, dtype)  # (rows, V)
+                z = chunk_logits(hidden[s:e], w, None, temperature, softcap, dtype)  # (rows, V)
+                y = chunk_logits(ref_hidden[s:e], w, None, temperature, softcap, dtype)  # (rows, V)
                 lse_z[s:e], lse_y[s:e], kl[s:e] = stats(z, y)
                 if grad_hidden or grad_ref:
-                    dlogits(z, y, lse_z[s:e], lse_y[s:e], kl[s:e], 1.0, 1.0 / temperature, grad_hidden, grad_ref)
+                    dlogits(z, y, lse_z[s:e], lse_y[s:e], kl[s:e], 1.0, 1.0 / temperature, slope, grad_hidden, grad_ref)
                     if grad_hidden:
                         dkl_dh[s:e] = matmul_into(z, w, dtype)  # (rows, V) @ (V, H)
                     if grad_ref:
@@ -195,7 +229,7 @@ class LinearKLFunction(torch.autograd.Function):
                 del z, y
 
         ctx.save_for_backward(hidden, ref_hidden, weight, lse_z, lse_y, kl, dkl_dh, dkl_dr)
-        ctx.temperature, ctx.rows, ctx.backend = temperature, rows, backend
+        ctx.temperature, ctx.softcap, ctx.rows, ctx.backend = temperature, softcap, rows, backend
         return kl
 
     @staticmethod
@@ -208,7 +242,7 @@ class LinearKLFunction(torch.autograd.Function):
         grad_w = None
         if need_w:
             grad_w = _recompute_head_grad(ctx, hidden, ref_hidden, weight, lse_z, lse_y, kl, g)
-        return grad_h, grad_r, grad_w, None, None, None, None, None
+        return grad_h, grad_r, grad_w, None, None, None, None, None, None
 
 
 def _recompute_head_grad(ctx, hidden, ref_hidden, weight, lse_z, lse_y, kl, g):
@@ -217,11 +251,12 @@ def _recompute_head_grad(ctx, hidden, ref_hidden, weight, lse_z, lse_y, kl, g):
     dtype = kl.dtype
     w = weight if ctx.backend == "triton" or weight.dtype == dtype else weight.to(dtype)
     grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device)  # (V, H)
+    slope = softcap_slope(ctx.temperature, ctx.softcap)
     with autocast_off(hidden.device):
         for s, e in row_chunks(hidden.shape[0], ctx.rows):
-            z = chunk_logits(hidden[s:e], w, None, ctx.temperature, dtype)  # (rows, V)
-            y = chunk_logits(ref_hidden[s:e], w, None, ctx.temperature, dtype)
-            dlogits(z, y, lse_z[s:e], lse_y[s:e], kl[s:e], g[s:e], 1.0 / ctx.temperature, True, True)
+            z = chunk_logits(hidden[s:e], w, None, ctx.temperature, ctx.softcap, dtype)  # (rows, V)
+            y = chunk_logits(ref_hidden[s:e], w, None, ctx.temperature, ctx.softcap, dtype)
+            dlogits(z, y, lse_z[s:e], lse_y[s:e], kl[s:e], g[s:e], 1.0 / ctx.temperature, slope, True, True)
             grad_w.addmm_(z.T, hidden[s:e].to(dtype))  # (V, rows) @ (rows, H)
             grad_w.addmm_(y.T, ref_hidden[s:e].to(dtype))
             del z, y
@@ -234,6 +269,7 @@ def fused_linear_kl(
     weight: torch.Tensor,
     *,
     temperature: float = 1.0,
+    softcap: float | None = None,
     _chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Exact KL(p || q) per token, p = softmax(hidden @ W.T / T), q = softmax(ref_hidden @ W.T / T).
@@ -243,6 +279,8 @@ def fused_linear_kl(
         ref_hidden: [N, H] reference-model hidden states for the same tokens.
         weight: [V, H] LM-head weight shared by both.
         temperature: logits are divided by it before both softmaxes; finite and > 0.
+        softcap: None, or a finite cap > 0: both sides' logits become cap * tanh(logits / cap) before the
+            temperature divides them (Gemma 2's final_logit_softcapping, applied as transformers does).
         _chunk_rows: private, for tests: rows per chunk instead of the memory-budget rule.
 
     Returns:
@@ -256,6 +294,7 @@ def fused_linear_kl(
             f"ref_hidden must have the same shape as hidden {tuple(hidden.shape)}, got {tuple(ref_hidden.shape)}"
         )
     check_temperature(temperature)
+    check_softcap(softcap)
 
     dtype = compute_dtype(hidden, ref_hidden, weight)
     rows = chunk_rows(weight.shape[0], dtype, _chunk_rows)
@@ -266,6 +305,7 @@ def fused_linear_kl(
         ref_hidden,
         weight,
         float(temperature),
+        None if softcap is None else float(softcap),
         rows,
         backend,
         grad_on and hidden.requires_grad,

@@ -12,6 +12,9 @@ the forward pass, while the tile is in hand, also computes (onehot - p) @ W and 
 backward only scales those [N, H] rows by g and e. Two matmuls in all (three with entropy) instead of the
 usual forward + recompute + backward three (five). Only a trainable LM head (rare under LoRA) needs a
 recomputation, for its [V, H] gradient.
+
+A soft-capped head (Gemma 2: logits = cap * tanh(x / cap)) is the same computation on the capped tile, with
+each logit gradient multiplied by the cap's derivative 1 - tanh^2, which the row kernels read off the tile.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from ._common import (
     block_v,
     check_floating,
     check_hidden_weight,
+    check_softcap,
     check_temperature,
     chunk_logits,
     chunk_rows,
     compute_dtype,
     matmul_into,
     row_chunks,
+    softcap_slope,
     tl,
     triton,
 )
@@ -44,12 +49,16 @@ def logprobs_reference(
     targets: torch.Tensor,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slow, obviously-correct version: full [N, V] logits, then log_softmax. Returns (logprobs, entropy)."""
+    """Slow, obviously-correct version: full [N, V] logits, soft-capped as transformers' Gemma 2 does, then
+    log_softmax. Returns (logprobs, entropy)."""
     dtype = compute_dtype(hidden, weight, bias)
     logits = hidden.to(dtype) @ weight.to(dtype).T  # (N, V)
     if bias is not None:
         logits = logits + bias.to(dtype)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     logp_all = torch.log_softmax(logits / temperature, dim=-1)  # (N, V)
     ignore = targets < 0
     logp = logp_all.gather(1, targets.clamp_min(0).long()[:, None]).squeeze(1)  # (N,)
@@ -101,10 +110,13 @@ if triton is not None:
 
     @triton.jit
     def _dlogits_kernel(
-        z_ptr, z_stride, out_ptr, out_stride, targets_ptr, lse_ptr, entropy_ptr, g_ptr, e_ptr, scale, V,
-        G_MODE: tl.constexpr, E_MODE: tl.constexpr, BLOCK_V: tl.constexpr,
+        z_ptr, z_stride, out_ptr, out_stride, targets_ptr, lse_ptr, entropy_ptr, g_ptr, e_ptr, scale, cap_slope, V,
+        G_MODE: tl.constexpr, E_MODE: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr,
     ):  # fmt: skip
-        """out = scale * (g (onehot - p) - e p (log p + H)) for one row; out may be the logits buffer itself."""
+        """out = scale * (g (onehot - p) - e p (log p + H)) for one row; out may be the logits buffer itself.
+
+        With SOFTCAP, times the cap's derivative 1 - (z * cap_slope)^2 = 1 - tanh(x / cap)^2 (see softcap_slope).
+        """
         row = tl.program_id(0).to(tl.int64)
         target = tl.load(targets_ptr + row)
         keep = target >= 0
@@ -126,12 +138,16 @@ if triton is not None:
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             valid = cols < V
-            logp = tl.load(z_ptr + row * z_stride + cols, mask=valid, other=float("-inf")).to(tl.float32) - lse
+            z = tl.load(z_ptr + row * z_stride + cols, mask=valid, other=float("-inf")).to(tl.float32)
+            logp = z - lse
             p = tl.exp(logp)
             grad = -g * p
             if E_MODE != 0:
                 grad -= e * tl.where(p > 0, logp + entropy, 0.0) * p
             grad = tl.where(cols == target, grad + g, grad)
+            if SOFTCAP:
+                t = tl.where(valid, z * cap_slope, 0.0)  # tanh(x / cap), in (-1, 1)
+                grad = grad * (1.0 - t * t)
             tl.store(out_ptr + row * out_stride + cols, grad, mask=valid)
 
 
@@ -162,16 +178,21 @@ def _stats_triton(z, targets, with_entropy):
     return lse, logp, entropy if with_entropy else None
 
 
-def _dlogits_torch(z, out, targets, lse, entropy, g, e, scale):
-    """Same contract as _dlogits_kernel; g and e are None (zero), 1.0, or per-row tensors.
+def _dlogits_torch(z, out, targets, lse, entropy, g, e, scale, cap_slope):
+    """Same contract as _dlogits_kernel; g and e are None (zero), 1.0, or per-row tensors; cap_slope 0 = no cap.
 
-    Works in `out` in place (it may be z itself), with one extra (rows, V) buffer only when e is given.
+    Works in `out` in place (it may be z itself), with at most two extra (rows, V) buffers: one when e is
+    given, one for the cap's derivative when out is z (otherwise that reuses the first, or z is still there).
     """
     keep = targets >= 0
     g_rows = _row_coefficient(g, keep, scale, z.dtype)  # (rows, 1)
+    cap_grad = None
+    if cap_slope and out is z:  # 1 - tanh(x / cap)^2, read off the tile before it is overwritten
+        cap_grad = (z * cap_slope).square_().neg_().add_(1.0)  # (rows, V)
     if out is not z:
         out.copy_(z)
     out.sub_(lse[:, None])  # log p
+    weighted = None
     if e is None:
         out.exp_().mul_(-g_rows)  # -g p
     else:
@@ -180,6 +201,11 @@ def _dlogits_torch(z, out, targets, lse, entropy, g, e, scale):
         weighted.mul_(out).masked_fill_(out == 0, 0.0)  # p (log p + H); 0 where p = 0, not 0 * -inf
         out.mul_(-g_rows).sub_(weighted.mul_(_row_coefficient(e, keep, scale, z.dtype)))
     out.scatter_add_(1, targets.clamp_min(0)[:, None], g_rows)  # + g at the target column
+    if cap_slope:  # chain rule through the soft-cap
+        if cap_grad is None:  # z is intact: its derivative goes into the spent buffer, or a new one
+            cap_grad = torch.mul(z, cap_slope, out=weighted) if weighted is not None else z * cap_slope
+            cap_grad.square_().neg_().add_(1.0)
+        out.mul_(cap_grad)
 
 
 def _row_coefficient(c, keep, scale, dtype):
@@ -190,7 +216,7 @@ def _row_coefficient(c, keep, scale, dtype):
     return torch.where(keep, c * scale, 0.0)[:, None]
 
 
-def _dlogits_triton(z, out, targets, lse, entropy, g, e, scale):
+def _dlogits_triton(z, out, targets, lse, entropy, g, e, scale, cap_slope):
     rows, vocab = z.shape
     if not rows:
         return
@@ -199,7 +225,8 @@ def _dlogits_triton(z, out, targets, lse, entropy, g, e, scale):
     e_ptr = e if modes[1] == LOAD else lse
     _dlogits_kernel[(rows,)](
         z, z.stride(0), out, out.stride(0), targets, lse, entropy if entropy is not None else lse, g_ptr, e_ptr,
-        float(scale), vocab, G_MODE=modes[0], E_MODE=modes[1], BLOCK_V=block_v(vocab),
+        float(scale), float(cap_slope), vocab,
+        G_MODE=modes[0], E_MODE=modes[1], SOFTCAP=bool(cap_slope), BLOCK_V=block_v(vocab),
     )  # fmt: skip
 
 
@@ -210,19 +237,21 @@ ROW_OPS = {"torch": (_stats_torch, _dlogits_torch), "triton": (_stats_triton, _d
 
 
 class LinearLogprobsFunction(torch.autograd.Function):
-    """Chunked log-probs and entropy of the targets under softmax((hidden @ W.T + b) / T).
+    """Chunked log-probs and entropy of the targets under softmax(softcap(hidden @ W.T + b) / T).
 
-    Forward, per row (h = hidden row, t = target, T = temperature):
-        z    = (W h + b) / T                                   (V,) logits
+    Forward, per row (h = hidden row, t = target, T = temperature, c = the soft-cap, if any):
+        x    = W h + b                                         (V,) raw logits
+        z    = c tanh(x / c) / T    (or x / T without a cap)   (V,) logits
         lse  = log sum_k exp(z_k)
         logp = z_t - lse                                       log p_t,  p = softmax(z) = exp(z - lse)
         H    = -sum_k p_k log p_k
 
     Backward, with upstream g = dL/dlogp and e = dL/dH of that row (any values, either may be absent):
         dL/dz_k = g (1[k = t] - p_k)  -  e p_k (log p_k + H)
-        dL/dh   = W^T (dL/dz) / T  =  g [W^T (onehot - p) / T]  +  e [W^T (-p (log p + H)) / T]
-        dL/dW   = sum_rows (dL/dz) h^T / T
-        dL/db   = sum_rows (dL/dz) / T
+        dL/dx_k = dL/dz_k s_k / T,   s_k = 1 - tanh(x_k / c)^2 = 1 - (z_k T / c)^2   (s = 1 without a cap)
+        dL/dh   = W^T (dL/dx)  =  g [W^T ((onehot - p) s) / T]  +  e [W^T (-p (log p + H) s) / T]
+        dL/dW   = sum_rows (dL/dx) h^T
+        dL/db   = sum_rows (dL/dx)
     The two bracketed [N, H] terms do not depend on g or e, so forward computes them from the tile it
     already holds and backward is a per-row scaling. dL/dW and dL/db recompute the tiles.
 
@@ -231,10 +260,11 @@ class LinearLogprobsFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, bias, temperature, return_entropy, rows, backend, grad_hidden):
+    def forward(ctx, hidden, weight, targets, bias, temperature, softcap, return_entropy, rows, backend, grad_hidden):
         stats, dlogits = ROW_OPS[backend]
         dtype = compute_dtype(hidden, weight, bias)
         n = hidden.shape[0]
+        slope = softcap_slope(temperature, softcap)
         w = weight if backend == "triton" or weight.dtype == dtype else weight.to(dtype)  # CPU: upcast once
         lse = torch.empty(n, dtype=dtype, device=hidden.device)
         logp = torch.empty(n, dtype=dtype, device=hidden.device)
@@ -247,22 +277,22 @@ class LinearLogprobsFunction(torch.autograd.Function):
         dent_dh = hidden.new_empty(hidden.shape, dtype=prepared) if grad_hidden and return_entropy else None
         with autocast_off(hidden.device):
             for s, e in row_chunks(n, rows):
-                z = chunk_logits(hidden[s:e], w, bias, temperature, dtype)  # (rows, V)
+                z = chunk_logits(hidden[s:e], w, bias, temperature, softcap, dtype)  # (rows, V)
                 lse[s:e], logp[s:e], ent = stats(z, targets[s:e], return_entropy)
                 if return_entropy:
                     entropy[s:e] = ent
                 if grad_hidden:
                     if return_entropy:  # before the in-place write below consumes the logits
                         d_ent = torch.empty_like(z)
-                        dlogits(z, d_ent, targets[s:e], lse[s:e], entropy[s:e], None, 1.0, 1.0 / temperature)
+                        dlogits(z, d_ent, targets[s:e], lse[s:e], entropy[s:e], None, 1.0, 1.0 / temperature, slope)
                         dent_dh[s:e] = matmul_into(d_ent, w, prepared)  # (rows, V) @ (V, H)
                         del d_ent
-                    dlogits(z, z, targets[s:e], lse[s:e], None, 1.0, None, 1.0 / temperature)
+                    dlogits(z, z, targets[s:e], lse[s:e], None, 1.0, None, 1.0 / temperature, slope)
                     dlogp_dh[s:e] = matmul_into(z, w, prepared)  # (rows, V) @ (V, H)
                 del z  # free the tile before the next one is allocated
 
         ctx.save_for_backward(hidden, weight, targets, bias, lse, entropy, dlogp_dh, dent_dh)
-        ctx.temperature, ctx.rows, ctx.backend = temperature, rows, backend
+        ctx.temperature, ctx.softcap, ctx.rows, ctx.backend = temperature, softcap, rows, backend
         # An output nobody used arrives in backward as None instead of a tensor of zeros: skip its work.
         ctx.set_materialize_grads(False)
         return (logp, entropy) if return_entropy else logp
@@ -271,7 +301,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
     def backward(ctx, grad_logp, grad_entropy=None):
         hidden, weight, targets, bias, lse, entropy, dlogp_dh, dent_dh = ctx.saved_tensors
         need_h, need_w, _, need_b = ctx.needs_input_grad[:4]
-        none = (None,) * 9
+        none = (None,) * 10
         if grad_logp is None and grad_entropy is None:
             return none
         keep = targets >= 0
@@ -291,7 +321,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
         grad_w = grad_b = None
         if need_w or need_b:
             grad_w, grad_b = _recompute_head_grads(ctx, hidden, weight, targets, bias, lse, entropy, g, e)
-        return grad_h, grad_w, None, grad_b, None, None, None, None, None
+        return grad_h, grad_w, None, grad_b, None, None, None, None, None, None
 
 
 def _recompute_head_grads(ctx, hidden, weight, targets, bias, lse, entropy, g, e):
@@ -302,13 +332,14 @@ def _recompute_head_grads(ctx, hidden, weight, targets, bias, lse, entropy, g, e
     w = weight if ctx.backend == "triton" or weight.dtype == dtype else weight.to(dtype)
     grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None  # (V, H)
     grad_b = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_b else None  # (V,)
+    slope = softcap_slope(ctx.temperature, ctx.softcap)
     with autocast_off(hidden.device):
         for s, end in row_chunks(hidden.shape[0], ctx.rows):
-            z = chunk_logits(hidden[s:end], w, bias, ctx.temperature, dtype)  # (rows, V)
+            z = chunk_logits(hidden[s:end], w, bias, ctx.temperature, ctx.softcap, dtype)  # (rows, V)
             g_c = None if g is None else g[s:end]
             e_c = None if e is None else e[s:end]
             ent = None if entropy is None else entropy[s:end]
-            dlogits(z, z, targets[s:end], lse[s:end], ent, g_c, e_c, 1.0 / ctx.temperature)  # dL/dz in place
+            dlogits(z, z, targets[s:end], lse[s:end], ent, g_c, e_c, 1.0 / ctx.temperature, slope)  # dL/dx in place
             if need_w:
                 grad_w.addmm_(z.T, hidden[s:end].to(dtype))  # (V, rows) @ (rows, H)
             if need_b:
@@ -328,6 +359,7 @@ def fused_linear_logprobs(
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
     return_entropy: bool = False,
+    softcap: float | None = None,
     _chunk_rows: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each target token, and optionally the entropy of each row's distribution.
@@ -340,6 +372,8 @@ def fused_linear_logprobs(
         temperature: logits are divided by it before the softmax; finite and > 0.
         return_entropy: also return the entropy -sum p log p of each row. Ask only when it is used:
             with autograd on it costs one more matmul.
+        softcap: None, or a finite cap > 0: the logits become cap * tanh(logits / cap) before the
+            temperature divides them (Gemma 2's final_logit_softcapping, applied as transformers does).
         _chunk_rows: private, for tests: rows per chunk instead of the memory-budget rule.
 
     Returns:
@@ -363,6 +397,7 @@ def fused_linear_logprobs(
         if bias.device != hidden.device:
             raise ValueError(f"bias is on {bias.device} but hidden is on {hidden.device}")
     check_temperature(temperature)
+    check_softcap(softcap)
     # One reduction (a host sync on GPU) to turn an out-of-range id into a clear error instead of a
     # device-side assert in gather.
     if n > 0 and (top := int(targets.max())) >= vocab:
@@ -379,6 +414,7 @@ def fused_linear_logprobs(
         targets.long().contiguous(),
         bias,
         float(temperature),
+        None if softcap is None else float(softcap),
         bool(return_entropy),
         rows,
         backend,

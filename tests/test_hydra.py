@@ -335,16 +335,6 @@ def test_rescaled_lm_head_folds_into_the_temperature(tmp_path, pairs):
     torch.testing.assert_close(hydra.token_logprobs(batch, role="reference"), plain_logprobs(plain, batch))
 
 
-def test_soft_capped_logits_are_refused(tmp_path):
-    from transformers import Gemma2Config
-
-    Gemma2Config(
-        vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, head_dim=16
-    ).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"model_type='gemma2' soft-caps its logits"):
-        build(tmp_path, quantize=None)
-
-
 # --------------------------------------------------------------------------- padding, modes, devices
 
 

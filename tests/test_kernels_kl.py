@@ -222,7 +222,9 @@ def test_linear_kl_gradcheck_float64():
     hidden, ref_hidden, weight, _ = make_kl_inputs(6, 4, 5, seed=5)
     args = tuple(t.double().requires_grad_() for t in (hidden, ref_hidden, weight))
     assert torch.autograd.gradcheck(lambda h, r, w: fused_linear_kl(h, r, w, temperature=0.7, _chunk_rows=4), args)
-    assert torch.autograd.gradcheck(lambda h, r, w: LinearKLFunction.apply(h, r, w, 1.3, 2, "torch", True, True), args)
+    assert torch.autograd.gradcheck(
+        lambda h, r, w: LinearKLFunction.apply(h, r, w, 1.3, None, 2, "torch", True, True), args
+    )
 
 
 def test_linear_kl_empty_batch(backend_device):
@@ -285,3 +287,87 @@ def test_linear_kl_validation(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         fused_linear_kl(args["hidden"], args["ref_hidden"], args["weight"], temperature=args["temperature"])
+
+
+# ---------------------------------------------------------------- soft-capped heads (Gemma 2)
+
+CAP = 3.0  # bends logits of O(1)-O(10) hard: a missing or misplaced cap cannot pass
+
+
+def softcapped_kl_reference(hidden, ref_hidden, weight, temperature, cap):
+    """KL(p || q) in float64 from full logits capped as transformers' Gemma 2 does (lm_head; / cap; tanh; * cap),
+    then the temperature, then torch's kl_div."""
+
+    def capped_logp(h):
+        logits = h.double() @ weight.double().T  # (N, V)
+        logits = torch.tanh(logits / cap) * cap
+        return torch.log_softmax(logits / temperature, dim=-1)
+
+    return F.kl_div(capped_logp(ref_hidden), capped_logp(hidden), reduction="none", log_target=True).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("shape", [(37, 19, 131, 8), (5, 8, 7, None), (1, 12, 1271, None)])
+def test_soft_capped_linear_kl_matches_reference_values_and_grads(backend_device, shape, temperature, dtype):
+    _, device = backend_device
+    n, h_dim, v, rows = shape
+    hidden, ref_hidden, weight, upstream = make_kl_inputs(n, h_dim, v, dtype, seed=11, device=device)
+    h, r, w = (t.clone().requires_grad_() for t in (hidden, ref_hidden, weight))
+
+    kl = fused_linear_kl(h, r, w, temperature=temperature, softcap=CAP, _chunk_rows=rows)
+    kl.backward(upstream)
+
+    h64, r64, w64 = (t.double().requires_grad_() for t in (hidden, ref_hidden, weight))
+    expected = softcapped_kl_reference(h64, r64, w64, temperature, CAP)
+    torch.testing.assert_close(linear_kl_reference(h64, r64, w64, temperature, CAP), expected)
+    assert (kl_div_reference(h64, r64, w64, temperature) - expected).abs().max() > 0.01  # the cap matters
+    e_h, e_r, e_w = torch.autograd.grad(expected, (h64, r64, w64), upstream.double())
+    torch.testing.assert_close(kl.double(), expected, **OUT_TOL)
+    for got, ref in ((h.grad, e_h), (r.grad, e_r), (w.grad, e_w)):
+        assert got.dtype == dtype
+        assert_grad_close(got, ref, dtype)
+
+
+def test_soft_capped_linear_kl_only_policy_trainable(backend_device):
+    _, device = backend_device
+    hidden, ref_hidden, weight, upstream = make_kl_inputs(37, 19, 131, seed=12, device=device)
+    h = hidden.clone().requires_grad_()
+    kl = fused_linear_kl(h, ref_hidden, weight, temperature=0.8, softcap=CAP, _chunk_rows=8)
+    with ShapeRecorder() as rec:
+        kl.backward(upstream)
+    assert not [shape for shape in rec.shapes if 131 in shape]
+    h64 = hidden.double().requires_grad_()
+    (e_h,) = torch.autograd.grad(softcapped_kl_reference(h64, ref_hidden, weight, 0.8, CAP), h64, upstream.double())
+    torch.testing.assert_close(h.grad.double(), e_h, **GRAD_TOL[torch.float32])
+
+
+def test_soft_capped_linear_kl_backends_agree(backend_device):
+    from lorarlhf.kernels._common import force_backend
+
+    backend, device = backend_device
+    hidden, ref_hidden, weight, upstream = make_kl_inputs(37, 19, 131, seed=13, device=device)
+    results = []
+    for name in ("torch", backend):
+        with force_backend(name):
+            h, r, w = (t.clone().requires_grad_() for t in (hidden, ref_hidden, weight))
+            kl = fused_linear_kl(h, r, w, temperature=0.8, softcap=CAP, _chunk_rows=6)
+            kl.backward(upstream)
+            results.append((kl, h.grad, r.grad, w.grad))
+    for got, ref in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, atol=2e-6, rtol=2e-6)
+
+
+def test_soft_capped_linear_kl_gradcheck_float64():
+    hidden, ref_hidden, weight, _ = make_kl_inputs(6, 4, 5, seed=15)
+    args = tuple(t.double().requires_grad_() for t in (hidden, ref_hidden, weight))
+    assert torch.autograd.gradcheck(
+        lambda h, r, w: fused_linear_kl(h, r, w, temperature=0.7, softcap=1.5, _chunk_rows=4), args
+    )
+
+
+@pytest.mark.parametrize("softcap", [0, -1.0, float("inf"), float("nan"), False])
+def test_soft_capped_linear_kl_validation(softcap):
+    h = torch.randn(5, 8)
+    with pytest.raises(ValueError, match=r"softcap must be None \(no soft-capping\) or a finite number > 0, got"):
+        fused_linear_kl(h, h, torch.randn(7, 8), softcap=softcap)

@@ -330,7 +330,7 @@ def test_gradcheck_float64(return_entropy):
     assert torch.autograd.gradcheck(fn, (h, w, b))
     # The Function itself, called directly (the public wrapper adds only checks).
     assert torch.autograd.gradcheck(
-        lambda h, w, b: LinearLogprobsFunction.apply(h, w, targets, b, 1.3, return_entropy, 2, "torch", True),
+        lambda h, w, b: LinearLogprobsFunction.apply(h, w, targets, b, 1.3, None, return_entropy, 2, "torch", True),
         (h, w, b),
     )
 
@@ -367,3 +367,116 @@ def test_validation_messages(overrides, match):
         fused_linear_logprobs(
             args["hidden"], args["weight"], args["targets"], bias=args["bias"], temperature=args["temperature"]
         )
+
+
+# --------------------------------------------------------------------------- soft-capped heads (Gemma 2)
+
+# A cap of 3 bends logits of O(1)-O(10) hard (tanh saturates), so a missing or misplaced cap cannot pass.
+CAP = 3.0
+
+
+def softcapped_reference(hidden, weight, bias, targets, temperature, cap):
+    """Written out as transformers' Gemma2ForCausalLM computes it, in float64: logits = lm_head(h); logits /
+    cap; tanh; * cap; then our temperature and log_softmax over the full vocabulary."""
+    logits = hidden.double() @ weight.double().T  # (N, V)
+    if bias is not None:
+        logits = logits + bias.double()
+    logits = logits / cap
+    logits = torch.tanh(logits)
+    logits = logits * cap
+    logp_all = torch.log_softmax(logits / temperature, dim=-1)  # (N, V)
+    logp = logp_all.gather(1, targets.clamp_min(0)[:, None]).squeeze(1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    keep = targets >= 0
+    return logp * keep, entropy * keep
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("return_entropy", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("shape", [(37, 19, 131, 8), (5, 8, 7, None), (1, 12, 1271, None)])
+def test_soft_capped_values_and_grads_match_reference(backend_device, shape, temperature, return_entropy, dtype):
+    _, device = backend_device
+    n, h_dim, v, rows = shape
+    hidden, weight, bias, targets, g_lp, g_ent = make_inputs(n, h_dim, v, dtype, seed=11, device=device)
+    h, w, b = leaves(hidden, weight, bias)
+
+    out = fused_linear_logprobs(
+        h, w, targets, bias=b, temperature=temperature, return_entropy=return_entropy, softcap=CAP, _chunk_rows=rows
+    )
+    logp, ent = out if return_entropy else (out, None)
+    gh, gw, gb = torch.autograd.grad((logp, ent) if return_entropy else logp, (h, w, b), (g_lp, g_ent)[: len(out)])
+
+    h64, w64, b64 = leaves(hidden, weight, bias, dtype=torch.float64)
+    ref_logp, ref_ent = softcapped_reference(h64, w64, b64, targets, temperature, CAP)
+    loss = (ref_logp * g_lp.double()).sum() + ((ref_ent * g_ent.double()).sum() if return_entropy else 0.0)
+    ref_grads = torch.autograd.grad(loss, (h64, w64, b64))
+    # The reference in logprobs.py, which other tests lean on, agrees with the written-out one.
+    torch.testing.assert_close(logprobs_reference(h64, w64, targets, b64, temperature, CAP)[0], ref_logp)
+    uncapped, _ = logprobs_reference(h64, w64, targets, b64, temperature)
+    assert (uncapped - ref_logp).abs().max() > 0.1  # the cap matters at these inputs
+
+    torch.testing.assert_close(logp.double(), ref_logp, **OUT_TOL)
+    if return_entropy:
+        torch.testing.assert_close(ent.double(), ref_ent, **OUT_TOL)
+    for got, ref in zip((gh, gw, gb), ref_grads, strict=True):
+        assert got.dtype == dtype
+        assert_grad_close(got, ref, dtype)
+
+
+def test_soft_capped_frozen_head_backward_is_a_row_scaling(backend_device):
+    _, device = backend_device
+    hidden, weight, _, targets, g_lp, g_ent = make_inputs(37, 19, 131, bias=False, seed=12, device=device)
+    (h,) = leaves(hidden)
+    logp, ent = fused_linear_logprobs(h, weight, targets, return_entropy=True, softcap=CAP, _chunk_rows=8)
+    with ShapeRecorder() as rec:
+        torch.autograd.backward((logp, ent), (g_lp, g_ent))
+    assert not [shape for shape in rec.shapes if 131 in shape]  # no tile recomputed for a frozen head
+    (h64,) = leaves(hidden, dtype=torch.float64)
+    ref_logp, ref_ent = softcapped_reference(h64, weight, None, targets, 1.0, CAP)
+    (ref_gh,) = torch.autograd.grad((ref_logp * g_lp.double()).sum() + (ref_ent * g_ent.double()).sum(), h64)
+    assert_grad_close(h.grad, ref_gh, torch.float32)
+
+
+def test_soft_capped_backends_agree(backend_device):
+    from lorarlhf.kernels._common import force_backend
+
+    _, device = backend_device
+    hidden, weight, bias, targets, g_lp, g_ent = make_inputs(37, 19, 131, seed=13, device=device)
+    results = []
+    for backend in ("torch", backend_device[0]):
+        with force_backend(backend):
+            h, w, b = leaves(hidden, weight, bias)
+            logp, ent = fused_linear_logprobs(
+                h, w, targets, bias=b, temperature=0.8, return_entropy=True, softcap=CAP, _chunk_rows=5
+            )
+            torch.autograd.backward((logp, ent), (g_lp, g_ent))
+            results.append((logp, ent, h.grad, w.grad, b.grad))
+    for got, ref in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, atol=2e-6, rtol=2e-6)
+
+
+def test_a_huge_cap_is_no_cap():
+    hidden, weight, bias, targets, _, _ = make_inputs(37, 19, 131, seed=14)
+    capped = fused_linear_logprobs(hidden, weight, targets, bias=bias, temperature=0.7, softcap=1e6)
+    torch.testing.assert_close(capped, fused_linear_logprobs(hidden, weight, targets, bias=bias, temperature=0.7))
+
+
+@pytest.mark.parametrize("return_entropy", [False, True])
+def test_soft_capped_gradcheck_float64(return_entropy):
+    hidden, weight, bias, targets, _, _ = make_inputs(6, 4, 5, ignore_every=4, seed=15)
+    h, w, b = leaves(hidden, weight, bias, dtype=torch.float64)
+
+    def fn(h, w, b):
+        return fused_linear_logprobs(
+            h, w, targets, bias=b, temperature=0.7, return_entropy=return_entropy, softcap=1.5, _chunk_rows=4
+        )
+
+    assert torch.autograd.gradcheck(fn, (h, w, b))
+
+
+@pytest.mark.parametrize("softcap", [0.0, -30.0, float("inf"), float("nan"), True, "30"])
+def test_softcap_validation(softcap):
+    hidden, weight, _, targets, _, _ = make_inputs(5, 8, 7)
+    with pytest.raises(ValueError, match=r"softcap must be None \(no soft-capping\) or a finite number > 0, got"):
+        fused_linear_logprobs(hidden, weight, targets, softcap=softcap)

@@ -35,6 +35,7 @@ from lorarlhf.model.loading import (
     load_base_model,
     load_tokenizer,
     logit_scale,
+    logit_softcap,
     resolve_device,
     resolve_dtype,
 )
@@ -95,6 +96,7 @@ class HydraModel(nn.Module):
         self.tokenizer = tokenizer
         self.chat_template = check_chat_template(chat_template)
         self.logit_scale = logit_scale(base_model.config)
+        self.logit_softcap = logit_softcap(base_model.config)  # Gemma 2's final-logit cap, or None
         self.base_bytes = parameter_bytes(base_model.parameters())
         if gradient_checkpointing:
             # Non-reentrant checkpointing: its context_fn lets the recomputation in backward run under
@@ -423,6 +425,7 @@ class HydraModel(nn.Module):
             bias=lm_head.bias,
             temperature=temperature / self.logit_scale,
             return_entropy=return_entropy,
+            softcap=self.logit_softcap,
         )
         outputs = result if return_entropy else (result,)
         # Place the N values back at their (B, T) positions; position 0 is never predicted.
@@ -441,7 +444,9 @@ class HydraModel(nn.Module):
         scored = batch.response_mask[:, 1:]  # (B, T-1)
         hidden = self.hidden_states(batch.input_ids, batch.attention_mask, role=role)[:, :-1][scored]  # (N, H)
         ref_hidden = self.hidden_states(batch.input_ids, batch.attention_mask, role="reference")[:, :-1][scored]
-        kl = fused_linear_kl(hidden, ref_hidden, lm_head.weight, temperature=temperature / self.logit_scale)
+        kl = fused_linear_kl(
+            hidden, ref_hidden, lm_head.weight, temperature=temperature / self.logit_scale, softcap=self.logit_softcap
+        )
         return F.pad(_scatter(scored, kl), (1, 0))
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -162,15 +162,28 @@ def logit_scale(config) -> float:
 
     The fused kernels start from hidden states and the LM-head weight, so a rescale
     (Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`) is folded
-    into the temperature. A soft-cap (tanh) is not linear and cannot be folded: refused.
+    into the temperature. A soft-cap is not linear and is passed on instead (`logit_softcap`).
     """
-    if getattr(config, "final_logit_softcapping", None) is not None:
-        raise ValueError(
-            f"model_type={config.model_type!r} soft-caps its logits (final_logit_softcapping="
-            f"{config.final_logit_softcapping}), which lorarlhf's fused log-prob kernels do not support"
-        )
     scale = float(getattr(config, "logit_scale", None) or 1.0)
-    return scale / float(getattr(config, "logits_scaling", None) or 1.0)
+    scale /= float(getattr(config, "logits_scaling", None) or 1.0)
+    if scale != 1.0 and logit_softcap(config) is not None:
+        # Folding the rescale into the temperature would put it after the cap; no architecture in
+        # transformers does both, so the order of the two is not guessed.
+        raise ValueError(
+            f"model_type={config.model_type!r} both rescales (by {scale}) and soft-caps its logits, "
+            "which lorarlhf does not support"
+        )
+    return scale
+
+
+def logit_softcap(config) -> float | None:
+    """The cap c of a soft-capped LM head (Gemma 2: logits = c * tanh(logits / c)), or None.
+
+    transformers applies it in the model's forward, so sampled rollouts see it already; the fused
+    kernels, which start from hidden states, take it as their `softcap` argument.
+    """
+    cap = getattr(config, "final_logit_softcapping", None)
+    return None if cap is None else float(cap)
 
 
 def _keep_cpu_4bit_differentiable(model: PreTrainedModel) -> None:
