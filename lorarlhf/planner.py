@@ -6,7 +6,8 @@ and align() can choose micro-batches that fit the card instead of finding out by
 What a phase holds, in bytes:
 
     weights      the base once: 4-bit NF4 linear layers (two codes per byte, one 8-bit scale per 64 weights,
-                 one fp32 scale per 256 scales, code tables), embeddings, LM head and norms in the compute dtype
+                 one fp32 scale per 256 scales, code tables), embeddings, LM head and norms in the compute dtype;
+                 the parameters are counted on a weightless (meta-device) copy of the architecture
     adapters     per role: LoRA A and B of every adapted linear layer, fp32, plus a scalar head where it has one
     training     per trainable role: its gradients (fp32) and AdamW's two moments (fp32)
     kv cache     generation: keys and values of every layer for every sequence at full length
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from torch import nn
 
 from lorarlhf.kernels import LOGITS_CHUNK_BYTES
 from lorarlhf.validation import check_int
@@ -45,6 +48,80 @@ ROLES_BY_METHOD = {
 HEAD_ROLES = ("critic", "reward")
 
 
+# Where each family's config keeps what the estimate needs: the first name present (and not None) wins. The
+# names are those of transformers' config classes; "n_inner" (GPT-2) and "ffn_hidden_size" (Falcon) are None
+# by default, meaning 4 x hidden, as those models build it.
+CONFIG_FIELDS = {
+    "vocab_size": ("vocab_size", "padded_vocab_size"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model"),
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    "num_heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
+    "num_kv_heads": ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"),
+    "intermediate_size": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", "d_ff"),
+    "tied_embeddings": ("tie_word_embeddings",),
+}
+FOUR_X_HIDDEN = ("n_inner", "ffn_hidden_size")  # None there means an MLP 4 x hidden wide
+_MISSING = object()
+
+
+def config_field(config, concept: str, default=_MISSING):
+    """The value of `concept` (a key of CONFIG_FIELDS) in `config`, under whichever family name it has.
+
+    Raises ValueError naming the concept, the names tried and the model_type when none holds a value and no
+    default is given.
+    """
+    names = CONFIG_FIELDS[concept]
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    if concept == "intermediate_size" and any(hasattr(config, name) for name in FOUR_X_HIDDEN):
+        return 4 * config_field(config, "hidden_size")
+    if default is not _MISSING:
+        return default
+    model_type = getattr(config, "model_type", None) or type(config).__name__
+    raise ValueError(
+        f"model_type={model_type!r}: the config has no {concept.replace('_', ' ')} (looked for "
+        f"{', '.join(names)}); the memory planner cannot size this architecture"
+    )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The base's parameters as lorarlhf loads them, counted on a weightless (meta-device) copy of the model."""
+
+    linear: tuple[tuple[int, int], ...]
+    """(in, out) features of every Linear-like layer of the whole model but the LM head: what NF4 quantizes
+    and an "all-linear" LoRA adapts (lorarlhf.model.quantization.linear_layers)."""
+    other: int
+    """Entries of every other parameter (embeddings, LM head, norms, biases, MoE experts), kept in the compute
+    dtype; a tied LM head counted once."""
+
+    @classmethod
+    def of_config(cls, config) -> Layout | None:
+        """The layout of the causal LM transformers builds from `config`; None when it cannot build one (an
+        architecture that needs the repository's own code, a config that is not a causal LM's)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from lorarlhf.model.quantization import linear_layers
+
+        try:
+            with torch.device("meta"):  # shapes only: no memory, milliseconds for an 8B model
+                model = AutoModelForCausalLM.from_config(config)
+        except (ValueError, KeyError, TypeError, AttributeError, ImportError):
+            return None
+        layers = [module for _, module in linear_layers(model)]
+        weights = {id(module.weight) for module in layers}
+        other = sum(p.numel() for p in model.parameters() if id(p) not in weights)
+        return cls(linear=tuple(_in_out(module) for module in layers), other=other)
+
+
+def _in_out(layer) -> tuple[int, int]:
+    rows, cols = layer.weight.shape
+    return (cols, rows) if isinstance(layer, nn.Linear) else (rows, cols)  # nn.Linear (out, in); Conv1D (in, out)
+
+
 @dataclass
 class Shape:
     """What the estimate needs from a causal LM's config."""
@@ -57,20 +134,30 @@ class Shape:
     num_kv_heads: int
     head_dim: int
     tied_embeddings: bool
+    layout: Layout | None = None
+    """The model's real parameters when transformers can build its architecture; None: the Llama-style
+    formulas below (7 linear layers and 2 norms per decoder layer) estimate them."""
 
     @classmethod
     def from_config(cls, config) -> Shape:
+        """Read a config of any family (CONFIG_FIELDS); a field it lacks raises ValueError naming it."""
         text = getattr(config, "text_config", None) or config  # multimodal configs nest the language model's
-        heads = text.num_attention_heads
+        heads = config_field(text, "num_heads")
+        hidden = config_field(text, "hidden_size")
+        kv_heads = config_field(text, "num_kv_heads", heads)
+        if getattr(text, "multi_query", False) and not getattr(text, "new_decoder_architecture", False):
+            kv_heads = 1  # Falcon-7B and GPT-BigCode: one key/value head (Falcon's num_kv_heads applies only to
+            # its new decoder architecture)
         return cls(
-            vocab_size=text.vocab_size,
-            hidden_size=text.hidden_size,
-            intermediate_size=text.intermediate_size,
-            num_layers=text.num_hidden_layers,
+            vocab_size=config_field(text, "vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=config_field(text, "intermediate_size"),
+            num_layers=config_field(text, "num_layers"),
             num_heads=heads,
-            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-            tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            num_kv_heads=kv_heads,
+            head_dim=getattr(text, "head_dim", None) or hidden // heads,
+            tied_embeddings=bool(config_field(config, "tied_embeddings", False)),
+            layout=Layout.of_config(config),
         )
 
     def linear_layers(self) -> list[tuple[int, int]]:
@@ -92,6 +179,10 @@ def nf4_bytes(n: int) -> int:
 
 def weight_bytes(shape: Shape, *, quantize: str | None, dtype_bytes: int) -> int:
     """The base model's weights: linear layers (NF4 or the compute dtype), embeddings, LM head, norms."""
+    if shape.layout is not None:
+        linear = [i * o for i, o in shape.layout.linear]
+        layers = sum(nf4_bytes(n) for n in linear) if quantize == "nf4" else sum(linear) * dtype_bytes
+        return layers + shape.layout.other * dtype_bytes
     linear = [i * o for i, o in shape.linear_layers()] * shape.num_layers
     layers = sum(nf4_bytes(n) for n in linear) if quantize == "nf4" else sum(linear) * dtype_bytes
     embeddings = shape.vocab_size * shape.hidden_size * dtype_bytes * (1 if shape.tied_embeddings else 2)
@@ -101,7 +192,10 @@ def weight_bytes(shape: Shape, *, quantize: str | None, dtype_bytes: int) -> int
 
 def adapter_bytes(shape: Shape, *, lora_r: int, role: str) -> int:
     """One role's LoRA adapter on every linear layer (fp32), plus its scalar head (weight and bias)."""
-    params = lora_r * sum(i + o for i, o in shape.linear_layers()) * shape.num_layers
+    if shape.layout is not None:
+        params = lora_r * sum(i + o for i, o in shape.layout.linear)
+    else:
+        params = lora_r * sum(i + o for i, o in shape.linear_layers()) * shape.num_layers
     if role in HEAD_ROLES:
         params += shape.hidden_size + 1
     return 4 * params
@@ -244,6 +338,11 @@ def plan(
     if not fits:
         notes.append(
             "even one sequence per micro-batch does not fit: lower max_length, use quantize='nf4' or a smaller model"
+        )
+    if shape.layout is None:
+        notes.append(
+            "transformers could not build this architecture from its config (custom code?): weights and adapters "
+            "are Llama-style estimates (gated MLP, 2 norms per layer), up to ~40% high for a 2-matrix MLP"
         )
     if method in ("dpo", "rm"):
         notes.append("a pair is two sequences (chosen and rejected): batch_size pairs are 2 x batch_size sequences")

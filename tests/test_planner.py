@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+from model_families import FAMILIES, save_family_model
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MambaConfig
 
 from lorarlhf import HydraModel
+from lorarlhf.model.memory import parameter_bytes
 from lorarlhf.planner import GiB, Shape, adapter_bytes, kv_cache_bytes, plan, weight_bytes
 
 LLAMA3_8B = LlamaConfig(
@@ -93,3 +95,59 @@ def test_plan_command_prints_the_table(tiny_model_dir, capsys):
     assert "memory plan" in out and "base weights" in out and "recommended: micro-batch 8" in out
     assert main(["plan", str(tiny_model_dir), "--batch-size", "0"]) == 2
     assert "batch_size=0 must be a positive integer" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- model families
+
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def family(request, tmp_path_factory):
+    """(config, saved model directory) of a tiny model of each family."""
+    config = FAMILIES[request.param]()
+    return config, save_family_model(tmp_path_factory.mktemp(request.param), config)
+
+
+def test_weight_bytes_of_every_family_equal_its_models_parameters(family):
+    # Tolerance 0: the planner counts the parameters of the architecture transformers builds from the config
+    # (on the meta device), so fp32 and bf16 bases match exactly; NF4 is compared with a real 4-bit load, where
+    # bitsandbytes' packed codes and quantization state are the independent reference.
+    config, path = family
+    shape = Shape.from_config(config)
+    model = AutoModelForCausalLM.from_config(config)
+    for dtype, name in ((torch.float32, "float32"), (torch.bfloat16, "bfloat16")):
+        real = parameter_bytes(model.to(dtype).parameters())
+        assert plan(config, quantize=None, dtype=name).items["base weights"] == real, (config.model_type, name)
+    hydra = HydraModel.from_pretrained(path, quantize="nf4", device="cpu", lora_r=4, roles=("actor", "critic"))
+    report = hydra.memory_report()
+    assert weight_bytes(shape, quantize="nf4", dtype_bytes=4) == report["base"]
+    assert report["base"] < 0.4 * parameter_bytes(model.float().parameters())
+    for role in ("actor", "critic"):
+        assert adapter_bytes(shape, lora_r=4, role=role) == report[role], (config.model_type, role)
+
+
+def test_every_familys_config_names_give_its_real_kv_cache(family):
+    # The table's concepts (layers, key/value heads, head size) checked against the cache the model builds:
+    # GPT-2 calls them n_layer / n_head, Falcon-7B-style multi-query attention keeps one key/value head.
+    config, path = family
+    model = AutoModelForCausalLM.from_pretrained(path)
+    cache = model(input_ids=torch.randint(3, 200, (2, 9)), use_cache=True).past_key_values
+    real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert kv_cache_bytes(Shape.from_config(config), sequences=2, tokens=9, dtype_bytes=4) == real
+    assert Shape.from_config(config).intermediate_size == {"llama": 688, "qwen2": 688}.get(config.model_type, 1024)
+
+
+def test_a_config_the_planner_cannot_read_is_one_clear_line(tmp_path, capsys):
+    from lorarlhf.cli import main
+
+    FAMILIES["gpt2"]().save_pretrained(tmp_path / "gpt2")  # n_embd, n_layer, n_head, n_inner=None
+    assert main(["plan", str(tmp_path / "gpt2"), "--gpu-memory-gb", "24"]) == 0
+    assert "memory plan" in capsys.readouterr().out
+    MambaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2).save_pretrained(tmp_path)  # no attention
+    with pytest.raises(ValueError, match=r"model_type='mamba': the config has no num heads \(looked for "):
+        plan(tmp_path)
+    assert main(["plan", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model_type='mamba'") and "num_attention_heads" in err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -27,6 +27,7 @@ from torch import nn
 
 from lorarlhf.kernels import fused_linear_kl, fused_linear_logprobs
 from lorarlhf.model.chat import ChatFormat, check_chat_template
+from lorarlhf.model.dropout import disable_dropout
 from lorarlhf.model.heads import HEAD_ROLES, ScalarHead, gather_last_token
 from lorarlhf.model.loading import (
     DEMO_MODEL_DIR,
@@ -41,6 +42,7 @@ from lorarlhf.model.loading import (
 )
 from lorarlhf.model.lora import LoraSettings
 from lorarlhf.model.memory import parameter_bytes
+from lorarlhf.model.quantization import quantization_coverage
 from lorarlhf.model.saving import MANIFEST, load_hydra, save_hydra
 from lorarlhf.model.tokenization import (
     TokenizedBatch,
@@ -98,6 +100,8 @@ class HydraModel(nn.Module):
         self.logit_scale = logit_scale(base_model.config)
         self.logit_softcap = logit_softcap(base_model.config)  # Gemma 2's final-logit cap, or None
         self.base_bytes = parameter_bytes(base_model.parameters())
+        # Share of the decoder's matrix weights in 4-bit (0 unquantized), measured before LoRA adds its own.
+        self.quantized_fraction = quantization_coverage(base_model).fraction
         if gradient_checkpointing:
             # Non-reentrant checkpointing: its context_fn lets the recomputation in backward run under
             # the role of the forward. It takes effect in training mode (call .train()), as in transformers.
@@ -323,13 +327,11 @@ class HydraModel(nn.Module):
 
         Policy-gradient methods compare the policy's log-probs before and after an update (the PPO ratio)
         and against the reference: with dropout on, the two passes differ by noise and the first,
-        on-policy ratio is not 1. The RL and DPO stages call this, as TRL's trainers do.
+        on-policy ratio is not 1. The RL and DPO stages call this, as TRL's trainers do. Covers nn.Dropout
+        modules (peft's lora_dropout too) and the float probabilities that functional dropout reads from
+        modules and configs (lorarlhf.model.dropout).
         """
-        for module in self.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
-            if isinstance(getattr(module, "attention_dropout", None), float):  # attention's functional dropout
-                module.attention_dropout = 0.0
+        disable_dropout(self)
 
     @contextmanager
     def train_mode(self) -> Iterator[HydraModel]:

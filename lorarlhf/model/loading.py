@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from lorarlhf.model.quantization import quantize_linear_subclasses, report_coverage
+
 QUANTIZE_CHOICES = ("nf4", None)
 # The bundled demo model (package data of lorarlhf.demo), which model="demo" names.
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
@@ -143,6 +145,8 @@ def load_base_model(
             ) from error
         raise
     if quantize is not None:
+        quantize_linear_subclasses(model, kwargs["quantization_config"])  # e.g. Falcon's, which transformers skips
+        report_coverage(model, name_or_path)
         _keep_cpu_4bit_differentiable(model)
     model.requires_grad_(False)
     return model
