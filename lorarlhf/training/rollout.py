@@ -8,6 +8,8 @@ its seed, not on which other prompts share the batch, and a seeded run is reprod
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -117,15 +119,22 @@ def generate_rollout(
 def _step(hydra, input_ids, attention, cache):
     """One forward pass with the KV cache; returns the next-token logits (B, V) and the cache."""
     positions = (attention.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]  # count real tokens only
+    name = _cache_argument(type(hydra.causal_lm))
     output = hydra.causal_lm(
         input_ids=input_ids,
         attention_mask=attention,
         position_ids=positions,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **{name: cache},
     )
-    return output.logits[:, -1].float(), output.past_key_values
+    return output.logits[:, -1].float(), getattr(output, name)
+
+
+@functools.cache
+def _cache_argument(model_class) -> str:
+    """What the model's forward calls its KV cache: `cache` from transformers 5.2x on, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _sample(logits: torch.Tensor, sampling: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
