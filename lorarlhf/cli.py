@@ -36,6 +36,16 @@ def _info(args) -> int:
     return 0
 
 
+def _doctor(args) -> int:
+    """Versions, what a run would use and why, and (on a GPU, or with --full) whether the numbers come out
+    right: 1 when a check failed."""
+    from lorarlhf.doctor import format_report, run_checks
+
+    report = run_checks(full=True if args.full else None)
+    print(json.dumps(report, indent=2, allow_nan=False) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
+
+
 def _tiny_model(args) -> int:
     from lorarlhf.model.tiny import save_tiny_model
 
@@ -370,6 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = _command(commands, "info", help="print versions and the device a run would use")
     info.set_defaults(run=_info)
+
+    doctor = _command(
+        commands,
+        "doctor",
+        help="check this machine: versions, device, dtype, kernels, 4-bit, memory plan (paste it in a bug report)",
+        description="What a run would use here and why; on a GPU (or with --full) also bitsandbytes' 4-bit matmul "
+        "and each fused kernel against PyTorch references, and a short align() beside the memory planner. "
+        "Exits 1 when a check fails.",
+    )
+    doctor.add_argument("--json", action="store_true", help="the same report as JSON")
+    doctor.add_argument("--full", action="store_true", help="run the numeric checks on a CPU too (minutes)")
+    doctor.set_defaults(run=_doctor)
 
     tiny = _command(commands, "tiny-model", help="write a tiny random Llama and tokenizer (offline experiments)")
     tiny.add_argument("out_dir", help="a new or empty directory")
