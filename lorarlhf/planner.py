@@ -5,14 +5,16 @@ and align() can choose micro-batches that fit the card instead of finding out by
 
 What a phase holds, in bytes:
 
-    weights      the base once: 4-bit NF4 linear layers (two codes per byte, one 8-bit scale per 64 weights,
-                 one fp32 scale per 256 scales, code tables), embeddings, LM head and norms in the compute dtype;
-                 the parameters are counted on a weightless (meta-device) copy of the architecture
+    weights      the base once: 4-bit NF4 linear layers and MoE experts, all of them (two codes per byte, one
+                 8-bit scale per 64 weights, one fp32 scale per 256 scales, code tables), embeddings, LM head,
+                 routers and norms in the compute dtype; the parameters are counted on a weightless (meta-device)
+                 copy of the architecture
     adapters     per role: LoRA A and B of every adapted linear layer, fp32, plus a scalar head where it has one
     training     per trainable role: its gradients (fp32) and AdamW's two moments (fp32)
     kv cache     generation: keys and values of every layer for every sequence at full length
     activations  the update: with gradient checkpointing one hidden state per layer and sequence position,
-                 plus one layer recomputed in full; without it, every layer's intermediates
+                 plus one layer recomputed in full; without it, every layer's intermediates (an MoE token's
+                 MLP intermediates are those of its top-k experts and the shared ones)
     kernels      the fused log-prob kernels: a few float32 tiles of at most 32 MiB
     cuda         the CUDA context and allocator slack, a measured constant
 
@@ -60,8 +62,35 @@ CONFIG_FIELDS = {
     "intermediate_size": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", "d_ff"),
     "tied_embeddings": ("tie_word_embeddings",),
 }
+MOE_FIELDS = {
+    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts"),
+    "experts_per_token": ("num_experts_per_tok", "num_experts_per_token", "moe_topk"),
+    "expert_intermediate_size": ("moe_intermediate_size", "expert_intermediate_size"),
+    "shared_intermediate_size": ("shared_expert_intermediate_size",),
+}
+"""Where MoE configs keep their experts' counts and widths; a routed expert's width defaults to
+intermediate_size (Mixtral, gpt-oss), DeepSeek's shared experts are n_shared_experts x moe_intermediate_size."""
 FOUR_X_HIDDEN = ("n_inner", "ffn_hidden_size")  # None there means an MLP 4 x hidden wide
 _MISSING = object()
+
+
+def _experts_shape(config) -> dict[str, int]:
+    """The MOE_FIELDS of `config`; none for a dense model (Shape's defaults, 0)."""
+
+    def first(concept):
+        return next((v for n in MOE_FIELDS[concept] if (v := getattr(config, n, None)) is not None), None)
+
+    experts = first("num_experts") or 0
+    if not experts:
+        return {}
+    width = first("expert_intermediate_size") or config_field(config, "intermediate_size")
+    shared = first("shared_intermediate_size") or (getattr(config, "n_shared_experts", None) or 0) * width
+    return dict(
+        num_experts=experts,
+        experts_per_token=first("experts_per_token") or 1,
+        expert_intermediate_size=width,
+        shared_intermediate_size=shared,
+    )
 
 
 def config_field(config, concept: str, default=_MISSING):
@@ -92,10 +121,16 @@ class Layout:
 
     linear: tuple[tuple[int, int], ...]
     """(in, out) features of every Linear-like layer of the whole model but the LM head: what NF4 quantizes
-    and an "all-linear" LoRA adapts (lorarlhf.model.quantization.linear_layers)."""
+    (lorarlhf.model.quantization.linear_layers)."""
     other: int
-    """Entries of every other parameter (embeddings, LM head, norms, biases, MoE experts), kept in the compute
+    """Entries of every other parameter (embeddings, LM head, norms, biases, MoE routers), kept in the compute
     dtype; a tied LM head counted once."""
+    experts: tuple[tuple[int, int], ...] = ()
+    """(in, out) of every MoE expert's every projection (E per projection and layer): NF4 quantizes each as a
+    matrix of its own (lorarlhf.model.experts), LoRA leaves them."""
+    adapted: tuple[tuple[int, int], ...] | None = None
+    """(in, out) of the layers an "all-linear" LoRA adapts when they are fewer than `linear` (an MoE model: no
+    router; lorarlhf.model.experts.lora_targets); None: all of `linear`."""
 
     @classmethod
     def of_config(cls, config) -> Layout | None:
@@ -104,6 +139,7 @@ class Layout:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from lorarlhf.model.experts import expert_weights, is_experts_module, lora_targets
         from lorarlhf.model.quantization import linear_layers
 
         try:
@@ -113,8 +149,25 @@ class Layout:
             return None
         layers = [module for _, module in linear_layers(model)]
         weights = {id(module.weight) for module in layers}
+        experts = []
+        for module in model.modules():
+            if is_experts_module(module):
+                weights |= {id(p) for p in module.parameters(recurse=False) if p.dim() == 3}  # biases stay in other
+                for _, weight, _ in expert_weights(module):  # (E, out, in)
+                    experts += [(weight.shape[2], weight.shape[1])] * weight.shape[0]
         other = sum(p.numel() for p in model.parameters() if id(p) not in weights)
-        return cls(linear=tuple(_in_out(module) for module in layers), other=other)
+        adapted = [_in_out(model.get_submodule(name)) for name in lora_targets(model)]
+        linear = tuple(_in_out(module) for module in layers)
+        return cls(
+            linear=linear,
+            other=other,
+            experts=tuple(experts),
+            adapted=None if len(adapted) == len(linear) else tuple(adapted),
+        )
+
+    @property
+    def adapted_layers(self) -> tuple[tuple[int, int], ...]:
+        return self.linear if self.adapted is None else self.adapted
 
 
 def _in_out(layer) -> tuple[int, int]:
@@ -137,6 +190,14 @@ class Shape:
     layout: Layout | None = None
     """The model's real parameters when transformers can build its architecture; None: the Llama-style
     formulas below (7 linear layers and 2 norms per decoder layer) estimate them."""
+    num_experts: int = 0
+    """Routed experts per MoE layer (0: a dense model)."""
+    experts_per_token: int = 0
+    """Routed experts each token passes through (top-k)."""
+    expert_intermediate_size: int = 0
+    """Width of one routed expert's MLP."""
+    shared_intermediate_size: int = 0
+    """Width of the shared experts every token also passes through (Qwen2-MoE, DeepSeek), all together."""
 
     @classmethod
     def from_config(cls, config) -> Shape:
@@ -158,7 +219,21 @@ class Shape:
             head_dim=getattr(text, "head_dim", None) or hidden // heads,
             tied_embeddings=bool(config_field(config, "tied_embeddings", False)),
             layout=Layout.of_config(config),
+            **_experts_shape(text),
         )
+
+    @property
+    def active_intermediate_size(self) -> int:
+        """MLP width one token passes through: a dense model's MLP, or an MoE's top-k routed experts and its
+        shared experts (Mixtral-8x7B 2 x 14336, Qwen3-30B-A3B 8 x 768)."""
+        if not self.num_experts:
+            return self.intermediate_size
+        return self.experts_per_token * self.expert_intermediate_size + self.shared_intermediate_size
+
+    def expert_layers(self) -> list[tuple[int, int]]:
+        """(in, out) of every expert matrix of one decoder layer, for the formulas (gated experts, as Mixtral)."""
+        h, inter = self.hidden_size, self.expert_intermediate_size
+        return [(h, 2 * inter), (inter, h)] * self.num_experts
 
     def linear_layers(self) -> list[tuple[int, int]]:
         """(in, out) features of every linear layer of one decoder layer (Llama-style attention and MLP)."""
@@ -168,6 +243,10 @@ class Shape:
             self.num_kv_heads * self.head_dim,
             self.intermediate_size,
         )
+        if self.num_experts:  # an MoE layer: attention, shared experts (gated); the router stays in `other`
+            shared = self.shared_intermediate_size
+            mlp = [(h, shared), (h, shared), (shared, h)] if shared else []
+            return [(h, q), (h, kv), (h, kv), (q, h), *mlp]
         return [(h, q), (h, kv), (h, kv), (q, h), (h, inter), (h, inter), (inter, h)]
 
 
@@ -178,12 +257,13 @@ def nf4_bytes(n: int) -> int:
 
 
 def weight_bytes(shape: Shape, *, quantize: str | None, dtype_bytes: int) -> int:
-    """The base model's weights: linear layers (NF4 or the compute dtype), embeddings, LM head, norms."""
+    """The base model's weights: linear layers and MoE experts (NF4 or the compute dtype: all experts, not only the
+    active ones, are held), embeddings, LM head, norms."""
     if shape.layout is not None:
-        linear = [i * o for i, o in shape.layout.linear]
+        linear = [i * o for i, o in shape.layout.linear + shape.layout.experts]
         layers = sum(nf4_bytes(n) for n in linear) if quantize == "nf4" else sum(linear) * dtype_bytes
         return layers + shape.layout.other * dtype_bytes
-    linear = [i * o for i, o in shape.linear_layers()] * shape.num_layers
+    linear = [i * o for i, o in shape.linear_layers() + shape.expert_layers()] * shape.num_layers
     layers = sum(nf4_bytes(n) for n in linear) if quantize == "nf4" else sum(linear) * dtype_bytes
     embeddings = shape.vocab_size * shape.hidden_size * dtype_bytes * (1 if shape.tied_embeddings else 2)
     norms = (2 * shape.num_layers + 1) * shape.hidden_size * dtype_bytes
@@ -191,9 +271,10 @@ def weight_bytes(shape: Shape, *, quantize: str | None, dtype_bytes: int) -> int
 
 
 def adapter_bytes(shape: Shape, *, lora_r: int, role: str) -> int:
-    """One role's LoRA adapter on every linear layer (fp32), plus its scalar head (weight and bias)."""
+    """One role's LoRA adapter on every linear layer (fp32) but an MoE model's routers and experts
+    (lorarlhf.model.experts.lora_targets), plus its scalar head (weight and bias)."""
     if shape.layout is not None:
-        params = lora_r * sum(i + o for i, o in shape.layout.linear)
+        params = lora_r * sum(i + o for i, o in shape.layout.adapted_layers)
     else:
         params = lora_r * sum(i + o for i, o in shape.linear_layers()) * shape.num_layers
     if role in HEAD_ROLES:
@@ -209,7 +290,7 @@ def kv_cache_bytes(shape: Shape, *, sequences: int, tokens: int, dtype_bytes: in
 def activation_bytes(shape: Shape, *, sequences: int, tokens: int, dtype_bytes: int, checkpointing: bool) -> int:
     """Activations an update keeps for backward: with checkpointing, every layer's input plus one layer in
     full; without, every layer in full (attention projections, MLP intermediates, norms; flash attention)."""
-    h, inter = shape.hidden_size, shape.intermediate_size
+    h, inter = shape.hidden_size, shape.active_intermediate_size  # an MoE token passes through its top-k experts
     q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
     per_layer = sequences * tokens * (4 * h + q + 2 * kv + q + 3 * inter) * dtype_bytes
     if checkpointing:

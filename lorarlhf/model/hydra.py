@@ -112,9 +112,9 @@ class HydraModel(nn.Module):
                 base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         # No prepare_model_for_kbit_training: it upcasts the embeddings and LM head to fp32, which for a
         # 128k-vocab 8B model costs 2 GB on a 24 GB card; the frozen weights stay in the compute dtype.
-        self.peft = get_peft_model(base_model, lora.peft_config(), adapter_name=roles[0])
+        self.peft = get_peft_model(base_model, lora.peft_config(base_model), adapter_name=roles[0])
         for role in roles[1:]:
-            self.peft.add_adapter(role, lora.peft_config())
+            self.peft.add_adapter(role, lora.peft_config(base_model))
         hidden_size = self.causal_lm.get_output_embeddings().weight.shape[1]
         self.heads = nn.ModuleDict({role: ScalarHead(hidden_size) for role in HEAD_ROLES})
         self.heads.to(self.device)
@@ -218,7 +218,7 @@ class HydraModel(nn.Module):
             raise ValueError(f"cannot add role {role!r}; adapter roles are {ADAPTER_ROLES}")
         if role in self.adapters:
             raise ValueError(f"role {role!r} already has an adapter")
-        self.peft.add_adapter(role, self.lora.peft_config())
+        self.peft.add_adapter(role, self.lora.peft_config(self.causal_lm))
         self._adapter_groups = None
         self._lora_layers = _lora_layers(self.peft)
         self._trainable_adapters()

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from lorarlhf.model.experts import quantize_experts
 from lorarlhf.model.quantization import quantize_linear_subclasses, report_coverage
 
 QUANTIZE_CHOICES = ("nf4", None)
@@ -146,6 +147,7 @@ def load_base_model(
         raise
     if quantize is not None:
         quantize_linear_subclasses(model, kwargs["quantization_config"])  # e.g. Falcon's, which transformers skips
+        quantize_experts(model, kwargs["quantization_config"])  # MoE experts: 3-D parameters, skipped too
         report_coverage(model, name_or_path)
         _keep_cpu_4bit_differentiable(model)
     model.requires_grad_(False)

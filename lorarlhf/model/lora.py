@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peft import LoraConfig
+from torch import nn
 
+from lorarlhf.model.experts import is_moe_model, lora_targets
 from lorarlhf.validation import check_int, check_number
 
 
@@ -38,8 +40,13 @@ class LoraSettings:
                 "such as ['q_proj', 'v_proj']"
             )
 
-    def peft_config(self) -> LoraConfig:
+    def peft_config(self, model: nn.Module | None = None) -> LoraConfig:
+        """peft's config for one adapter. Given the base `model`, "all-linear" on a mixture-of-experts model becomes
+        the explicit list of `lora_targets` (attention and dense layers; no router, no expert): peft 0.21 itself
+        would resolve "all-linear" there to LoRA on the router and on the 3-D expert parameters too."""
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        if targets == "all-linear" and model is not None and is_moe_model(model):
+            targets = lora_targets(model)
         return LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets, bias="none"
         )

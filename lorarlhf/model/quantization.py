@@ -4,7 +4,8 @@ transformers' bitsandbytes integration replaces a module only when its type *is*
 a subclass, such as Falcon's FalconLinear, keeps its weights in the compute dtype, so a Falcon "loaded in 4-bit"
 held every matrix in 16 bits. `quantize_linear_subclasses` finishes the replacement on the loaded model, and
 `quantization_coverage` says what share of the decoder's matrix weights is 4-bit and which module types are not
-(a family's own projection class, MoE experts stored as 3-D parameters), which the loader logs and warns about.
+(a family's own projection class; MoE experts, 3-D parameters, until lorarlhf.model.experts quantizes them; the
+routers, kept in the compute dtype), which the loader logs and warns about.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -47,30 +49,39 @@ def quantize_linear_subclasses(model: nn.Module, quantization_config) -> list[st
         # transformers converts plain nn.Linear and Conv1D itself: one left over was kept out on purpose
         if isinstance(module, bnb.nn.Linear4bit) or type(module) is nn.Linear or not _plain_linear(module):
             continue
-        layer = bnb.nn.Linear4bit(
-            module.in_features,
-            module.out_features,
-            bias=module.bias is not None,
-            compute_dtype=quantization_config.bnb_4bit_compute_dtype,
-            compress_statistics=quantization_config.bnb_4bit_use_double_quant,
-            quant_type=quantization_config.bnb_4bit_quant_type,
-            quant_storage=quantization_config.bnb_4bit_quant_storage,
-            device="meta",
-        )
-        weight = module.weight
-        layer.weight = bnb.nn.Params4bit(
-            weight.data,
-            requires_grad=False,
-            compress_statistics=quantization_config.bnb_4bit_use_double_quant,
-            quant_type=quantization_config.bnb_4bit_quant_type,
-            quant_storage=quantization_config.bnb_4bit_quant_storage,
-            module=layer,
-        ).to(weight.device)  # quantizes
-        layer.bias = module.bias
+        layer = nf4_linear(module.weight.data, module.bias, quantization_config)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
         replaced.append(name)
     return replaced
+
+
+def nf4_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantization_config) -> nn.Module:
+    """A bitsandbytes Linear4bit computing x W^T + b, its (out, in) `weight` quantized on the weight's device with
+    `quantization_config`'s settings (NF4, double quantization, compute dtype); the bias stays as it is."""
+    import bitsandbytes as bnb
+
+    out_features, in_features = weight.shape
+    layer = bnb.nn.Linear4bit(
+        in_features,
+        out_features,
+        bias=bias is not None,
+        compute_dtype=quantization_config.bnb_4bit_compute_dtype,
+        compress_statistics=quantization_config.bnb_4bit_use_double_quant,
+        quant_type=quantization_config.bnb_4bit_quant_type,
+        quant_storage=quantization_config.bnb_4bit_quant_storage,
+        device="meta",
+    )
+    layer.weight = bnb.nn.Params4bit(
+        weight,
+        requires_grad=False,
+        compress_statistics=quantization_config.bnb_4bit_use_double_quant,
+        quant_type=quantization_config.bnb_4bit_quant_type,
+        quant_storage=quantization_config.bnb_4bit_quant_storage,
+        module=layer,
+    ).to(weight.device)  # quantizes
+    layer.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
+    return layer
 
 
 def _plain_linear(module: nn.Module) -> bool:
