@@ -18,6 +18,11 @@ __all__ = ["fused_linear_logprobs", "token_kl", "fused_linear_kl"]
 if __name__ == "lorarlhf.kernels":
     # The logits tile budget, which the memory planner counts.
     from ._common import LOGITS_CHUNK_BYTES as LOGITS_CHUNK_BYTES
+
+    # Which path a device's tensors take, for `lorarlhf doctor` to report truthfully.
+    from ._common import backend_for as backend_for
+    from ._common import interpreting as interpreting
+    from ._common import triton_available as triton_available
     from .linear_kl import fused_linear_kl
     from .logprobs import fused_linear_logprobs
     from .token_kl import token_kl

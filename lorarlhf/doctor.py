@@ -174,7 +174,7 @@ def check_dtype(target: Target) -> Check:
 
 def check_kernel_path(device: torch.device) -> Check:
     """Which row kernels lorarlhf.kernels runs on `device`, by the kernels' own rule (_common.backend_for)."""
-    from lorarlhf.kernels._common import backend_for, interpreting, triton_available
+    from lorarlhf.kernels import backend_for, interpreting, triton_available
 
     backend = backend_for(device)
     values = {"backend": backend, "triton_installed": triton_available(), "triton_interpret": interpreting()}
@@ -314,8 +314,7 @@ def check_bnb_matmul(target: Target, sizes: Sizes) -> Check:
 def check_logprobs_kernel(target: Target, sizes: Sizes) -> Check:
     """fused_linear_logprobs(return_entropy=True) against full-logits log_softmax in float64: log-probs,
     entropies, and the gradients of hidden and weight under upstream gradients that are not 1."""
-    from lorarlhf.kernels import fused_linear_logprobs
-    from lorarlhf.kernels._common import backend_for
+    from lorarlhf.kernels import backend_for, fused_linear_logprobs
     from lorarlhf.kernels.logprobs import logprobs_reference
 
     gen = torch.Generator().manual_seed(1)
@@ -343,8 +342,7 @@ def check_logprobs_kernel(target: Target, sizes: Sizes) -> Check:
 def check_kl_kernel(target: Target, sizes: Sizes) -> Check:
     """fused_linear_kl against full-vocabulary KL in float64, a policy close to its reference as in RLHF:
     KL values and the gradients of both hidden states and the weight."""
-    from lorarlhf.kernels import fused_linear_kl
-    from lorarlhf.kernels._common import backend_for
+    from lorarlhf.kernels import backend_for, fused_linear_kl
     from lorarlhf.kernels.linear_kl import linear_kl_reference
 
     gen = torch.Generator().manual_seed(2)
