@@ -131,6 +131,17 @@ class Layout:
     adapted: tuple[tuple[int, int], ...] | None = None
     """(in, out) of the layers an "all-linear" LoRA adapts when they are fewer than `linear` (an MoE model: no
     router; lorarlhf.model.experts.lora_targets); None: all of `linear`."""
+    unquantized_matrices: int = 0
+    """Entries of the decoder's other matrix weights (routers, convolutions; not embeddings or the LM head),
+    which NF4 leaves in the compute dtype."""
+
+    @property
+    def nf4_fraction(self) -> float:
+        """The share of the decoder's matrix weights NF4 holds in 4-bit, as HydraModel.quantized_fraction
+        measures it after loading."""
+        quantized = sum(i * o for i, o in self.linear + self.experts)
+        total = quantized + self.unquantized_matrices
+        return quantized / total if total else 0.0
 
     @classmethod
     def of_config(cls, config) -> Layout | None:
@@ -156,6 +167,14 @@ class Layout:
                 for _, weight, _ in expert_weights(module):  # (E, out, in)
                     experts += [(weight.shape[2], weight.shape[1])] * weight.shape[0]
         other = sum(p.numel() for p in model.parameters() if id(p) not in weights)
+        head = model.get_output_embeddings()
+        left = {  # matrices outside the quantized layers, embeddings and the head: routers, convolutions
+            id(p): p.numel()
+            for module in model.modules()
+            if module is not head and not isinstance(module, nn.Embedding)
+            for p in module.parameters(recurse=False)
+            if p.dim() >= 2 and id(p) not in weights
+        }
         adapted = [_in_out(model.get_submodule(name)) for name in lora_targets(model)]
         linear = tuple(_in_out(module) for module in layers)
         return cls(
@@ -163,6 +182,7 @@ class Layout:
             other=other,
             experts=tuple(experts),
             adapted=None if len(adapted) == len(linear) else tuple(adapted),
+            unquantized_matrices=sum(left.values()),
         )
 
     @property
@@ -425,6 +445,13 @@ def plan(
             "transformers could not build this architecture from its config (custom code?): weights and adapters "
             "are Llama-style estimates (gated MLP, 2 norms per layer), up to ~40% high for a 2-matrix MLP"
         )
+    if quantize == "nf4" and shape.layout is not None:
+        from lorarlhf.model.quantization import COVERAGE_WARNING  # the loader's bar, where it warns too
+
+        share = shape.layout.nf4_fraction
+        notes.append(f"NF4 holds {100 * share:.1f}% of the decoder's matrix weights in 4-bit")
+        if share < COVERAGE_WARNING:
+            notes.append("under 90% of the decoder is 4-bit: the other matrices stay in the compute dtype")
     if method in ("dpo", "rm"):
         notes.append("a pair is two sequences (chosen and rejected): batch_size pairs are 2 x batch_size sequences")
     return MemoryPlan(

@@ -151,3 +151,18 @@ def test_a_config_the_planner_cannot_read_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: model_type='mamba'") and "num_attention_heads" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["llama", "falcon", "gpt2"])
+def test_the_plan_reports_the_nf4_share_the_loaded_model_has(name, tmp_path):
+    """`plan` states what NF4 covers, computed on the weightless copy; it is what the loaded Hydra measures."""
+    from model_families import FAMILIES, save_family_model
+
+    from lorarlhf import HydraModel
+
+    config = FAMILIES[name]()
+    memory_plan = plan(config, method="dpo", batch_size=1, max_length=64, quantize="nf4")
+    hydra = HydraModel.from_pretrained(save_family_model(tmp_path, config), quantize="nf4", roles=("actor",))
+    assert f"NF4 holds {100 * hydra.quantized_fraction:.1f}% of the decoder's matrix weights in 4-bit" in str(
+        memory_plan
+    )
