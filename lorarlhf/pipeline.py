@@ -166,7 +166,9 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     if main:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         hydra.save(out)
-        plot_training_curves(read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {_short_name(hydra.source)}")
+        plot_training_curves(
+            read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {_short_name(hydra.source)}", final=metrics
+        )
         if config.merge:
             export_merged(out, out / MERGED, trust_remote_code=config.trust_remote_code)
     distributed.barrier()

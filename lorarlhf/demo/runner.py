@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lorarlhf.demo.world import PROMPTS, gold_sentiment, is_well_formed, prompt_product, sample_review, simulated_votes
+from lorarlhf.plots import plot_run
 from lorarlhf.training.rollout import SamplingConfig, generate_rollout
 
 # The demo's settings: small batches of short reviews, so the loop runs in minutes on 2 CPU cores.
@@ -138,6 +139,7 @@ def run_demo(
         ],
     )
     (out / "demo_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    plot_run(out, title="lorarlhf demo")  # again, now with the gold rule's verdict as the headline
     return report
 
 
