@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
 
 from lorarlhf.methods.table import METHODS
 from lorarlhf.model.chat import plain_text
+from lorarlhf.model.quiet import VERBOSE_ENV, is_verbose
 
 
 def _info(args) -> int:
@@ -77,14 +81,19 @@ def _score(args) -> int:
 
 
 def _align(args) -> int:
-    from lorarlhf.methods.table import METHODS
-    from lorarlhf.pipeline import align
-
+    # The user's mistakes first, each answered at once: the model code (seconds to import) and the hub
+    # (minutes of retries when it is out of reach) come after.
     if args.method not in METHODS:
         raise ValueError(f"--method {args.method!r} is not a method; choose one of {tuple(METHODS)}")
+    _check_local_data(args.data, METHODS[args.method].data)
+    from lorarlhf.model.loading import check_source, model_source
+
+    check_source(model_source(args.model))  # a missing local model directory, named
+    reward_fn = _import_reward_fn(args.reward_fn) if args.reward_fn else None
     overrides = _overrides(METHODS[args.method].config, args.method, args.set or [])
     overrides.update({flag: True for flag in ("resume", "overwrite") if getattr(args, flag)})
-    reward_fn = _import_reward_fn(args.reward_fn) if args.reward_fn else None
+    from lorarlhf.pipeline import align
+
     result = align(
         args.model, args.data, method=args.method, output_dir=args.output_dir, reward_fn=reward_fn, **overrides
     )
@@ -96,6 +105,19 @@ def _align(args) -> int:
     for name, value in result.metrics.items():
         print(f"  {name:<28} {value:.4g}")
     return 0
+
+
+def _check_local_data(data: str, kind: str) -> None:
+    """A data argument meant as a local file (a data-file extension, or a path: ./x, /x, ~/x, a/b/c) that
+    does not exist is an error now, before the model is loaded; anything else may be a hub dataset id."""
+    from lorarlhf.data import SUPPORTED_EXTENSIONS
+
+    if Path(data).expanduser().exists():
+        return
+    as_path = data.lower().endswith(SUPPORTED_EXTENSIONS) or data.startswith((".", "/", "~"))
+    if as_path or data.count("/") > 1 or "\\" in data:
+        what = {"pairs": "preference", "demonstrations": "demonstration", "prompts": "prompt"}[kind]
+        raise FileNotFoundError(f"{what} data file not found: {data}")
 
 
 def _overrides(config_cls, method: str, assignments: list[str]) -> dict:
@@ -164,19 +186,88 @@ def _import_reward_fn(spec: str):
 
 def _options(args) -> int:
     """Every option of a method, its default and what it does: the same dataclass align() validates with."""
+    options = config_options(METHODS[args.method].config_path)
+    print(f"options of --method {args.method} (lorarlhf align ... --set name=value):\n")
+    for name, (default, doc) in sorted(options.items()):
+        print(f"  {name} = {default!r}")
+        print(textwrap.fill(doc, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return 0
+
+
+def config_options(path: str) -> dict[str, tuple[object, str]]:
+    """name -> (default, help text) of every field of the config dataclass "module:Class" (None: no default).
+
+    Read from the source when every default there is a literal, since importing a method's module imports
+    torch and its trainer (seconds); otherwise from the imported class. tests/test_cli.py checks that the
+    two agree for every method.
+    """
+    static = _source_options(path)
+    if static is not None:
+        return static
     from dataclasses import MISSING, fields
 
-    from lorarlhf.methods.table import METHODS
+    from lorarlhf.methods.table import resolve
     from lorarlhf.training.config import option_docs
 
-    config_cls = METHODS[args.method].config
+    config_cls = resolve(path)
     docs = option_docs(config_cls)
-    print(f"options of --method {args.method} (lorarlhf align ... --set name=value):\n")
-    for item in sorted(fields(config_cls), key=lambda f: f.name):
-        default = item.default if item.default is not MISSING else None
-        print(f"  {item.name} = {default!r}")
-        print(textwrap.fill(docs.get(item.name, ""), width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
-    return 0
+    return {f.name: (None if f.default is MISSING else f.default, docs.get(f.name, "")) for f in fields(config_cls)}
+
+
+def _module_file(module: str) -> Path | None:
+    """The .py file of a lorarlhf module, found without importing it or its packages (a package's
+    __init__ may import torch or gradio)."""
+    top, *parts = module.split(".")
+    spec = importlib.util.find_spec(top)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        base = Path(folder).joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _source_options(path: str) -> dict[str, tuple[object, str]] | None:
+    """config_options read from the class's source and its bases' (resolved through the module's
+    `from X import Name` lines); None where that cannot be done exactly (a default that is not a literal,
+    a base defined elsewhere)."""
+    module, _, name = path.partition(":")
+    source = _module_file(module)
+    if source is None:
+        return None
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    imported = {
+        alias.asname or alias.name: f"{node.module}:{alias.name}"
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+        for alias in node.names
+    }
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+    if node is None:
+        return None
+    options: dict[str, tuple[object, str]] = {}
+    for base in reversed(node.bases):  # the first base's fields win, as in the dataclass's MRO
+        if not isinstance(base, ast.Name):
+            return None
+        base_path = imported.get(base.id) or (f"{module}:{base.id}" if base.id != "object" else None)
+        inherited = _source_options(base_path) if base_path else {}
+        if inherited is None:
+            return None
+        options.update(inherited)
+    body = node.body
+    for item, following in zip(body, [*body[1:], None], strict=True):
+        if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)):
+            continue
+        if "ClassVar" in ast.unparse(item.annotation):
+            continue
+        try:
+            default = None if item.value is None else ast.literal_eval(item.value)
+        except ValueError:
+            return None  # field(...), a named constant: only the class knows
+        documented = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+        doc = " ".join(str(following.value.value).split()) if documented else options.get(item.target.id, (0, ""))[1]
+        options[item.target.id] = (default, doc)
+    return options
 
 
 def _demo(args) -> int:
@@ -199,7 +290,9 @@ def _plan(args) -> int:
     if args.no_gradient_checkpointing:
         options["gradient_checkpointing"] = False
     options.update(_given(args, "gpu_memory_gb", "dtype"))
-    print(plan(args.model, method=method.name, reward_model=not args.reward_fn, **options))
+    from lorarlhf.model.loading import model_source
+
+    print(plan(model_source(args.model), method=method.name, reward_model=not args.reward_fn, **options))
     return 0
 
 
@@ -331,11 +424,7 @@ def _flag(parser, flag: str, default_of, **options) -> None:
 
 def _config_default(method: str, name: str):
     def default() -> str:
-        from dataclasses import fields
-
-        from lorarlhf.methods.table import METHODS
-
-        value = {f.name: f.default for f in fields(METHODS[method].config)}.get(name)
+        value = config_options(METHODS[method].config_path).get(name, (None, ""))[0]
         return f"{value!r} for {method}; `lorarlhf options METHOD` lists them"
 
     return default
@@ -343,17 +432,18 @@ def _config_default(method: str, name: str):
 
 def _field_default(path: str, name: str):
     def default() -> str:
-        from dataclasses import fields
-
-        from lorarlhf.methods.table import resolve
-
-        return repr({f.name: f.default for f in fields(resolve(path))}[name])
+        return repr(config_options(path)[name][0])
 
     return default
 
 
 def _signature_default(path: str, name: str):
+    """A parameter's default, for help: read from the function's source when it is a literal (no import)."""
+
     def default() -> str:
+        static = _source_parameter_default(path, name)
+        if static is not None:
+            return repr(static[0])
         import inspect
 
         from lorarlhf.methods.table import resolve
@@ -361,6 +451,34 @@ def _signature_default(path: str, name: str):
         return repr(inspect.signature(resolve(path)).parameters[name].default)
 
     return default
+
+
+def _source_parameter_default(path: str, name: str) -> tuple[object] | None:
+    """(default,) of parameter `name` of "module:function" or "module:Class.method", from the source."""
+    module, _, qualname = path.partition(":")
+    source = _module_file(module)
+    if source is None:
+        return None
+    scope = ast.parse(source.read_text(encoding="utf-8")).body
+    node = None
+    for part in qualname.split("."):
+        node = next((n for n in scope if getattr(n, "name", None) == part), None)
+        if node is None:
+            return None
+        scope = getattr(node, "body", [])
+    if not isinstance(node, ast.FunctionDef):
+        return None
+    args = node.args
+    positional = [*args.posonlyargs, *args.args]
+    pairs = [*zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True)]
+    pairs += [(arg, value) for arg, value in zip(args.kwonlyargs, args.kw_defaults, strict=True) if value is not None]
+    for arg, value in pairs:
+        if arg.arg == name:
+            try:
+                return (ast.literal_eval(value),)
+            except ValueError:
+                return None
+    return None
 
 
 def _command(commands, name: str, **options) -> argparse.ArgumentParser:
@@ -376,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="lorarlhf", description="RLHF on one GPU with one 4-bit base model.")
     parser.add_argument("--version", action="version", version=f"lorarlhf {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"show other libraries' progress bars and logs (transformers, datasets); or {VERBOSE_ENV}=1",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = _command(commands, "info", help="print versions and the device a run would use")
@@ -462,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate a run's peak GPU memory per phase from the model's config (no weights loaded)",
         description="An itemised estimate of peak GPU memory per phase and the micro-batch that fits the card.",
     )
-    planner.add_argument("model", help="hub id or local model directory (only config.json is read)")
+    planner.add_argument("model", help='hub id, local model directory or "demo" (only config.json is read)')
     planner.add_argument("--method", default="ppo", choices=tuple(METHODS), help="(default ppo)")
     for name, words in PLANNED_OPTIONS.items():  # config options: typed and defaulted by the method's config
         default_of = _config_default("grpo" if name == "group_size" else "ppo", name)
@@ -555,11 +679,25 @@ def main(argv: list[str] | None = None) -> int:
     # bitsandbytes warns on every CPU run with AVX512-BF16 that an optional hub kernel is not installed;
     # its pure-PyTorch path is what runs, and the line reads like an error to a user of this command.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    saved = dict(os.environ)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by lorarlhf.model.quiet around every load
+    elif not is_verbose():
+        # transformers' logs below errors and datasets' bars off from their import on (lorarlhf.model.quiet covers
+        # only libraries already imported); a value the user set stays, and all is restored after the command.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.run(args)
     except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        for name in (VERBOSE_ENV, "TRANSFORMERS_VERBOSITY", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            if name in saved:
+                os.environ[name] = saved[name]
+            else:
+                os.environ.pop(name, None)
 
 
 if __name__ == "__main__":

@@ -357,9 +357,11 @@ class MemoryPlan:
         lines += [f"  {name:<34}{size / GiB:>9.3f}" for name, size in self.items.items()]
         lines.append(f"  {'phase peak':<34}{'GiB':>9}")
         lines += [f"  {name:<34}{size / GiB:>9.3f}" for name, size in self.phases.items()]
-        card = "no card given" if self.gpu_memory_gb is None else f"{self.gpu_memory_gb:g} GB card"
-        verdict = "fits" if self.fits else "does NOT fit"
-        lines.append(f"  peak {self.peak_gb:.2f} GiB on a {card}: {verdict}")
+        if self.gpu_memory_gb is None:
+            lines.append(f"  peak {self.peak_gb:.2f} GiB (no card size given: pass --gpu-memory-gb to check a fit)")
+        else:
+            verdict = "fits" if self.fits else "does NOT fit"
+            lines.append(f"  peak {self.peak_gb:.2f} GiB on a {self.gpu_memory_gb:g} GB card: {verdict}")
         lines.append(
             f"  recommended: micro-batch {self.micro_batch} (grad_accumulation={self.grad_accumulation}), "
             f"generation batch {self.generation_batch}"

@@ -43,6 +43,7 @@ from lorarlhf.model.loading import (
 from lorarlhf.model.lora import LoraSettings
 from lorarlhf.model.memory import parameter_bytes
 from lorarlhf.model.quantization import quantization_coverage
+from lorarlhf.model.quiet import peft_deprecations
 from lorarlhf.model.saving import MANIFEST, load_hydra, save_hydra
 from lorarlhf.model.tokenization import (
     TokenizedBatch,
@@ -112,7 +113,8 @@ class HydraModel(nn.Module):
                 base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         # No prepare_model_for_kbit_training: it upcasts the embeddings and LM head to fp32, which for a
         # 128k-vocab 8B model costs 2 GB on a 24 GB card; the frozen weights stay in the compute dtype.
-        self.peft = get_peft_model(base_model, lora.peft_config(base_model), adapter_name=roles[0])
+        with peft_deprecations():  # peft reads a property transformers has deprecated; not the user's concern
+            self.peft = get_peft_model(base_model, lora.peft_config(base_model), adapter_name=roles[0])
         for role in roles[1:]:
             self.peft.add_adapter(role, lora.peft_config(base_model))
         hidden_size = self.causal_lm.get_output_embeddings().weight.shape[1]

@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from lorarlhf.model.quiet import quiet
 
-from lorarlhf.model.experts import quantize_experts
-from lorarlhf.model.quantization import quantize_linear_subclasses, report_coverage
+if TYPE_CHECKING:  # torch and transformers take seconds to import; the checks below and the CLI need neither
+    import torch
+    from transformers import PreTrainedModel
 
 QUANTIZE_CHOICES = ("nf4", None)
 # The bundled demo model (package data of lorarlhf.demo), which model="demo" names.
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Compute dtypes by name: the names of torch's dtypes (torch.float32 ...).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def model_source(name_or_path: str | os.PathLike) -> str | os.PathLike:
+    """`name_or_path`, with "demo" as the bundled demo model's directory."""
+    return DEMO_MODEL_DIR if name_or_path == "demo" else name_or_path
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """None means the first CUDA GPU when there is one, else the CPU."""
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -39,6 +48,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """The compute dtype: given, or the best the device supports."""
+    import torch
+
     if dtype is None:
         if device.type != "cuda":
             return torch.float32
@@ -48,8 +59,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if isinstance(dtype, str):
         if dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPE_NAMES)} or None (auto)")
-        return DTYPE_NAMES[dtype]
-    if dtype not in DTYPE_NAMES.values():
+        return getattr(torch, dtype)
+    if dtype not in {getattr(torch, name) for name in DTYPE_NAMES}:
         raise ValueError(f"dtype={dtype} is not supported; choose one of {sorted(DTYPE_NAMES)} or None (auto)")
     return dtype
 
@@ -90,7 +101,7 @@ def check_source(name_or_path: str | os.PathLike) -> str:
 
 
 def bnb_config(compute_dtype: torch.dtype):
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # imports bitsandbytes: only for a 4-bit model
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -107,12 +118,26 @@ def load_base_model(
     device: torch.device,
     dtype: torch.dtype,
     trust_remote_code: bool = False,
+    verbose: bool | None = None,
 ) -> PreTrainedModel:
     """The causal LM, frozen, on `device`, NF4-quantized when asked; errors name the model.
 
     Weights are read from safetensors files only (a pickled .bin checkpoint can run code when loaded), and
-    a model's own Python code runs only with trust_remote_code=True.
+    a model's own Python code runs only with trust_remote_code=True. On a CPU, a small model runs on one
+    thread (lorarlhf.model.threads). transformers' progress bars and logs are off during the load unless
+    `verbose` (or LORARLHF_VERBOSE=1; lorarlhf.model.quiet).
     """
+    with quiet(verbose):
+        return _load_base_model(name_or_path, quantize, device, dtype, trust_remote_code)
+
+
+def _load_base_model(name_or_path, quantize, device, dtype, trust_remote_code) -> PreTrainedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lorarlhf.model.experts import quantize_experts
+    from lorarlhf.model.quantization import quantize_linear_subclasses, report_coverage
+    from lorarlhf.model.threads import apply_cpu_threads
+
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as error:
@@ -123,6 +148,7 @@ def load_base_model(
     except ValueError as error:
         raise ValueError(_remote_code_hint(name_or_path, error)) from error
     logit_scale(config)  # refuse an unsupported LM head before loading any weights
+    apply_cpu_threads(config, device)
     kwargs = {"dtype": dtype, "device_map": {"": device}, "use_safetensors": True}
     if quantize == "nf4":
         kwargs["quantization_config"] = bnb_config(dtype)
@@ -205,10 +231,13 @@ def _keep_cpu_4bit_differentiable(model: PreTrainedModel) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, verbose: bool | None = None):
     """The model's tokenizer, with a pad token (EOS when the model has none) for batching."""
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        with quiet(verbose):
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except ValueError as error:
         raise ValueError(_remote_code_hint(name_or_path, error)) from error
     if tokenizer.pad_token is None:

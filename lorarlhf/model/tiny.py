@@ -14,6 +14,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lorarlhf.model.quiet import quiet
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
 
@@ -63,6 +65,7 @@ def save_tiny_model(path: str | Path, *, seed: int = 0, **config_overrides) -> P
         model = LlamaForCausalLM(config)
     finally:
         torch.random.set_rng_state(generator_state)  # the caller's random stream is not ours to move
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    with quiet():  # no "Writing model shards" bar
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
     return path
