@@ -33,10 +33,15 @@ def _info(args) -> int:
     report["cuda"] = torch.cuda.is_available()
     if report["cuda"]:
         report["gpu"] = torch.cuda.get_device_name(0)
-        report["bf16"] = torch.cuda.is_bf16_supported()
+        from lorarlhf.model.loading import resolve_dtype
+
+        # The loader's rule (native bf16 from compute capability 8): a T4 emulates bf16 and runs fp16.
+        report["dtype"] = str(resolve_dtype(None, torch.device("cuda", 0))).removeprefix("torch.")
+        report["bf16"] = report["dtype"] == "bfloat16"
     report["nf4"] = report["bitsandbytes"] is not None
     for key, value in report.items():
         print(f"{key:<13} {value}")
+    print("(lorarlhf doctor checks more: the kernels, 4-bit and memory on this machine)")
     return 0
 
 

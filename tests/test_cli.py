@@ -51,6 +51,20 @@ def test_info_reports_versions(capsys):
     assert "torch" in out and "lorarlhf" in out and "nf4" in out
 
 
+@pytest.mark.parametrize(("capability", "dtype"), [((7, 5), "float16"), ((8, 9), "bfloat16")])
+def test_info_tells_the_dtype_by_the_loaders_rule_not_emulated_bf16(monkeypatch, capsys, capability, dtype):
+    """A T4 (sm_75) says yes to is_bf16_supported() by emulation; the loader runs fp16 there, and so says info."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"dtype         {dtype}" in out and f"bf16          {dtype == 'bfloat16'}" in out
+
+
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return path
