@@ -39,7 +39,7 @@ from lorarlhf.model.hydra import HydraModel, resolve_model
 from lorarlhf.model.loading import load_tokenizer
 from lorarlhf.model.memory import peak_memory_gb
 from lorarlhf.model.saving import ADAPTERS, MANIFEST, load_weights
-from lorarlhf.planner import MemoryPlan, plan
+from lorarlhf.planner import MemoryPlan, UnreadableConfig, plan
 from lorarlhf.plots import plot_training_curves, read_metrics
 from lorarlhf.training import distributed
 from lorarlhf.training.checkpoints import CHECKPOINTS, RunCheckpoints
@@ -116,9 +116,13 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     checkpoints = _checkpoints(out, config, method, hydra)
     if hydra.device.type == "cuda" and config.gpu_memory_gb is not None:
         train_reward = "reward" in roles_of(stages)
-        memory_plan = fit_to_card(config, method, hydra, train_reward, _card_gb(config.gpu_memory_gb, hydra.device))
-        if main:
-            (out / "memory_plan.txt").write_text(str(memory_plan) + "\n")
+        try:
+            memory_plan = fit_to_card(config, method, hydra, train_reward, _card_gb(config.gpu_memory_gb, hydra.device))
+        except UnreadableConfig as error:  # the run goes on at the user's batch sizes, unplanned
+            log.warning("no memory plan for this model (%s); the batch sizes are used as given", error)
+        else:
+            if main:
+                (out / "memory_plan.txt").write_text(str(memory_plan) + "\n")
     if main:
         (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
         if config.skip_bad_rows:

@@ -109,10 +109,14 @@ def config_field(config, concept: str, default=_MISSING):
     if default is not _MISSING:
         return default
     model_type = getattr(config, "model_type", None) or type(config).__name__
-    raise ValueError(
+    raise UnreadableConfig(
         f"model_type={model_type!r}: the config has no {concept.replace('_', ' ')} (looked for "
         f"{', '.join(names)}); the memory planner cannot size this architecture"
     )
+
+
+class UnreadableConfig(ValueError):
+    """A model config the planner cannot size: it lacks a field of every name the table knows."""
 
 
 @dataclass(frozen=True)

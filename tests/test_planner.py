@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MambaCon
 
 from lorarlhf import HydraModel
 from lorarlhf.model.memory import parameter_bytes
-from lorarlhf.planner import GiB, Shape, adapter_bytes, kv_cache_bytes, plan, weight_bytes
+from lorarlhf.planner import GiB, Shape, UnreadableConfig, adapter_bytes, kv_cache_bytes, plan, weight_bytes
 
 LLAMA3_8B = LlamaConfig(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -145,7 +145,7 @@ def test_a_config_the_planner_cannot_read_is_one_clear_line(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "gpt2"), "--gpu-memory-gb", "24"]) == 0
     assert "memory plan" in capsys.readouterr().out
     MambaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2).save_pretrained(tmp_path)  # no attention
-    with pytest.raises(ValueError, match=r"model_type='mamba': the config has no num heads \(looked for "):
+    with pytest.raises(UnreadableConfig, match=r"model_type='mamba': the config has no num heads \(looked for "):
         plan(tmp_path)
     assert main(["plan", str(tmp_path)]) == 2
     err = capsys.readouterr().err
