@@ -1,5 +1,6 @@
-"""The labelling page in a real headless Chromium: clicks and keys, reload and resume, inert markup, no
-outside calls, refused foreign requests, and a server killed part-way through labelling.
+"""The labelling page in a real headless Chromium: clicks and keys, reload and resume, inert markup, hidden
+characters shown, no outside calls, refused foreign requests, a valid framing policy, and a server killed
+part-way through labelling.
 
 Chromium is Debian's (`apt-get install chromium`, which .ci/run does), driven by Playwright with that
 executable; CI fails rather than skips when it is missing.
@@ -7,6 +8,7 @@ executable; CI fails rather than skips when it is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -90,12 +92,14 @@ def candidates(tmp_path):
 
 
 class Page:
-    """A browser tab on the labelling page, recording every request and dialog it makes."""
+    """A browser tab on the labelling page, recording every request, dialog and console message it makes."""
 
     def __init__(self, browser, url: str):
         self.page = browser.new_page(viewport={"width": 1200, "height": 900})
         self.requests: list[str] = []
         self.dialogs: list[str] = []
+        self.console: list[str] = []
+        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
         self.url = url
@@ -287,26 +291,74 @@ def test_a_double_click_or_a_held_key_judges_one_item_and_other_sites_cannot_fra
         framing = tmp_path / "framing"
         framing.mkdir()
         (framing / "index.html").write_text(f'<iframe id="victim" src="{server.url}"></iframe>')
-        port = _free_port("127.0.0.2")
-        other = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.2", "--directory", str(framing)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        with _static_server(framing, "127.0.0.2") as port:
             attacker = browser.new_page()
-            for _ in range(50):
-                try:
-                    attacker.goto(f"http://127.0.0.2:{port}/")
-                    break
-                except Exception:  # the server is still starting
-                    time.sleep(0.2)
+            _goto(attacker, f"http://127.0.0.2:{port}/")
             attacker.wait_for_timeout(2000)
             frame = attacker.frame_locator("#victim")
             assert frame.locator("#progress").count() == 0  # the browser refused to render it framed
-        finally:
-            other.kill()
-            other.wait(10)
+        # A local notebook (a page at http://localhost:PORT) may show it inline.
+        with _static_server(framing, "127.0.0.1") as port:
+            notebook = browser.new_page()
+            _goto(notebook, f"http://localhost:{port}/")
+            frame = notebook.frame_locator("#victim")
+            frame.locator("#progress").filter(has_text="labelled").wait_for(timeout=15_000)
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def _static_server(directory: Path, address: str):
+    """`python -m http.server` serving `directory` on `address`; yields its port."""
+    port = _free_port(address)
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", address, "--directory", str(directory)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def _goto(page, url: str):
+    for _ in range(50):
+        try:
+            page.goto(url)
+            return
+        except Exception:  # the server is still starting
+            time.sleep(0.2)
+    page.goto(url)
+
+
+def test_hidden_characters_are_shown_look_alikes_marked_and_votes_keep_the_exact_texts(browser, tmp_path):
+    from lorarlhf.labelling import label
+
+    spoofed, lookalike = "\u202etxt.exe", "Yes,\u00a0sure."
+    candidates = tmp_path / "candidates.jsonl"
+    records = [
+        {"id": "rlo", "prompt": "Name the attachment.", "responses": [spoofed, "report.txt"]},
+        {"id": "nbsp", "prompt": "Say yes.", "responses": [lookalike, "Yes, sure."]},
+    ]
+    candidates.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    votes = tmp_path / "votes.jsonl"
+    server = label(candidates, annotator="ann", out=votes, shuffle=False)
+    try:
+        page = Page(browser, server.url)
+        # The policy parses: Chromium logs an invalid source (e.g. an IPv6 literal) on every load.
+        assert [line for line in page.console if re.search("content.security.policy", line, re.I)] == []
+        assert page.shown()[1] == ["⟨U+202E⟩txt.exe", "report.txt"]  # not "exe.txt"
+        assert "U+…⟩ marks a character" in page.page.locator("#notes").inner_text()
+        page.judge("#vote-b")
+        page.wait_for_done(1)
+        assert page.shown()[1] == [lookalike, "Yes, sure."]  # a no-break space shows as a space...
+        note = page.page.locator("#notes").inner_text()  # ...so the page says how they differ
+        assert "A and B read the same but are different texts" in note and "NO-BREAK SPACE" in note
+        page.judge("#vote-a")
+        page.page.wait_for_function("document.querySelector('#progress')?.innerText.startsWith('All 2 items')")
+        assert [(vote[1], vote[2], vote[3]) for vote in read_votes(votes)] == [
+            (spoofed, "report.txt", ["b"]),
+            (lookalike, "Yes, sure.", ["a"]),
+        ]
     finally:
         server.close()
 

@@ -6,6 +6,7 @@ The page itself, in a real browser, is in test_label_page.py.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from lorarlhf.labelling import (
     sample_candidates,
 )
 from lorarlhf.labelling.candidates import item_id
-from lorarlhf.labelling.guard import allowed_hosts, refusal
+from lorarlhf.labelling.guard import COLAB_FRAME_ANCESTORS, FRAME_ANCESTORS, allowed_hosts, refusal
+from lorarlhf.labelling.text import visible
 from lorarlhf.labelling.votes import pair_votes, ranking_votes
 from lorarlhf.training.rollout import SamplingConfig
 
@@ -73,6 +75,18 @@ def test_candidates_read_back_with_ids_from_the_text_when_none_is_given(tmp_path
         ('{"prompt": "p", "responses": ["a", "a", "b"]}', r"all different \(got 3, 2 different apart from spacing\)"),
         ('{"prompt": "p", "responses": ["Yes", "Yes ", "No"]}', r"got 3, 2 different apart from spacing"),
         ('{"prompt": "p", "responses": ["a", " \\n"]}', r"row 2, field 'responses': response 1 is empty"),
+        ('{"prompt": "p", "responses": ["a", "\\u200b\\u202e"]}', r"field 'responses': response 1 is empty"),
+        # A lone surrogate is valid JSON but not text: an emoji cut in half. It would stop the page.
+        ('{"prompt": "p", "responses": ["ok", "bad \\ud83d"]}', r"row 2, field 'responses': response 1 is not valid"),
+        (
+            '{"prompt": "p\\udc00", "responses": ["a", "b"]}',
+            r"row 2, field 'prompt': the prompt is not valid Unicode: a lone surrogate U\+DC00 at character 1",
+        ),
+        (
+            '{"prompt": [{"role": "user", "content": "\\ude00"}], "responses": ["a", "b"]}',
+            r"row 2, field 'prompt': message 0's content is not valid Unicode",
+        ),
+        ('{"id": "x\\ud83d", "prompt": "p", "responses": ["a", "b"]}', r"row 2, field 'id': the id is not valid"),
         ('{"prompt": "  ", "responses": ["a", "b"]}', r"row 2, field 'prompt': empty"),
         ('{"id": "", "prompt": "p", "responses": ["a", "b"]}', r"row 2, field 'id': must be a non-empty text"),
         (
@@ -96,6 +110,57 @@ def test_an_empty_or_missing_candidates_file_is_an_error(tmp_path):
         read_candidates(tmp_path / "empty.jsonl")
 
 
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("\u202etxt.exe", "⟨U+202E⟩txt.exe"),  # a right-to-left override: displays as "exe.txt"
+        ("a\u2066b\u2069 \u200fc", "a⟨U+2066⟩b⟨U+2069⟩ ⟨U+200F⟩c"),  # an isolate, a right-to-left mark
+        ("pass\u200bword\ufeff", "pass⟨U+200B⟩word⟨U+FEFF⟩"),  # zero-width space, byte-order mark
+        ("co\u00adop\u2060\u3164", "co⟨U+00AD⟩op⟨U+2060⟩⟨U+3164⟩"),  # soft hyphen, word joiner, Hangul filler
+        ("ok\U000e0069\U000e0067", "ok⟨U+E0069⟩⟨U+E0067⟩"),  # tag characters: hidden ASCII
+        ("bell\x07 esc\x1b[2J\u2028", "bell⟨U+0007⟩ esc⟨U+001B⟩[2J⟨U+2028⟩"),  # controls, line separator
+        ("half \ud83d", "half ⟨U+D83D⟩"),  # a lone surrogate (refused on reading; never a stuck page)
+        ("a\u200db, x\u200cy", "a⟨U+200D⟩b, x⟨U+200C⟩y"),  # joiners between Latin letters do nothing
+        # How text is written, kept: tab and new lines, a Persian word, an emoji sequence, a flag.
+        ("one\ttwo\r\nthree", "one\ttwo\r\nthree"),
+        ("می\u200cخواهم", "می\u200cخواهم"),
+        ("👩\u200d💻 ❤\ufe0f", "👩\u200d💻 ❤\ufe0f"),
+        ("\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f", None),
+        ("café, naïve, 東京, Ελλάδα, <b>x</b>", None),
+    ],
+)
+def test_hidden_characters_are_shown_as_their_code_points(text, shown):
+    assert visible(text) == (text if shown is None else shown)
+
+
+def test_responses_that_read_the_same_are_reported_with_how_they_differ(tmp_path, caplog):
+    records = [
+        {"id": "nbsp", "prompt": "p", "responses": ["Yes,\u00a0sure.", "Yes, sure.", "No."]},
+        {"id": "zwsp", "prompt": "p", "responses": ["4", "4\u200b"]},
+        {"id": "nfd", "prompt": "p", "responses": ["caf\u00e9", "cafe\u0301"]},
+        {"id": "fine", "prompt": "p", "responses": ["Yes, sure.", "Yes, sure!"]},
+    ]
+    with caplog.at_level("WARNING", logger="lorarlhf.labelling"):
+        items = read_candidates(write_jsonl(tmp_path / "c.jsonl", records))
+    assert [item.responses for item in items] == [tuple(record["responses"]) for record in records]  # unchanged
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        "c.jsonl, row 1 (item 'nbsp'): responses 0 and 1 read the same but are different texts: "
+        "response 0 has U+00A0 NO-BREAK SPACE where response 1 has U+0020 SPACE",
+        "c.jsonl, row 2 (item 'zwsp'): responses 0 and 1 read the same but are different texts: "
+        "response 1 has U+200B ZERO WIDTH SPACE that response 0 has not",
+        "c.jsonl, row 3 (item 'nfd'): responses 0 and 1 read the same but are different texts: composed "
+        "differently (NFC vs NFD): response 0 has U+00E9 LATIN SMALL LETTER E WITH ACUTE where response 1 has "
+        "U+0065 LATIN SMALL LETTER E + U+0301 COMBINING ACUTE ACCENT",
+    ]
+    from lorarlhf.labelling.app import _notes
+
+    # The page says the same above the responses, by the names it shows them under.
+    (note,) = _notes(["4", "4\u200b"], ["A", "B"], hidden=False).splitlines()
+    assert note.startswith("**A and B read the same but are different texts:** B has U\\+200B ZERO WIDTH SPACE")
+    assert _notes(["Yes", "No"], ["A", "B"], hidden=False) == ""
+
+
 def test_sampled_candidates_are_k_different_reproducible_responses(tiny_model_dir, tmp_path):
     prompts = ["Hello there", "Tell me a story", "What is 2 + 2?"]
     sampling = SamplingConfig(max_new_tokens=12, temperature=1.0)
@@ -115,6 +180,23 @@ def test_sampled_candidates_are_k_different_reproducible_responses(tiny_model_di
     assert read_jsonl(tmp_path / "b.jsonl") == records
     sample_candidates(tiny_model_dir, prompts, tmp_path / "c.jsonl", n=3, sampling=sampling, quantize=None, seed=1)
     assert read_jsonl(tmp_path / "c.jsonl") != records
+
+
+def test_sampling_takes_responses_that_read_the_same_as_one_and_samples_again(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from lorarlhf.labelling import candidates
+
+    said = iter(["Yes, sure.", "Yes,\u00a0sure.", "Yes, sure.\u200b", "No."])  # what the model says, in turn
+
+    def generate(hydra, prompts, sampling, seeds, count):
+        return SimpleNamespace(responses=[next(said) for _ in prompts])
+
+    monkeypatch.setattr(candidates, "_actor_of", lambda model, **options: (None, "stub"))
+    monkeypatch.setattr(candidates, "generate_in_pieces", generate)
+    report = sample_candidates("stub", ["Say yes."], tmp_path / "c.jsonl", n=2, batch_size=1)
+    assert (report.written, report.dropped) == (1, 0)
+    assert read_jsonl(tmp_path / "c.jsonl")[0]["responses"] == ["Yes, sure.", "No."]
 
 
 def test_greedy_sampling_cannot_make_two_different_responses_and_says_so(tiny_model_dir, tmp_path):
@@ -309,7 +391,41 @@ def test_display_order_is_shuffled_per_annotator_and_item_and_the_vote_follows_w
     assert (record["a"], record["b"], record["votes"]) == (swapped.responses[1], swapped.responses[0], ["a"])
 
 
-@pytest.mark.parametrize("name", ["", "  ", "two\nlines", "x" * 101, None])
+def test_votes_record_the_exact_texts_not_what_the_page_shows(tmp_path):
+    item = CandidateItem("spoof", "Open \u202efdp.exe?", ("\u202etxt.exe", "Yes,\u00a0sure."))
+    session = LabellingSession([item], VoteLog(tmp_path / "v.jsonl"), "ann", shuffle=False)
+    session.vote("spoof", "a", "half an emoji \ud83d")  # a browser's text can hold a lone surrogate
+    raw = (tmp_path / "v.jsonl").read_bytes()
+    assert "\u202etxt.exe".encode() in raw and "Yes,\u00a0sure.".encode() in raw  # as bytes, not escaped
+    (record,) = read_jsonl(tmp_path / "v.jsonl")
+    assert (record["prompt"], record["a"], record["b"]) == (item.prompt, *item.responses)
+    assert record["reason"] == "half an emoji \ufffd"
+    assert LabellingSession([item], VoteLog(tmp_path / "v.jsonl"), "ann").next() is None  # resumes: labelled
+
+
+def test_items_made_in_python_must_be_proper_unicode_too(tmp_path):
+    broken = CandidateItem("cut", "p", ("fine", "cut \ud83d"))
+    with pytest.raises(ValueError, match=r"item 'cut': response 1 is not valid Unicode: a lone surrogate U\+D83D"):
+        LabellingSession([broken], VoteLog(tmp_path / "v.jsonl"), "ann")
+
+
+def test_a_votes_file_line_that_is_not_proper_text_is_reported_not_read(tmp_path, caplog):
+    path = tmp_path / "votes.jsonl"
+    log = VoteLog(path)
+    log.append(pair_votes(ITEMS[0], 0, 1, "a", "ann"))
+    with path.open("ab") as file:
+        file.write(b'{"prompt": "p", "a": "x\\ud83d", "b": "y", "votes": ["a"], "annotators": ["ann"]}\n')
+        file.write(b'{"prompt": "p", "a": "\xff\xfe", "b": "y", "votes": ["a"], "annotators": ["ann"]}\n')
+    log.append(pair_votes(ITEMS[2], 0, 1, "b", "ann"))
+    records, problems = log.read()
+    assert [r["item"] for r in records] == ["p1", "p3"] and [p.line for p in problems] == [2, 3]
+    assert "\ufffd\ufffd" in problems[1].text  # shown as the replacement character, never a crash
+    session = LabellingSession(ITEMS, log, "ann", shuffle=False)
+    assert session.done == 2 and session.next().item.id == "p2"
+    assert "line 2 is not a vote record" in caplog.text and "line 3 is not a vote record" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["", "  ", "two\nlines", "x" * 101, None, "ann\ud83d", "\u202enna", "a\u200bnn"])
 def test_an_annotator_needs_a_one_line_name(tmp_path, name):
     with pytest.raises(ValueError, match="annotator"):
         LabellingSession(ITEMS, VoteLog(tmp_path / "v.jsonl"), name)
@@ -395,6 +511,20 @@ def test_the_guard_lets_the_page_through_and_refuses_everything_else(method, hea
     assert (reason is None) if refused is None else (refused in reason)
 
 
+# CSP Level 3, "source-expression": scheme-source, host-source or a quoted keyword. host-part is "*" or
+# ["*."] labels of ALPHA / DIGIT / "-" joined by "." (no IPv6 literal); port-part is digits or "*".
+CSP_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*"
+CSP_HOST_SOURCE = rf"({CSP_SCHEME}://)?(\*|(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?)(:([0-9]+|\*))?(/[^;,\s]*)?"
+CSP_SOURCE = re.compile(rf"{CSP_SCHEME}:|{CSP_HOST_SOURCE}|'self'|'none'")
+
+
+def test_the_framing_policy_is_valid_csp_for_local_notebooks():
+    sources = FRAME_ANCESTORS.split()
+    assert [s for s in sources + COLAB_FRAME_ANCESTORS.split() if not CSP_SOURCE.fullmatch(s)] == []
+    assert not CSP_SOURCE.fullmatch("http://[::1]:*")  # what browsers rejected, on every page load
+    assert {"'self'", "http://localhost:*", "http://127.0.0.1:*", "vscode-webview:"} <= set(sources)
+
+
 def test_a_server_opened_to_the_network_answers_to_its_own_names_only():
     hosts = allowed_hosts("0.0.0.0", ["Labeller.lan"])
     assert {"localhost", "127.0.0.1", "labeller.lan", socket.gethostname().lower()} <= hosts
@@ -472,6 +602,11 @@ def test_guidelines_are_a_file_the_text_itself_or_sensible_defaults(tmp_path):
     assert _guidelines_text(None) == DEFAULT_GUIDELINES and "--guidelines FILE" in DEFAULT_GUIDELINES
     with pytest.raises(FileNotFoundError, match="guidelines file missing.md does not exist"):
         _guidelines_text("missing.md")
+    (tmp_path / "latin1.md").write_bytes("Prefer caf\u00e9 answers.".encode("latin-1"))
+    with pytest.raises(ValueError, match="guidelines file .*latin1.md is not UTF-8 text"):
+        _guidelines_text(str(tmp_path / "latin1.md"))
+    with pytest.raises(ValueError, match="the guidelines text is not valid Unicode: a lone surrogate U\\+DCFF"):
+        _guidelines_text("Prefer \udcff answers.")  # e.g. a command-line argument in bytes that are not UTF-8
 
 
 def test_a_votes_file_trains_with_align(tiny_model_dir, tmp_path, stat_seed, measured):

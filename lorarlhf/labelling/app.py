@@ -1,9 +1,11 @@
 """The labelling page: a Gradio app over a LabellingSession, served on this machine or inline in a notebook.
 
 Everything the model wrote, and every prompt, is shown in a read-only text box, never as HTML or Markdown,
-so a response that contains markup shows that markup as text. Analytics, share links, the API page and
-server-side rendering are off; fonts and scripts come from the installed package, so the page works
-offline and calls nothing outside this server. RequestGuard refuses requests from anywhere but the page.
+so a response that contains markup shows that markup as text; characters that draw nothing or turn the
+text around are shown as ⟨U+XXXX⟩, and responses that read the same are marked (text.py). Analytics, share
+links, the API page and server-side rendering are off; fonts and scripts come from the installed package,
+so the page works offline and calls nothing outside this server. RequestGuard refuses requests from anywhere
+but the page.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from lorarlhf.labelling.candidates import read_candidates
 from lorarlhf.labelling.guard import COLAB_FRAME_ANCESTORS, FRAME_ANCESTORS, RequestGuard, allowed_hosts, is_loopback
 from lorarlhf.labelling.session import LabellingSession, Shown
+from lorarlhf.labelling.text import look_alikes, unicode_problem, visible
 from lorarlhf.labelling.votes import VoteLog
 from lorarlhf.model.chat import plain_text
 
@@ -80,7 +83,13 @@ KEYS_SCRIPT = """<script>
 CSS = """
 #prompt textarea, .response textarea { font-family: ui-monospace, monospace; }
 #status { min-height: 1.5em; }
+#notes { border-left: 4px solid #d97706; padding-left: 0.75em; }
 """
+
+HIDDEN_NOTE = (
+    "⟨U+…⟩ marks a character that draws nothing or changes the direction of the text around it; "
+    "the response holds it exactly as written."
+)
 
 
 @dataclass
@@ -138,7 +147,7 @@ def label(
     if longest > MAX_RANKED:
         raise ValueError(f"{candidates}: an item has {longest} responses; the page ranks at most {MAX_RANKED}")
     session = LabellingSession(items, VoteLog(out), annotator, shuffle=shuffle)
-    blocks = build_page(session, longest, _guidelines_text(guidelines), title=Path(str(candidates)).name)
+    blocks = build_page(session, longest, _guidelines_text(guidelines), title=visible(Path(str(candidates)).name))
     if "google.colab" in sys.modules:  # reachable only through Colab's own proxy, under Colab's host names
         guard = _middleware(None, f"{FRAME_ANCESTORS} {COLAB_FRAME_ANCESTORS}")
     else:
@@ -188,9 +197,14 @@ def _guidelines_text(guidelines: str | None) -> str:
         return DEFAULT_GUIDELINES
     one_line = "\n" not in guidelines
     if one_line and Path(guidelines).is_file():
-        return Path(guidelines).read_text(encoding="utf-8")
+        try:
+            return Path(guidelines).read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"guidelines file {visible(guidelines)} is not UTF-8 text ({error})") from None
     if one_line and len(guidelines.split()) == 1 and guidelines.endswith((".md", ".txt")):
-        raise FileNotFoundError(f"guidelines file {guidelines} does not exist")
+        raise FileNotFoundError(f"guidelines file {visible(guidelines)} does not exist")
+    if unicode_problem(guidelines) is not None:  # the page could not show it
+        raise ValueError(f"the guidelines text is {unicode_problem(guidelines)}")
     return guidelines
 
 
@@ -199,12 +213,13 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
     import gradio as gr
 
     with gr.Blocks(title=f"lorarlhf label: {title}", analytics_enabled=False) as page:
-        gr.Markdown(f"### Labelling `{title}` as **{_markdown_text(session.annotator)}**")
+        gr.Markdown(f"### Labelling `{title}` as **{_markdown_text(visible(session.annotator))}**")
         if guidelines:
             with gr.Accordion("Guidelines", open=True):
                 gr.Markdown(guidelines, elem_id="guidelines")
         progress = gr.Markdown(elem_id="progress")
         prompt = gr.Textbox(label="Prompt", interactive=False, elem_id="prompt", lines=2, max_lines=12)
+        notes = gr.Markdown(elem_id="notes", visible=False)
         with gr.Row(equal_height=True):
             responses = [
                 gr.Textbox(
@@ -227,24 +242,31 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
         gr.Markdown(KEYS_HELP)
         item_id = gr.State(None)
 
-        view = [progress, prompt, *responses, pair_row, rank_row, *rank_buttons, ranking, reason, skip]
+        view = [progress, prompt, notes, *responses, pair_row, rank_row, *rank_buttons, ranking, reason, skip]
         view += [status, item_id]
 
         def render(shown: Shown | None, message: str = ""):
             done = f"{session.done} of {session.total} labelled"
             if shown is None:
-                finished = f"**All {session.total} items are labelled.** The votes are in `{session.log.path}`."
+                where = visible(str(session.log.path))
+                finished = f"**All {session.total} items are labelled.** The votes are in `{where}`."
                 return [finished] + [gr.update(visible=False)] * (len(view) - 3) + [message, None]
             texts, pairwise = shown.responses, len(shown.order) == 2
             names = ["A", "B"] if pairwise else [str(p + 1) for p in range(len(texts))]
+            # What is shown, not what is stored: the vote records the texts of shown.item, unchanged.
+            prompt_text, shown_texts = visible(plain_text(shown.item.prompt)), [visible(text) for text in texts]
             boxes = [
-                gr.update(value=texts[p], label=names[p], visible=True) if p < len(texts) else gr.update(visible=False)
+                gr.update(value=shown_texts[p], label=names[p], visible=True)
+                if p < len(texts)
+                else gr.update(visible=False)
                 for p in range(longest)
             ]
+            note = _notes(texts, names, hidden=prompt_text != plain_text(shown.item.prompt) or shown_texts != texts)
             buttons = [gr.update(visible=not pairwise and p < len(texts)) for p in range(longest)]
             return [
                 f"**{done}** · {session.total - session.done} to go",
-                gr.update(value=plain_text(shown.item.prompt), visible=True),
+                gr.update(value=prompt_text, visible=True),
+                gr.update(value=note, visible=bool(note)),
                 *boxes,
                 gr.update(visible=pairwise),
                 gr.update(visible=not pairwise),
@@ -301,6 +323,15 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
         rank_submit.click(on_submit, [item_id, reason], view, **events)
         skip.click(on_skip, [item_id], view, **events)
     return page
+
+
+def _notes(texts: list[str], names: list[str], *, hidden: bool) -> str:
+    """What the annotator should know before reading: responses that read the same, hidden characters."""
+    lines = [
+        f"**{names[i]} and {names[j]} read the same but are different texts:** {_markdown_text(how)}."
+        for i, j, how in look_alikes(texts, names)
+    ]
+    return "\n\n".join(lines + ([HIDDEN_NOTE] if hidden else []))
 
 
 def _ranking_text(positions: list[int]) -> str:

@@ -5,7 +5,8 @@
 `sample_candidates` writes them from a model or a saved run's actor, sampling as rollouts do (one seed per
 response, so a seeded run is reproducible). `read_candidates` reads them back for `lorarlhf label`, from
 this tool or any other: only prompt and responses are needed, and a missing id is derived from the text,
-so an item keeps its identity (and its votes) when the file is reordered or extended.
+so an item keeps its identity (and its votes) when the file is reordered or extended. Every text must be
+proper Unicode (text.py); two responses that differ only in characters nobody can see are reported.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lorarlhf.data import PreferenceDataError, load_prompts, read_jsonl
+from lorarlhf.labelling.text import look_alikes, reading, unicode_problem
 from lorarlhf.model.chat import Conversation, jsonable
 from lorarlhf.model.hydra import HydraModel, resolve_model
 from lorarlhf.training.rollout import SamplingConfig, generate_in_pieces
@@ -87,6 +89,17 @@ def read_candidates(path) -> list[CandidateItem]:
             )
         rows_of_id[item.id] = number
         items.append(item)
+        names = [f"response {i}" for i in range(len(item.responses))]
+        for i, j, how in look_alikes(item.responses, names):
+            logger.warning(
+                "%s, row %d (item %r): responses %d and %d read the same but are different texts: %s",
+                name,
+                number,
+                item.id,
+                i,
+                j,
+                how,
+            )
     if not items:
         raise CandidatesError(name, "no candidates: the file is empty")
     return items
@@ -110,8 +123,13 @@ def _item_from(record, name: str, number: int) -> CandidateItem:
     if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
         problem = "missing" if responses is None else "must be a list of texts"
         raise CandidatesError(name, problem, row=number, field="responses")
-    if any(not text.strip() for text in responses):
-        blank = next(i for i, text in enumerate(responses) if not text.strip())
+    given = record.get("id")
+    for field, what, text in texts_of(prompt, responses, given if isinstance(given, str) else None):
+        problem = unicode_problem(text)
+        if problem is not None:  # it would stop the page (and the vote log) when shown: refused here
+            raise CandidatesError(name, f"{what} is {problem}", row=number, field=field)
+    if any(not reading(text) for text in responses):
+        blank = next(i for i, text in enumerate(responses) if not reading(text))
         raise CandidatesError(
             name, f"response {blank} is empty: there is nothing to judge", row=number, field="responses"
         )
@@ -121,10 +139,24 @@ def _item_from(record, name: str, number: int) -> CandidateItem:
             "" if len(responses) < 2 else f" (got {len(responses)}, {different} different apart from spacing)"
         )
         raise CandidatesError(name, problem, row=number, field="responses")
-    given = record.get("id")
     if given is not None and not (isinstance(given, str) and given.strip()):
         raise CandidatesError(name, "must be a non-empty text when given", row=number, field="id")
     return CandidateItem(given or item_id(prompt, responses), prompt, tuple(responses))
+
+
+def texts_of(prompt, responses, given_id=None):
+    """(field, what, text) for every text of an item: the prompt (or each message's role and content),
+    each response, the id."""
+    if isinstance(prompt, Conversation):
+        for i, message in enumerate(prompt):
+            yield "prompt", f"message {i}'s role", message.role
+            yield "prompt", f"message {i}'s content", message.content
+    else:
+        yield "prompt", "the prompt", prompt
+    for i, text in enumerate(responses):
+        yield "responses", f"response {i}", text
+    if given_id is not None:
+        yield "id", "the id", given_id
 
 
 def sample_candidates(
@@ -144,8 +176,9 @@ def sample_candidates(
 
     model: a hub id, a local directory, "demo", a HydraModel, or a saved run's output_dir (its actor samples).
     prompts: anything load_prompts reads (prompt-only rows or any preference data), or a list of texts.
-    Identical responses are sampled again, up to 4 rounds; a prompt that still has fewer than 2 different
-    responses is left out and counted. `out` is never replaced unless overwrite=True.
+    Identical responses (or ones that read the same, see text.reading) are sampled again, up to 4 rounds; a
+    prompt that still has fewer than 2 different responses is left out and counted. `out` is never replaced
+    unless overwrite=True.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n={n!r}: candidates per prompt must be an integer >= 2 (2 to compare, more to rank)")
@@ -173,8 +206,9 @@ def sample_candidates(
                 hydra, [prompts[i] for i, _ in chunk], sampling, [int(seeds[attempt, i, k]) for i, k in chunk], 1
             )
             for (i, _), text in zip(chunk, rollout.responses, strict=True):
-                # An empty response leaves nothing to judge; two that differ only in spacing look the same.
-                if text.strip() and text.strip() not in {t.strip() for t in found[i]} and len(found[i]) < n:
+                # An empty response leaves nothing to judge; two that differ only in spacing, invisible
+                # characters or composition (NFC vs NFD) read the same, and the annotator could not tell them apart.
+                if reading(text) and reading(text) not in {reading(t) for t in found[i]} and len(found[i]) < n:
                     found[i].append(text)
 
     settings = asdict(sampling) | {"seed": seed}

@@ -26,8 +26,11 @@ logger = logging.getLogger("lorarlhf.labelling")
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 CHANGING_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-# Pages that may show the labelling page in an iframe: local Jupyter and VS Code notebooks.
-FRAME_ANCESTORS = "'self' http://localhost:* https://localhost:* http://127.0.0.1:* http://[::1]:* vscode-webview:"
+# Pages that may show the labelling page in an iframe: local Jupyter and VS Code notebooks. Not http://[::1]:*:
+# a CSP host-source is a name or a dotted address (CSP3 "host-part": letters, digits, "-" and "."), so
+# browsers reject an IPv6 literal, log an error on every load and ignore it. A notebook opened at
+# http://[::1]:PORT cannot be named at all: open it at localhost to see the page inline.
+FRAME_ANCESTORS = "'self' http://localhost:* https://localhost:* http://127.0.0.1:* https://127.0.0.1:* vscode-webview:"
 COLAB_FRAME_ANCESTORS = "https://colab.research.google.com https://*.googleusercontent.com"
 
 

@@ -14,7 +14,8 @@ import random
 import threading
 from dataclasses import dataclass
 
-from lorarlhf.labelling.candidates import CandidateItem
+from lorarlhf.labelling.candidates import CandidateItem, texts_of
+from lorarlhf.labelling.text import proper, unicode_problem, visible
 from lorarlhf.labelling.votes import PAIR_LABELS, VoteLog, pair_votes, ranking_votes
 from lorarlhf.model.chat import jsonable
 
@@ -39,7 +40,21 @@ def check_annotator(name) -> str:
         raise ValueError("annotator must be a non-empty name, e.g. --annotator alice")
     if len(name) > MAX_ANNOTATOR_LENGTH or any(ch in name for ch in "\n\r\t"):
         raise ValueError(f"annotator {name[:40]!r}… must be one line of at most {MAX_ANNOTATOR_LENGTH} characters")
+    if unicode_problem(name) is not None:  # e.g. a name in bytes that are not UTF-8, on the command line
+        raise ValueError(f"annotator {name!r} is {unicode_problem(name)}")
+    if visible(name) != name:  # the name is shown on the page and recorded with every vote: what it looks like
+        raise ValueError(f"annotator {name!r} holds invisible or direction-changing characters: {visible(name)}")
     return name.strip()
+
+
+def check_items(items: list[CandidateItem]) -> list[CandidateItem]:
+    """Items made in Python rather than read by read_candidates: their texts must be proper Unicode too."""
+    for item in items:
+        for _, what, text in texts_of(item.prompt, item.responses, item.id):
+            problem = unicode_problem(text)
+            if problem is not None:
+                raise ValueError(f"item {proper(item.id)!r}: {what} is {problem}")
+    return list(items)
 
 
 def labelled(items: list[CandidateItem], votes: list[dict]) -> set[str]:
@@ -63,7 +78,7 @@ class LabellingSession:
     def __init__(self, items: list[CandidateItem], log: VoteLog, annotator: str, *, shuffle: bool = True):
         if not items:
             raise ValueError("no items to label")
-        self.items = list(items)
+        self.items = check_items(items)
         self.log = log
         self.annotator = check_annotator(annotator)
         self.shuffle = shuffle
@@ -113,7 +128,8 @@ class LabellingSession:
                 return False
             if len(shown.order) != 2:
                 raise ValueError(f"item {item_id} has {len(shown.order)} responses: rank them instead")
-            self._record(shown, pair_votes(shown.item, *shown.order, label, self.annotator, reason))
+            # proper: a browser's text may hold a lone surrogate, which cannot be written; it becomes U+FFFD
+            self._record(shown, pair_votes(shown.item, *shown.order, label, self.annotator, proper(reason)))
             return True
 
     def rank(self, item_id: str, positions: list[int], reason: str = "") -> bool:
@@ -125,7 +141,7 @@ class LabellingSession:
             if sorted(positions) != list(range(len(shown.order))):
                 raise ValueError(f"rank every one of the {len(shown.order)} responses once, got positions {positions}")
             order = [shown.order[p] for p in positions]
-            self._record(shown, ranking_votes(shown.item, order, self.annotator, reason))
+            self._record(shown, ranking_votes(shown.item, order, self.annotator, proper(reason)))
             return True
 
     def place(self, item_id: str, position: int) -> list[int]:

@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 from lorarlhf.labelling.candidates import CandidateItem
+from lorarlhf.labelling.text import unicode_problem
 from lorarlhf.model.chat import jsonable
 
 logger = logging.getLogger("lorarlhf.labelling")
@@ -101,19 +102,21 @@ class VoteLog:
             os.close(fd)  # closing releases the lock
 
     def read(self) -> tuple[list[dict], list[VoteLogProblem]]:
-        """Every record, and the lines that are not a JSON object (reported, never dropped silently)."""
+        """Every record, and the lines that are not a JSON object of proper Unicode text (reported, never
+        dropped silently): a line that is not UTF-8, or holds a lone surrogate, is not a vote this page wrote."""
         if not self.path.exists():
             return [], []
         records, problems = [], []
-        with self.path.open(encoding="utf-8", errors="replace") as lines:
-            for number, line in enumerate(lines, start=1):
+        with self.path.open("rb") as lines:  # bytes: a bad byte spoils its own line only
+            for number, raw in enumerate(lines, start=1):
+                line = raw.decode("utf-8", errors="replace")
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
+                    record = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
                     record = None
-                if isinstance(record, dict):
+                if isinstance(record, dict) and unicode_problem(json.dumps(record, ensure_ascii=False)) is None:
                     records.append(record)
                 else:
                     problems.append(VoteLogProblem(number, line.rstrip("\n")))
