@@ -37,7 +37,10 @@ DEMO_SETTINGS = dict(
     steps=60,
     lr=2e-3,
     batch_size=16,
-    kl_coef=0.2,
+    # A KL budget: at 0.2 the actor drifted to KL ~4 and wrote what the reward adapter over-rewards (lists of
+    # positive words, "... worth every penny . waste of money ."); at 1.0 it stays fluent, at KL ~0.8
+    # (benchmarks/demo_numbers.py measures both shares and the KL over seeds).
+    kl_coef=1.0,
     lam=1.0,
     eval_fraction=0.2,
     samples=4,
