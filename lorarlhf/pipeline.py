@@ -41,6 +41,7 @@ from lorarlhf.model.memory import peak_memory_gb
 from lorarlhf.model.saving import ADAPTERS, MANIFEST, load_weights
 from lorarlhf.planner import MemoryPlan, UnreadableConfig, plan
 from lorarlhf.plots import plot_training_curves, read_metrics
+from lorarlhf.reporting import Reporter, check_installed
 from lorarlhf.training import distributed
 from lorarlhf.training.checkpoints import CHECKPOINTS, RunCheckpoints
 from lorarlhf.training.rewards import check_reward_columns, reward_functions
@@ -93,6 +94,7 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         raise ValueError(
             f"merge=True merges the actor, which method={method!r} does not train; it trains the {entry.roles[0]} role"
         )
+    check_installed(config.trackers)  # report_to= without its package fails now, not after the model loads
     distributed.init_from_environment()  # under accelerate launch / torchrun: one process per GPU
     main = distributed.is_main()  # only the first process writes files
     if output_dir is None and distributed.world_size() > 1:
@@ -123,8 +125,9 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         else:
             if main:
                 (out / "memory_plan.txt").write_text(str(memory_plan) + "\n")
+    run_config = {"method": method, **config.to_dict()}
     if main:
-        (out / "config.json").write_text(json.dumps({"method": method, **config.to_dict()}, indent=2) + "\n")
+        (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
         if config.skip_bad_rows:
             _write_bad_rows(out / BAD_ROWS, inputs.bad_rows)
     sample_prompts = inputs.sample_prompts(entry.data) if entry.trains_actor else []
@@ -132,49 +135,55 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
         checkpoints.extra["before"] = _sample(hydra, sample_prompts, config)
     before = checkpoints.extra["before"]
 
-    metrics: dict[str, float] = {}
-    with open(out / "metrics.jsonl", "w") if main else nullcontext() as metrics_log:
+    # TensorBoard / W&B (report_to=), main process only; closed however the run ends (a W&B run marked failed)
+    stage_steps = {stage.name: stage.config.steps for stage in stages}
+    with Reporter(config.trackers if main else (), out, run_config, stage_steps) as report:
+        metrics: dict[str, float] = {}
+        with open(out / "metrics.jsonl", "w") if main else nullcontext() as metrics_log:
+            if main:
+                metrics_log.writelines(json.dumps(record) + "\n" for record in checkpoints.records)  # a resumed past
+
+            def writer(stage):
+                def write(record):
+                    record = {"stage": stage, **record}
+                    checkpoints.records.append(record)
+                    if main:
+                        metrics_log.write(json.dumps(record) + "\n")
+                        metrics_log.flush()
+                        report.log(record)
+
+                return write
+
+            for stage in stages:
+                if stage.name in checkpoints.completed:  # finished before the interruption: its adapters are loaded
+                    metrics.update({k: v for k, v in checkpoints.completed[stage.name].items() if k != "_steps"})
+                    continue
+                data_of_stage, held_out = inputs.for_trainer(stage.method.data)
+                train = partial(stage.method.trainer, hydra, data_of_stage, stage.config, **held_out)
+                if stage.method.samples:
+                    train = partial(train, reward_fn=reward_fn)
+                stage_run = train(on_step=writer(stage.name), checkpoints=checkpoints.stage(stage.name))
+                metrics.update(stage_run.metrics)
+                checkpoints.finish_stage(stage.name, stage_run.metrics, stage.config.steps)
+
+        samples = [
+            {"prompt": jsonable(p), "before": b, "after": a}
+            for p, b, a in zip(sample_prompts, before, _sample(hydra, sample_prompts, config), strict=True)
+        ]
+        if samples and main:
+            (out / SAMPLES).write_text("".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
+        skipped = sum(v for k, v in metrics.items() if k.endswith("/skipped_nonfinite_steps"))
+        metrics["skipped_nonfinite_steps"] = skipped
+        metrics["peak_memory_gb"] = peak_memory_gb(hydra.device)
         if main:
-            metrics_log.writelines(json.dumps(record) + "\n" for record in checkpoints.records)  # a resumed past
-
-        def writer(stage):
-            def write(record):
-                record = {"stage": stage, **record}
-                checkpoints.records.append(record)
-                if main:
-                    metrics_log.write(json.dumps(record) + "\n")
-                    metrics_log.flush()
-
-            return write
-
-        for stage in stages:
-            if stage.name in checkpoints.completed:  # finished before the interruption: its adapters are loaded
-                metrics.update({k: v for k, v in checkpoints.completed[stage.name].items() if k != "_steps"})
-                continue
-            data_of_stage, held_out = inputs.for_trainer(stage.method.data)
-            train = partial(stage.method.trainer, hydra, data_of_stage, stage.config, **held_out)
-            if stage.method.samples:
-                train = partial(train, reward_fn=reward_fn)
-            stage_run = train(on_step=writer(stage.name), checkpoints=checkpoints.stage(stage.name))
-            metrics.update(stage_run.metrics)
-            checkpoints.finish_stage(stage.name, stage_run.metrics, stage.config.steps)
-
-    samples = [
-        {"prompt": jsonable(p), "before": b, "after": a}
-        for p, b, a in zip(sample_prompts, before, _sample(hydra, sample_prompts, config), strict=True)
-    ]
-    if samples and main:
-        (out / SAMPLES).write_text("".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
-    metrics["skipped_nonfinite_steps"] = sum(v for k, v in metrics.items() if k.endswith("/skipped_nonfinite_steps"))
-    metrics["peak_memory_gb"] = peak_memory_gb(hydra.device)
-    if main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        hydra.save(out)
-        plot_training_curves(
-            read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {_short_name(hydra.source)}", final=metrics
-        )
-        if config.merge:
-            export_merged(out, out / MERGED, trust_remote_code=config.trust_remote_code)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            report.finish(metrics)
+            hydra.save(out)
+            plot_training_curves(
+                read_metrics(out), out / CURVES, title=f"lorarlhf {method}: {_short_name(hydra.source)}", final=metrics
+            )
+            if config.merge:
+                export_merged(out, out / MERGED, trust_remote_code=config.trust_remote_code)
     distributed.barrier()
     return AlignResult(output_dir=out, metrics=metrics, model=hydra, samples=samples)
 

@@ -21,6 +21,8 @@ from lorarlhf.model.loading import QUANTIZE_CHOICES
 from lorarlhf.validation import check_bool, check_choice, check_int, check_number, is_number
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+TRACKERS = ("tensorboard", "wandb")  # what report_to= may name (lorarlhf.reporting writes to them)
+REPORT_TO = ("none", "all", *TRACKERS)
 
 
 @dataclass
@@ -99,6 +101,11 @@ class CommonConfig:
     skip_bad_rows: bool = False
     """Skip bad data rows, counted and written with their reasons to output_dir/bad_rows.jsonl, instead of
     stopping at the first one."""
+    report_to: str | list[str] = "none"
+    """Also send every metrics.jsonl record to trackers: "none", "tensorboard" (event files in
+    output_dir/tensorboard), "wandb" (a Weights & Biases run; WANDB_PROJECT, WANDB_NAME, WANDB_MODE=offline etc.
+    as usual), "all", or a list of them (on the command line comma-separated: --set report_to=tensorboard,wandb).
+    Needs the tracker's package: pip install "lorarlhf[tracking]"."""
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "lora_r", "max_length", "max_new_tokens", "grad_accumulation")
@@ -131,6 +138,7 @@ class CommonConfig:
         check_columns(self.columns)
         check_prefer_by(self.prefer_by)
         check_bool("skip_bad_rows", self.skip_bad_rows)
+        trackers_of(self.report_to)
         if self.resume and self.overwrite:
             raise ValueError("resume=True continues the run in output_dir and overwrite=True replaces it; pick one")
 
@@ -147,6 +155,11 @@ class CommonConfig:
                     f"Valid options: {', '.join(sorted(names))}"
                 )
         return cls(**overrides)
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The trackers report_to names, each once, in order."""
+        return trackers_of(self.report_to)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +182,24 @@ class CommonConfig:
     def pair_options(self) -> dict:
         """How load_preferences reads this run's preference data (a method with reading options adds them)."""
         return {}
+
+
+def trackers_of(report_to) -> tuple[str, ...]:
+    """The trackers `report_to` names ("all": every one, "none": none; a string may list several, comma-separated),
+    each once, in order; anything else is a ValueError naming the allowed values."""
+    names = report_to.split(",") if isinstance(report_to, str) else report_to
+    if not isinstance(names, list | tuple):
+        names = [report_to]  # refused below, as given
+    chosen = []
+    for name in names:
+        name = name.strip().lower() if isinstance(name, str) else name
+        if name not in REPORT_TO:
+            raise ValueError(
+                f"report_to={report_to!r} is not supported; choose one of {REPORT_TO} "
+                "or a list of them, e.g. ['tensorboard', 'wandb'] (--set report_to=tensorboard,wandb)"
+            )
+        chosen += TRACKERS if name == "all" else [] if name == "none" else [name]
+    return tuple(dict.fromkeys(chosen))
 
 
 # --------------------------------------------------------------------------- options as text (the CLI's --set)
