@@ -13,6 +13,10 @@ Reward model:
 RL-free preference optimisation on the policy's own log-probs:
   - DPO (Rafailov et al. 2023), conservative DPO with label smoothing (Mitchell 2023), IPO (Azar et al. 2023).
   - Contrastive Preference Learning (Hejna et al. 2023): preferences modelled by regret, no reference model.
+  - KTO (Ethayarajh et al. 2024): unpaired thumbs up / down, valued by a prospect-theory value function around
+    a KL reference point.
+  - ORPO (Hong et al. 2024): SFT plus an odds-ratio penalty, no reference model.
+  - SimPO (Meng et al. 2024): length-normalised log-probs as the reward, a target margin, no reference model.
 """
 
 from __future__ import annotations
@@ -130,3 +134,60 @@ def cpl_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, *, alpha: f
         -log [exp(alpha S_c) / (exp(alpha S_c) + exp(lam alpha S_r))] = softplus(lam alpha S_r - alpha S_c)
     where S is a response's summed log-prob under the policy; lam < 1 is the paper's conservative bias."""
     return F.softplus(lam * alpha * rejected_logp - alpha * chosen_logp).mean()
+
+
+def kto_reference_point(mismatched_log_ratio: torch.Tensor) -> torch.Tensor:
+    """KTO's z_ref (Ethayarajh et al. 2024, eq. 8): the KL of the policy to the reference, estimated as the mean
+    log-ratio log pi(y'|x) - log ref(y'|x) of completions y' paired with the wrong prompts x (so it measures
+    drift, not the learnt preference), clamped at 0 and detached: no gradient flows through the reference point.
+
+    mismatched_log_ratio: (B,). Returns a scalar."""
+    return mismatched_log_ratio.detach().mean().clamp_min(0)
+
+
+def kto_loss(
+    log_ratio: torch.Tensor,
+    desirable: torch.Tensor,
+    z_ref: torch.Tensor,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024, eq. 8): mean over the batch of lambda_y - v(x, y), where with
+    r = log pi(y|x) - log ref(y|x) (log_ratio, (B,)),
+        v(x, y) = lambda_D sigmoid(beta (r - z_ref))   where y is desirable (`desirable` (B,) bool True)
+                  lambda_U sigmoid(beta (z_ref - r))   where y is undesirable
+    and lambda_y is lambda_D or lambda_U: a desirable completion gains value by rising above the reference
+    point, an undesirable one by falling below it; the sigmoid saturates, so no example dominates."""
+    up = desirable_weight * (1 - torch.sigmoid(beta * (log_ratio - z_ref)))
+    down = undesirable_weight * (1 - torch.sigmoid(beta * (z_ref - log_ratio)))
+    return torch.where(desirable, up, down).mean()
+
+
+def orpo_loss(chosen_mean_logp: torch.Tensor, rejected_mean_logp: torch.Tensor, *, lam: float) -> torch.Tensor:
+    """ORPO (Hong et al. 2024, eqs. 6-7): mean of L_SFT + lambda L_OR, where for mean token log-probs
+    log P(y|x) (chosen_mean_logp, rejected_mean_logp: (B,), length-normalised as in the paper),
+        odds(y|x) = P(y|x) / (1 - P(y|x)),   L_SFT = -log P(y_w|x),
+        L_OR = -log sigmoid(log odds(y_w|x) - log odds(y_l|x)).
+    log(1 - P) is computed as log(-expm1(log P)), exact near P = 1 where 1 - exp(log P) cancels."""
+    log_odds_ratio = orpo_log_odds_ratio(chosen_mean_logp, rejected_mean_logp)
+    return (-chosen_mean_logp - lam * F.logsigmoid(log_odds_ratio)).mean()
+
+
+def orpo_log_odds_ratio(chosen_mean_logp: torch.Tensor, rejected_mean_logp: torch.Tensor) -> torch.Tensor:
+    """log odds(y_w|x) - log odds(y_l|x) per pair (B,): ORPO's implicit-preference margin."""
+    return _log_odds(chosen_mean_logp) - _log_odds(rejected_mean_logp)
+
+
+def _log_odds(logp: torch.Tensor) -> torch.Tensor:
+    return logp - torch.log(-torch.expm1(logp))
+
+
+def simpo_loss(
+    chosen_mean_logp: torch.Tensor, rejected_mean_logp: torch.Tensor, *, beta: float, gamma: float
+) -> torch.Tensor:
+    """SimPO (Meng et al. 2024, eq. 6): mean -log sigmoid(beta/|y_w| log pi(y_w|x) - beta/|y_l| log pi(y_l|x) - gamma),
+    where log pi(y|x)/|y| is the mean token log-prob (chosen_mean_logp, rejected_mean_logp: (B,)): the reward is
+    the length-normalised likelihood the model generates by, so no reference model, and gamma is a target margin."""
+    return -F.logsigmoid(beta * (chosen_mean_logp - rejected_mean_logp) - gamma).mean()
