@@ -95,7 +95,7 @@ def _align(args) -> int:
 
     check_source(model_source(args.model))  # a missing local model directory, named
     reward_fn = _import_reward_fn(args.reward_fn) if args.reward_fn else None
-    overrides = _overrides(METHODS[args.method].config, args.method, args.set or [])
+    overrides = _overrides(args.method, args.set or [])
     overrides.update({flag: True for flag in ("resume", "overwrite") if getattr(args, flag)})
     from lorarlhf.pipeline import align
 
@@ -125,16 +125,23 @@ def _check_local_data(data: str, kind: str) -> None:
         raise FileNotFoundError(f"{what} data file not found: {data}")
 
 
-def _overrides(config_cls, method: str, assignments: list[str]) -> dict:
-    """--set key=value pairs as typed config values; a malformed pair or an unknown key is a clear error."""
-    from lorarlhf.training.config import parse_option
+def _overrides(method: str, assignments: list[str]) -> dict:
+    """--set key=value pairs as typed config values; a malformed pair or an unknown key is a clear error.
 
+    The names and types come from the config's source where it can be read, so a typo is answered before
+    torch is imported."""
+    from lorarlhf.training.config import parse_typed, unknown_option
+
+    types = config_types(METHODS[method].config_path)
     overrides = {}
     for assignment in assignments:
         name, sep, text = assignment.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise ValueError(f"--set {assignment!r} must look like key=value, e.g. --set steps=100")
-        overrides[name.strip()] = parse_option(config_cls, method, name.strip(), text.strip())
+        if name not in types:
+            raise unknown_option(name, list(types), method)
+        overrides[name] = parse_typed(name, types[name], text.strip())
     return overrides
 
 
@@ -206,9 +213,9 @@ def config_options(path: str) -> dict[str, tuple[object, str]]:
     torch and its trainer (seconds); otherwise from the imported class. tests/test_cli.py checks that the
     two agree for every method.
     """
-    static = _source_options(path)
+    static = _source_fields(path)
     if static is not None:
-        return static
+        return {name: (default, doc) for name, (_, default, doc) in static.items()}
     from dataclasses import MISSING, fields
 
     from lorarlhf.methods.table import resolve
@@ -232,10 +239,23 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _source_options(path: str) -> dict[str, tuple[object, str]] | None:
-    """config_options read from the class's source and its bases' (resolved through the module's
-    `from X import Name` lines); None where that cannot be done exactly (a default that is not a literal,
-    a base defined elsewhere)."""
+def config_types(path: str) -> dict[str, str]:
+    """name -> the annotation of every field of the config dataclass "module:Class", as written ("int",
+    "float | None"); read from the source when config_options can be, else from the imported class."""
+    static = _source_fields(path)
+    if static is not None:
+        return {name: annotation for name, (annotation, _, _) in static.items()}
+    from dataclasses import fields
+
+    from lorarlhf.methods.table import resolve
+
+    return {f.name: str(f.type) for f in fields(resolve(path))}
+
+
+def _source_fields(path: str) -> dict[str, tuple[str, object, str]] | None:
+    """name -> (annotation, default, help text), read from the class's source and its bases' (resolved
+    through the module's `from X import Name` lines); None where that cannot be done exactly (a default that
+    is not a literal, a base defined elsewhere)."""
     module, _, name = path.partition(":")
     source = _module_file(module)
     if source is None:
@@ -250,12 +270,12 @@ def _source_options(path: str) -> dict[str, tuple[object, str]] | None:
     node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
     if node is None:
         return None
-    options: dict[str, tuple[object, str]] = {}
+    options: dict[str, tuple[str, object, str]] = {}
     for base in reversed(node.bases):  # the first base's fields win, as in the dataclass's MRO
         if not isinstance(base, ast.Name):
             return None
         base_path = imported.get(base.id) or (f"{module}:{base.id}" if base.id != "object" else None)
-        inherited = _source_options(base_path) if base_path else {}
+        inherited = _source_fields(base_path) if base_path else {}
         if inherited is None:
             return None
         options.update(inherited)
@@ -270,8 +290,9 @@ def _source_options(path: str) -> dict[str, tuple[object, str]] | None:
         except ValueError:
             return None  # field(...), a named constant: only the class knows
         documented = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-        doc = " ".join(str(following.value.value).split()) if documented else options.get(item.target.id, (0, ""))[1]
-        options[item.target.id] = (default, doc)
+        inherited_doc = options.get(item.target.id, ("", None, ""))[2]
+        doc = " ".join(str(following.value.value).split()) if documented else inherited_doc
+        options[item.target.id] = (ast.unparse(item.annotation), default, doc)
     return options
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lorarlhf.cli import _source_options, config_options, main
+from lorarlhf.cli import _source_fields, config_options, config_types, main
 from lorarlhf.methods.table import METHODS
 
 
@@ -34,10 +34,35 @@ def test_options_read_from_source_equal_the_dataclass(method):
     config_cls = METHODS[method].config
     docs = option_docs(config_cls)
     imported = {f.name: (None if f.default is MISSING else f.default, docs.get(f.name, "")) for f in fields(config_cls)}
-    static = _source_options(METHODS[method].config_path)
+    static = _source_fields(METHODS[method].config_path)
     assert static is not None, "a config default is not a literal: `lorarlhf options` would import torch"
-    assert static == imported
+    assert {name: (default, doc) for name, (_, default, doc) in static.items()} == imported
     assert config_options(METHODS[method].config_path) == imported
+    assert config_types(METHODS[method].config_path) == {f.name: str(f.type) for f in fields(config_cls)}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("stepz=3", "align() got an unknown option 'stepz' for method='grpo'; did you mean 'steps'"),
+        ("steps=many", "steps='many' is not valid: steps takes an integer"),
+    ],
+)
+def test_a_bad_set_option_is_an_error_before_torch_is_imported(tmp_path, setting, message):
+    """A typo in --set is answered from the config's source: the method's module (and torch) is not loaded."""
+    model, prompts = tmp_path / "model", tmp_path / "prompts.jsonl"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    prompts.write_text('{"prompt": "hi"}\n')
+    code = (
+        "import sys\nfrom lorarlhf import cli\n"
+        f"code = cli.main(['align', {str(model)!r}, {str(prompts)!r}, '--method', 'grpo', '--set', {setting!r}])\n"
+        "print(code, 'torch' in sys.modules, file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    *errors, last = result.stderr.strip().splitlines()
+    assert last == "2 False", result.stderr
+    assert message in "\n".join(errors)
 
 
 @pytest.fixture

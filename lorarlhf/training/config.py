@@ -148,12 +148,7 @@ class CommonConfig:
         names = [f.name for f in fields(cls)]
         for name in overrides:
             if name not in names:
-                close = difflib.get_close_matches(name, names, n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise TypeError(
-                    f"align() got an unknown option {name!r} for method={method!r}{hint} "
-                    f"Valid options: {', '.join(sorted(names))}"
-                )
+                raise unknown_option(name, names, method)
         return cls(**overrides)
 
     @property
@@ -225,10 +220,16 @@ def option_docs(cls) -> dict[str, str]:
 
 def parse_option(cls, method: str, name: str, text: str):
     """`text` as the value of option `name` of `method`'s config class `cls`, by the field's type."""
-    types = {f.name: f.type for f in fields(cls)}
+    types = {f.name: str(f.type) for f in fields(cls)}
     if name not in types:
-        cls.from_overrides(method, {name: None})  # raises the TypeError that names it and its close matches
-    kinds = [kind.strip() for kind in str(types[name]).split("|")]
+        raise unknown_option(name, list(types), method)
+    return parse_typed(name, types[name], text)
+
+
+def parse_typed(name: str, annotation: str, text: str):
+    """`text` as a value of the type `annotation` names ("int", "float | None", "dict[str, str]", ...): the
+    field's annotation as written, which the command line reads from the source without importing it."""
+    kinds = [kind.strip() for kind in annotation.split("|")]
     if "None" in kinds and text.strip().lower() in ("none", "null"):
         return None
     for kind in kinds:
@@ -258,3 +259,12 @@ def parse_option(cls, method: str, name: str, text: str):
     words["dict[str, str]"] = 'a JSON object, e.g. {"prompt": "question"}'
     allowed = " or ".join(words.get(kind, kind) for kind in kinds)
     raise ValueError(f"{name}={text!r} is not valid: {name} takes {allowed}")
+
+
+def unknown_option(name: str, names: list[str], method: str) -> TypeError:
+    """The error for an option `method`'s config does not have, naming its close matches and every option."""
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return TypeError(
+        f"align() got an unknown option {name!r} for method={method!r}{hint} Valid options: {', '.join(sorted(names))}"
+    )
