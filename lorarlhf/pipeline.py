@@ -6,6 +6,8 @@ methods/table.py), and writes the run:
     sft     SFT on demonstrations                          (also first, for dpo/ppo/grpo with sft=True)
     rm      reward model on preference pairs               (also first, for ppo/grpo on pairs without a reward_fn)
     dpo     DPO or a variant on preference pairs
+    kto     KTO on unpaired thumbs up / down (preference pairs are split into them)
+    orpo    ORPO, simpo SimPO on preference pairs, no reference model
     ppo     PPO on the data's prompts, rewarded by the reward role or by reward_fn
     grpo    GRPO likewise
 
@@ -29,7 +31,18 @@ from pathlib import Path
 
 import torch
 
-from lorarlhf.data import PreferencePair, Prompts, load_preferences, load_prompts, open_source, split_eval
+from lorarlhf.data import (
+    Feedback,
+    PreferencePair,
+    Prompts,
+    is_feedback,
+    load_feedback,
+    load_preferences,
+    load_prompts,
+    open_source,
+    split_eval,
+    thumbs,
+)
 from lorarlhf.data.columns import rename
 from lorarlhf.data.demonstrations import Demonstration, load_demonstrations, winners
 from lorarlhf.methods.table import HELD_OUT_KEYWORD, METHODS, method_named, roles_of, stages_of
@@ -199,6 +212,7 @@ class _Inputs:
         self.demos = self._demonstrations() if "demonstrations" in kinds else None
         self.pairs = self._pairs() if "pairs" in kinds else None
         self.prompts = self._prompts() if "prompts" in kinds else None
+        self.feedback = self._feedback() if "feedback" in kinds else None
         self.prompt_columns = self.prompts.columns if self.prompts is not None else {}
 
     @property
@@ -211,8 +225,28 @@ class _Inputs:
         """A trainer's data: what it trains on, and its held-out part as the keyword the trainer takes."""
         if kind == "prompts":
             return self.prompts, {"columns": self.prompt_columns}
-        train, held_out = self.demos if kind == "demonstrations" else self.pairs
+        train, held_out = self._split(kind)
         return train, {HELD_OUT_KEYWORD[kind]: held_out}
+
+    def _split(self, kind: str) -> tuple[list, list] | None:
+        """(train, held out) of a kind of data that holds some out; None for prompts."""
+        return {"demonstrations": self.demos, "pairs": self.pairs, "feedback": self.feedback}.get(kind)
+
+    def _feedback(self) -> tuple[list[Feedback], list[Feedback]]:
+        """Unpaired labels (KTO): given as Feedback, read from prompt/completion/label rows, or split from
+        preference pairs (and so from aggregated votes), each pair a thumbs up and a thumbs down."""
+        if is_feedback(self.data, split=self.config.split, columns=self.config.columns):
+            if isinstance(self.data, list | tuple) and isinstance(self.data[0], Feedback):
+                items = list(self.data)
+            else:
+                options = {k: v for k, v in self.config.data_options().items() if k != "prefer_by"}
+                items = load_feedback(self.data, tokenizer=self.chat, **options)
+                self.skipped += items.bad_rows
+        else:
+            pairs = _pairs_from(self.data, self.chat, self.config, self.method)
+            self.skipped += getattr(getattr(pairs, "report", None), "bad_rows", [])
+            items = thumbs(pairs)
+        return split_eval(items, self.config.eval_fraction, seed=self.config.seed)
 
     def _pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
         pairs = _pairs_from(self.data, self.chat, self.config, self.method)
@@ -245,7 +279,7 @@ class _Inputs:
     def sample_prompts(self, kind: str) -> list[str]:
         """The first `samples` distinct prompts of the method's data, held-out ones first where it holds some
         out (a sampling method given pairs takes them from the pairs)."""
-        split = self.demos if kind == "demonstrations" else self.pairs
+        split = self._split(kind)
         if split is None:
             return self.prompts[: self.config.samples]
         train, held_out = split

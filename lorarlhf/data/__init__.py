@@ -28,11 +28,11 @@ The package's modules, each importing only those listed before it:
     votes        vote items pooled, majority and Bradley-Terry aggregation, Fleiss' kappa, vote_agreement
     preferences  load_preferences, its LoadReport, duplicate and too-long drops, split_eval
     prompts      load_prompts
-    feedback     load_feedback: unpaired labels (KTO)
+    feedback     load_feedback: unpaired labels (KTO); thumbs: pairs split into them
     demonstrations  load_demonstrations, for SFT
 """
 
-from lorarlhf.data.feedback import Feedback, FeedbackList, load_feedback
+from lorarlhf.data.feedback import FEEDBACK_FIELDS, Feedback, FeedbackList, is_feedback, load_feedback, thumbs
 from lorarlhf.data.layouts import LAYOUTS, PREFER_BY, SFT_MIN_RATING
 from lorarlhf.data.preferences import AGGREGATIONS, DROP_REASONS, LoadReport, Preferences, load_preferences, split_eval
 from lorarlhf.data.prompts import Prompts, load_prompts
@@ -67,6 +67,7 @@ __all__ = [
     "AnnotatorPair",
     "BadRow",
     "DisputedItem",
+    "FEEDBACK_FIELDS",
     "Feedback",
     "FeedbackList",
     "LoadReport",
@@ -76,6 +77,7 @@ __all__ = [
     "Row",
     "bradley_terry",
     "fleiss_kappa",
+    "is_feedback",
     "load_feedback",
     "load_preferences",
     "load_prompts",
@@ -83,5 +85,6 @@ __all__ = [
     "open_source",
     "read_jsonl",
     "split_eval",
+    "thumbs",
     "vote_agreement",
 ]

@@ -2,9 +2,12 @@
 
 KTO (Ethayarajh et al. 2024) learns from such labels without pairing them; TRL's layout is prompt,
 completion, label (trl-lib/kto-mix-14k), and argilla's KTO sets add a system prompt, which becomes the
-Conversation's first message. No trainer reads these yet; `load_feedback` gives them typed, and the other
-loaders read the same rows without learning a thumbs-down completion: load_demonstrations keeps the thumbs-up
-ones, load_preferences pairs each thumbs-up with each thumbs-down completion of the same prompt.
+Conversation's first message. `load_feedback` gives them typed (methods/kto.py trains on them), and the
+other loaders read the same rows without learning a thumbs-down completion: load_demonstrations keeps the
+thumbs-up ones, load_preferences pairs each thumbs-up with each thumbs-down completion of the same prompt.
+The other way round, `thumbs` splits preference pairs (and so aggregated votes, which are pairs) into a
+thumbs up for each chosen answer and a thumbs down for each rejected one, and `is_feedback` tells the two
+kinds of source apart by their first row.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from lorarlhf.data.columns import rename
 from lorarlhf.data.layouts import read_layouts
-from lorarlhf.data.records import BadRows, PreferenceDataError, Row, plural
+from lorarlhf.data.records import BadRows, PreferenceDataError, PreferencePair, Row, plural
 from lorarlhf.data.sources import open_source
 from lorarlhf.model.chat import ChatFormat, Conversation
 
@@ -66,3 +70,24 @@ def load_feedback(
     up = sum(item.label for item in items)
     logger.info("%s: %s (%d thumbs up, %d down)", name, plural(len(items), "labelled completion"), up, len(items) - up)
     return FeedbackList(items, bad.rows)
+
+
+FEEDBACK_FIELDS = ("prompt", "completion", "label")
+
+
+def is_feedback(source, *, split: str = "train", columns: dict[str, str] | None = None) -> bool:
+    """Whether `source` holds unpaired labels (its first row, renamed by `columns`, has prompt, completion and
+    label) rather than preferences; a list of Feedback is, a list of PreferencePairs is not."""
+    if isinstance(source, list | tuple) and source and not isinstance(source[0], dict):
+        return isinstance(source[0], Feedback)
+    name, records = open_source(source, split)
+    first = next(iter(records), None)
+    if first is None or not isinstance(first[1], dict):
+        return False
+    record = rename(name, first[0], first[1], columns)
+    return all(record.get(field) is not None for field in FEEDBACK_FIELDS)
+
+
+def thumbs(pairs: list[PreferencePair]) -> list[Feedback]:
+    """Each pair as two unpaired labels: its chosen answer a thumbs up, its rejected one a thumbs down."""
+    return [item for p in pairs for item in (Feedback(p.prompt, p.chosen, True), Feedback(p.prompt, p.rejected, False))]

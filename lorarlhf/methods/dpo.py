@@ -4,12 +4,12 @@ Direct Preference Optimization (Rafailov et al. 2023): the policy's log-ratio to
 implicit reward, and the Bradley-Terry likelihood of the preferences under that reward is maximised. The
 reference is the same base with adapters off (or the frozen sft adapter), so no second model is loaded.
 Variants: conservative DPO (label smoothing), IPO, and CPL, which needs no reference at all (training/losses.py).
+The step loop is pairwise.py's:
 
     optionally: ref_logp <- reference log-probs of every pair, once
     for step in 1..steps:
         batch     <- next shuffled pairs
         logp      <- actor log p(chosen), log p(rejected), one forward pass over the stacked batch
-                     (in slices if memory runs out)
         ref_logp  <- reference log-probs (adapters off), unless precomputed or CPL
         loss      <- DPO | IPO | CPL on them
         update    <- AdamW on the actor adapter, gradient norm clipped
@@ -24,14 +24,16 @@ from functools import partial
 import torch
 
 from lorarlhf.data import PreferencePair
+from lorarlhf.methods.pairwise import evaluate_pairwise, pair_logprobs, reference_logprobs, train_pairwise
 from lorarlhf.methods.sft import SFTStageOptions
 from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
 from lorarlhf.training.steps import StageRun
-from lorarlhf.training.supervised_loop import SupervisedLoop, sliced_backward
 from lorarlhf.validation import check_bool, check_choice, check_number
 
 LOSSES = ("sigmoid", "ipo", "cpl")
+# pair_logprobs and reference_logprobs live in pairwise.py and are DPO's public names too
+__all__ = ["LOSSES", "DPOConfig", "evaluate_dpo", "pair_logprobs", "reference_logprobs", "train_dpo"]
 
 
 @dataclass
@@ -62,28 +64,6 @@ class DPOConfig(CommonConfig, SFTStageOptions):
         check_bool("precompute_ref", self.precompute_ref)
 
 
-def pair_logprobs(hydra, pairs: list[PreferencePair], role: str, max_length: int | None = None):
-    """Summed response log-probs of chosen and rejected under `role`, one forward pass: (B,), (B,)."""
-    prompts = [p.prompt for p in pairs]
-    batch = hydra.encode(
-        prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs], max_length=max_length
-    )
-    logp = hydra.token_logprobs(batch, role=role).sum(dim=1)  # (2B,)
-    return logp[: len(pairs)], logp[len(pairs) :]
-
-
-@torch.no_grad()
-def reference_logprobs(hydra, pairs: list[PreferencePair], config: DPOConfig) -> torch.Tensor:
-    """(N, 2) reference log-probs of every pair's chosen and rejected answers, computed once."""
-    rows = []
-    for start in range(0, len(pairs), config.batch_size):
-        chosen, rejected = pair_logprobs(
-            hydra, pairs[start : start + config.batch_size], "reference", config.max_length
-        )
-        rows.append(torch.stack([chosen, rejected], dim=1))
-    return torch.cat(rows)
-
-
 def train_dpo(
     hydra,
     train_pairs: list[PreferencePair],
@@ -97,85 +77,31 @@ def train_dpo(
     """Train the actor adapter on preference pairs by config.loss; evaluate on `eval_pairs` when given.
 
     checkpoints: a lorarlhf.training.checkpoints.StageCheckpoints to save through and resume from."""
-    if not train_pairs:
-        raise ValueError("no training pairs: DPO needs at least one preference pair")
-    torch.manual_seed(config.seed)
-    ref_table = (
-        reference_logprobs(hydra, train_pairs, config) if config.precompute_ref and config.loss != "cpl" else None
-    )
-    params = hydra.trainable_parameters("actor")
-    loop = SupervisedLoop("dpo", hydra, list(enumerate(train_pairs)), params, config, desc=f"dpo ({config.loss})",
-                          on_step=on_step, progress=progress, checkpoints=checkpoints)  # fmt: skip
-
-    hydra.disable_dropout()  # the policy and the reference pass must see the same network
-    with hydra.train_mode():
-        for step, rows in loop:
-            pairs = [pair for _, pair in rows]
-
-            def backward(pieces, rows=rows, pairs=pairs):  # the whole batch's gradient, in `pieces` slices
-                ref = _reference(hydra, pairs, [i for i, _ in rows], ref_table, config, pieces)
-                return sliced_backward(partial(_policy, hydra, config), pairs, partial(_loss, ref, config), pieces)
-
-            loss, (margin, logp) = loop.update(step, backward)
-            loop.log(step, {
-                "dpo/loss": loss.item(),
-                "dpo/accuracy": (margin > 0).float().mean().item(),
-                "dpo/margin": margin.mean().item(),
-                "dpo/chosen_logp": logp[:, 0].mean().item(),
-                "dpo/rejected_logp": logp[:, 1].mean().item(),
-            })  # fmt: skip
-    return loop.finish(evaluate_dpo(hydra, eval_pairs, config) if eval_pairs else {})
+    reference = config.loss != "cpl"  # CPL has no reference
+    ref_table = reference_logprobs(hydra, train_pairs, config) if config.precompute_ref and reference else None
+    return train_pairwise(
+        "dpo", partial(_loss, config), hydra, train_pairs, config, reference=reference, ref_table=ref_table,
+        desc=f"dpo ({config.loss})", eval_pairs=eval_pairs, on_step=on_step, progress=progress,
+        checkpoints=checkpoints,
+    )  # fmt: skip
 
 
-def _policy(hydra, config: DPOConfig, pairs: list[PreferencePair]) -> torch.Tensor:
-    """(B, 2): the actor's summed log-probs of each pair's chosen and rejected answers."""
-    return torch.stack(pair_logprobs(hydra, pairs, "actor", config.max_length), dim=1)
-
-
-@torch.no_grad()
-def _reference(hydra, pairs, indices, ref_table, config: DPOConfig, pieces: int = 1) -> torch.Tensor | None:
-    """(B, 2) reference log-probs of the pairs: looked up when precomputed, None for CPL (it has no reference)."""
-    if config.loss == "cpl":
-        return None
-    if ref_table is not None:
-        return ref_table[torch.tensor(indices)].to(hydra.device)
-    size = -(-len(pairs) // max(pieces, 1))
-    parts = [
-        pair_logprobs(hydra, pairs[i : i + size], "reference", config.max_length) for i in range(0, len(pairs), size)
-    ]
-    return torch.cat([torch.stack(part, dim=1) for part in parts])
-
-
-def _loss(ref: torch.Tensor | None, config: DPOConfig, logp: torch.Tensor):
-    """The configured loss of the policy's (B, 2) log-probs, with (each pair's implicit-reward margin, the
-    log-probs): positive margin = the chosen answer wins."""
-    chosen, rejected = logp[:, 0], logp[:, 1]
+def _loss(config: DPOConfig, scores: torch.Tensor, ref: torch.Tensor | None):
+    """The configured loss of the policy's (B, 4) pair scores, with each pair's implicit-reward margin:
+    positive margin = the chosen answer wins."""
+    chosen, rejected = scores[:, 0], scores[:, 1]
     if config.loss == "cpl":
         margin = config.cpl_alpha * (chosen - config.cpl_lambda * rejected)
-        return cpl_loss(chosen, rejected, alpha=config.cpl_alpha, lam=config.cpl_lambda), (
-            margin.detach(),
-            logp.detach(),
-        )
+        return cpl_loss(chosen, rejected, alpha=config.cpl_alpha, lam=config.cpl_lambda), margin.detach()
     h = dpo_log_ratio_margin(chosen, rejected, ref[:, 0], ref[:, 1])
     loss = (
         ipo_loss(h, beta=config.beta)
         if config.loss == "ipo"
         else dpo_loss(h, beta=config.beta, label_smoothing=config.label_smoothing)
     )
-    return loss, ((config.beta * h).detach(), logp.detach())
+    return loss, (config.beta * h).detach()
 
 
-@torch.no_grad()
 def evaluate_dpo(hydra, pairs: list[PreferencePair], config: DPOConfig) -> dict[str, float]:
     """Held-out implicit-reward accuracy (the chosen answer's implicit reward is higher) and mean margin."""
-    margins = []
-    for start in range(0, len(pairs), config.batch_size):
-        batch = pairs[start : start + config.batch_size]
-        _, (margin, _) = _loss(_reference(hydra, batch, [], None, config), config, _policy(hydra, config, batch))
-        margins.append(margin.float().cpu())
-    margin = torch.cat(margins)
-    return {
-        "dpo/eval_accuracy": (margin > 0).float().mean().item(),
-        "dpo/eval_margin": margin.mean().item(),
-        "dpo/eval_pairs": float(len(pairs)),
-    }
+    return evaluate_pairwise("dpo", partial(_loss, config), hydra, pairs, config, reference=config.loss != "cpl")

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import import_module
 
-DATA_KINDS = ("demonstrations", "pairs", "prompts")
+DATA_KINDS = ("demonstrations", "pairs", "prompts", "feedback")
 # The trainers' keyword for held-out data, by the kind of data they read (prompts have none).
-HELD_OUT_KEYWORD = {"demonstrations": "eval_demos", "pairs": "eval_pairs"}
+HELD_OUT_KEYWORD = {"demonstrations": "eval_demos", "pairs": "eval_pairs", "feedback": "eval_feedback"}
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,9 @@ class Method:
     trainer_path: str
     """"module:function" of its trainer: trainer(hydra, data, config, *, on_step, progress, checkpoints, ...)."""
     data: str
-    """What its own stage reads: "demonstrations", "pairs" (preference pairs) or "prompts" (it samples and
-    needs a reward: reward_fn, or a reward-model stage first)."""
+    """What its own stage reads: "demonstrations", "pairs" (preference pairs), "feedback" (unpaired thumbs up /
+    down; pairs are split into them) or "prompts" (it samples and needs a reward: reward_fn, or a reward-model
+    stage first)."""
     roles: tuple[str, ...]
     """The adapters its stage trains or reads, in the order they are created."""
     before: tuple[str, ...] = ()
@@ -76,6 +77,32 @@ METHODS: dict[str, Method] = {
             "DPO, IPO or CPL on preference pairs: no reward model, no sampling",
             "lorarlhf.methods.dpo:DPOConfig",
             "lorarlhf.methods.dpo:train_dpo",
+            data="pairs",
+            roles=("actor",),
+            before=("sft",),
+        ),
+        Method(
+            "kto",
+            "KTO on unpaired thumbs up / down (or pairs split into them): no pairs needed, no sampling",
+            "lorarlhf.methods.kto:KTOConfig",
+            "lorarlhf.methods.kto:train_kto",
+            data="feedback",
+            roles=("actor",),
+            before=("sft",),
+        ),
+        Method(
+            "orpo",
+            "ORPO on preference pairs: SFT and an odds-ratio penalty in one loss, no reference model",
+            "lorarlhf.methods.orpo:ORPOConfig",
+            "lorarlhf.methods.orpo:train_orpo",
+            data="pairs",
+            roles=("actor",),
+        ),
+        Method(
+            "simpo",
+            "SimPO on preference pairs: length-normalised likelihood as the reward, no reference model",
+            "lorarlhf.methods.simpo:SimPOConfig",
+            "lorarlhf.methods.simpo:train_simpo",
             data="pairs",
             roles=("actor",),
             before=("sft",),
