@@ -349,6 +349,7 @@ def _label(args) -> int:
         args.candidates,
         annotator=args.annotator,
         out=args.out,
+        thumbs=args.thumbs,
         guidelines=args.guidelines,
         host=args.host,
         port=args.port,
@@ -358,7 +359,8 @@ def _label(args) -> int:
     )
     session = server.session
     print(f"labelling {args.candidates} as {session.annotator}: {session.done} of {session.total} done")
-    print(f"open {server.url} ; every vote is saved to {args.out} as it is made; Ctrl-C stops", flush=True)
+    where = server.session.log.path
+    print(f"open {server.url} ; every judgement is saved to {where} as it is made; Ctrl-C stops", flush=True)
     server.wait()  # until Ctrl-C
     print(f"\n{session.done} of {session.total} labelled; next: lorarlhf agreement {args.out}")
     return 0
@@ -669,13 +671,18 @@ def build_parser() -> argparse.ArgumentParser:
     labelling = _command(
         commands,
         "label",
-        help="label candidates in the browser: A / B / tie, or rank; votes saved as they are made",
+        help="label candidates in the browser: A / B / tie, rank, or thumbs up/down; saved as they are made",
         description="Serve a labelling page for a candidates file (needs pip install 'lorarlhf[label]'). Every "
         "vote is appended to --out at once; running the command again continues where this annotator stopped.",
     )
     labelling.add_argument("candidates", help="a candidates file from `lorarlhf sample`")
     labelling.add_argument("--annotator", required=True, help="your name, recorded with each vote")
-    labelling.add_argument("--out", default="votes.jsonl", help="votes file, appended to (default votes.jsonl)")
+    labelling.add_argument(
+        "--out", default=None, help="labels file, appended to (default votes.jsonl, feedback.jsonl with --thumbs)"
+    )
+    labelling.add_argument(
+        "--thumbs", action="store_true", help="judge each response alone, thumbs up or down (data for --method kto)"
+    )
     labelling.add_argument("--guidelines", default=None, help="a .md or .txt file of labelling instructions to show")
     labelling.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine)")
     labelling.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")

@@ -425,3 +425,49 @@ def test_killing_the_server_part_way_loses_no_vote_and_resume_continues(browser,
     after = read_votes(votes)
     assert after[:2] == before  # what was there is untouched
     assert [vote[0] for vote in after] == ["kind", "markup", "rank", "rank", "rank", "sum", "sky"]
+
+
+def test_thumbs_mode_judges_each_response_alone_by_clicks_and_keys(browser, tmp_path):
+    from lorarlhf.data import load_feedback
+    from lorarlhf.labelling import label
+
+    spoofed = "\u202etxt.exe"
+    records = [
+        {"id": "kind", "prompt": "Say hello to a new neighbour.", "responses": ["Welcome!", "What?"]},
+        {"id": "markup", "prompt": XSS_PROMPT, "responses": [XSS_IMG, spoofed]},
+    ]
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    feedback = tmp_path / "feedback.jsonl"
+    server = label(candidates, annotator="ann", out=feedback, thumbs=True, shuffle=False)
+    try:
+        page = Page(browser, server.url)
+        assert page.progress().startswith("0 of 4 labelled")
+        assert "thumbs up" in page.page.locator("#guidelines").inner_text()
+        assert page.shown() == ("Say hello to a new neighbour.", ["Welcome!"])  # one response at a time
+        assert not page.page.locator("#vote-a").count()
+        page.judge("#thumb-up")
+        page.wait_for_done(1)
+        assert page.shown()[1] == ["What?"]
+        page.judge("d")
+        page.wait_for_done(2)
+        assert page.shown() == (XSS_PROMPT, [XSS_IMG])  # markup is text, never run
+        page.judge("s")  # skipped: comes back last
+        page.page.wait_for_function("document.querySelector('#response-1 textarea')?.value.includes('U+202E')")
+        assert page.shown()[1] == ["⟨U+202E⟩txt.exe"]  # not "exe.txt"
+        assert "U+…⟩ marks a character" in page.page.locator("#notes").inner_text()
+        page.judge("ArrowDown")
+        page.wait_for_done(3)
+        assert page.shown()[1] == [XSS_IMG]
+        page.judge("ArrowUp")
+        page.page.wait_for_function("document.querySelector('#progress')?.innerText.startsWith('All 4 responses')")
+        assert not page.page.locator("#thumb-up").is_visible()
+        assert page.page.evaluate("window.__pwned") is None and page.dialogs == []
+    finally:
+        server.close()
+    assert [(f.completion, f.label) for f in load_feedback(feedback)] == [
+        ("Welcome!", True),
+        ("What?", False),
+        (spoofed, False),  # the exact text, not what the page showed
+        (XSS_IMG, True),
+    ]

@@ -19,6 +19,7 @@ from lorarlhf.labelling.candidates import read_candidates
 from lorarlhf.labelling.guard import COLAB_FRAME_ANCESTORS, FRAME_ANCESTORS, RequestGuard, allowed_hosts, is_loopback
 from lorarlhf.labelling.session import LabellingSession, Shown
 from lorarlhf.labelling.text import look_alikes, unicode_problem, visible
+from lorarlhf.labelling.thumbs import ShownResponse, ThumbsSession
 from lorarlhf.labelling.votes import VoteLog
 from lorarlhf.model.chat import plain_text
 
@@ -30,6 +31,10 @@ MAX_RANKED = 9
 KEYS_HELP = (
     "**Keys**: `A` or `←` A is better · `B` or `→` B is better · `T` or `↓` tie · `S` skip for later. "
     "Ranking: press the numbers best first (`1`–`9`), `Backspace` to undo, `Enter` to submit. "
+    "`Esc` leaves the reason box."
+)
+THUMBS_KEYS_HELP = (
+    "**Keys**: `U` or `↑` thumbs up: a good answer · `D` or `↓` thumbs down: a bad one · `S` skip for later. "
     "`Esc` leaves the reason box."
 )
 
@@ -46,8 +51,9 @@ KEYS_SCRIPT = """<script>
   const pairKeys = {a: "vote-a", ArrowLeft: "vote-a", 1: "vote-a", b: "vote-b", ArrowRight: "vote-b",
                     2: "vote-b", t: "vote-tie", ArrowDown: "vote-tie", s: "skip"};
   const rankKeys = {Backspace: "rank-undo", Enter: "rank-submit", s: "skip"};
+  const thumbKeys = {u: "thumb-up", ArrowUp: "thumb-up", d: "thumb-down", ArrowDown: "thumb-down", s: "skip"};
   // The second click of a double click would land on the next item, unseen: a judgement needs a pause.
-  const judging = new Set(["vote-a", "vote-b", "vote-tie", "rank-submit", "skip"]);
+  const judging = new Set(["vote-a", "vote-b", "vote-tie", "rank-submit", "thumb-up", "thumb-down", "skip"]);
   let lastJudgement = -Infinity;
   document.addEventListener("click", (event) => {
     const button = event.target.closest ? event.target.closest("button") : null;
@@ -70,7 +76,8 @@ KEYS_SCRIPT = """<script>
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
-    const id = shown("vote-a") ? pairKeys[key] : (/^[1-9]$/.test(key) ? "rank-" + key : rankKeys[key]);
+    const id = shown("vote-a") ? pairKeys[key] : shown("thumb-up") ? thumbKeys[key]
+      : (/^[1-9]$/.test(key) ? "rank-" + key : rankKeys[key]);
     const button = id && shown(id);
     if (button) {
       event.preventDefault();
@@ -97,7 +104,7 @@ class LabellingServer:
     """A running labelling page. close() stops it; wait() serves until Ctrl-C."""
 
     url: str
-    session: LabellingSession
+    session: LabellingSession | ThumbsSession
     blocks: object
 
     def close(self) -> None:
@@ -114,7 +121,8 @@ def label(
     candidates,
     *,
     annotator: str,
-    out="votes.jsonl",
+    out=None,
+    thumbs: bool = False,
     guidelines: str | None = None,
     host: str = "127.0.0.1",
     port: int | None = None,
@@ -128,6 +136,8 @@ def label(
     Each judgement is appended to `out` as soon as it is made; opening the page again, or calling label()
     again after a crash, continues at this annotator's first unlabelled item. Several annotators can label
     into one `out`, each with their own server.
+    thumbs: judge each response on its own, thumbs up or down (unpaired labels, for method="kto"), instead
+        of comparing an item's responses. out: None is votes.jsonl, or feedback.jsonl with thumbs.
     guidelines: Markdown (or a path to a .md/.txt file) shown above the items: what makes an answer better.
         None shows general default guidelines.
     host: 127.0.0.1 serves this machine only; give 0.0.0.0 to let others on the network reach the page.
@@ -146,8 +156,14 @@ def label(
     longest = max(len(item.responses) for item in items)
     if longest > MAX_RANKED:
         raise ValueError(f"{candidates}: an item has {longest} responses; the page ranks at most {MAX_RANKED}")
-    session = LabellingSession(items, VoteLog(out), annotator, shuffle=shuffle)
-    blocks = build_page(session, longest, _guidelines_text(guidelines), title=visible(Path(str(candidates)).name))
+    log = VoteLog(out if out is not None else "feedback.jsonl" if thumbs else "votes.jsonl")
+    title = visible(Path(str(candidates)).name)
+    if thumbs:
+        session = ThumbsSession(items, log, annotator, shuffle=shuffle)
+        blocks = build_thumbs_page(session, _guidelines_text(guidelines, thumbs=True), title=title)
+    else:
+        session = LabellingSession(items, log, annotator, shuffle=shuffle)
+        blocks = build_page(session, longest, _guidelines_text(guidelines), title=title)
     if "google.colab" in sys.modules:  # reachable only through Colab's own proxy, under Colab's host names
         guard = _middleware(None, f"{FRAME_ANCESTORS} {COLAB_FRAME_ANCESTORS}")
     else:
@@ -191,10 +207,18 @@ if you cannot judge (you do not know the answer), **skip**. Write a short reason
 annotator judges by the same rules.*"""
 
 
-def _guidelines_text(guidelines: str | None) -> str:
+DEFAULT_THUMBS_GUIDELINES = """Give a **thumbs up** to a response you would be glad to receive: it answers the prompt,
+correctly, helpfully and politely. Give a **thumbs down** to one that is wrong, unhelpful or rude. Judge each on its
+own, not against others you have seen. If you cannot judge (you do not know the answer), **skip**.
+
+*These are the default guidelines: write your own in a .md file and pass `--guidelines FILE`, so every
+annotator judges by the same rules.*"""
+
+
+def _guidelines_text(guidelines: str | None, *, thumbs: bool = False) -> str:
     """Guidelines are a file's path or the text itself; one word ending in .md or .txt is a path."""
     if guidelines is None:
-        return DEFAULT_GUIDELINES
+        return DEFAULT_THUMBS_GUIDELINES if thumbs else DEFAULT_GUIDELINES
     one_line = "\n" not in guidelines
     if one_line and Path(guidelines).is_file():
         try:
@@ -213,13 +237,7 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
     import gradio as gr
 
     with gr.Blocks(title=f"lorarlhf label: {title}", analytics_enabled=False) as page:
-        gr.Markdown(f"### Labelling `{title}` as **{_markdown_text(visible(session.annotator))}**")
-        if guidelines:
-            with gr.Accordion("Guidelines", open=True):
-                gr.Markdown(guidelines, elem_id="guidelines")
-        progress = gr.Markdown(elem_id="progress")
-        prompt = gr.Textbox(label="Prompt", interactive=False, elem_id="prompt", lines=2, max_lines=12)
-        notes = gr.Markdown(elem_id="notes", visible=False)
+        progress, prompt, notes = _page_top(session.annotator, guidelines, title)
         with gr.Row(equal_height=True):
             responses = [
                 gr.Textbox(
@@ -236,11 +254,7 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
             rank_undo = gr.Button("Undo", elem_id="rank-undo")
             rank_submit = gr.Button("Submit ranking", elem_id="rank-submit", variant="primary")
         ranking = gr.Markdown(elem_id="ranking", visible=False)
-        reason = gr.Textbox(label="Reason (optional)", elem_id="reason", lines=1, max_lines=4)
-        skip = gr.Button("Skip for later", elem_id="skip", size="sm")
-        status = gr.Markdown(elem_id="status")
-        gr.Markdown(KEYS_HELP)
-        item_id = gr.State(None)
+        reason, skip, status, item_id = _page_bottom(KEYS_HELP)
 
         view = [progress, prompt, notes, *responses, pair_row, rank_row, *rank_buttons, ranking, reason, skip]
         view += [status, item_id]
@@ -248,9 +262,7 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
         def render(shown: Shown | None, message: str = ""):
             done = f"{session.done} of {session.total} labelled"
             if shown is None:
-                where = visible(str(session.log.path))
-                finished = f"**All {session.total} items are labelled.** The votes are in `{where}`."
-                return [finished] + [gr.update(visible=False)] * (len(view) - 3) + [message, None]
+                return _finished(session, "items", len(view), message)
             texts, pairwise = shown.responses, len(shown.order) == 2
             names = ["A", "B"] if pairwise else [str(p + 1) for p in range(len(texts))]
             # What is shown, not what is stored: the vote records the texts of shown.item, unchanged.
@@ -323,6 +335,96 @@ def build_page(session: LabellingSession, longest: int, guidelines: str, *, titl
         rank_submit.click(on_submit, [item_id, reason], view, **events)
         skip.click(on_skip, [item_id], view, **events)
     return page
+
+
+def build_thumbs_page(session: ThumbsSession, guidelines: str, *, title: str):
+    """The page of the thumbs mode: one response at a time, thumbs up or down."""
+    import gradio as gr
+
+    with gr.Blocks(title=f"lorarlhf label: {title}", analytics_enabled=False) as page:
+        progress, prompt, notes = _page_top(session.annotator, guidelines, title)
+        response = gr.Textbox(
+            label="Response", interactive=False, elem_id="response-1", elem_classes="response", lines=4, max_lines=24
+        )
+        with gr.Row(visible=False) as thumbs_row:
+            up = gr.Button("👍 Good answer", elem_id="thumb-up", variant="primary")
+            down = gr.Button("👎 Bad answer", elem_id="thumb-down", variant="stop")
+        reason, skip, status, unit_id = _page_bottom(THUMBS_KEYS_HELP)
+        view = [progress, prompt, notes, response, thumbs_row, reason, skip, status, unit_id]
+
+        def render(shown: ShownResponse | None, message: str = ""):
+            if shown is None:
+                return _finished(session, "responses", len(view), message)
+            prompt_text, text = visible(plain_text(shown.item.prompt)), visible(shown.response)
+            hidden = prompt_text != plain_text(shown.item.prompt) or text != shown.response
+            note = _notes([shown.response], ["the response"], hidden=hidden)
+            return [
+                f"**{session.done} of {session.total} labelled** · {session.total - session.done} to go",
+                gr.update(value=prompt_text, visible=True),
+                gr.update(value=note, visible=bool(note)),
+                gr.update(value=text, visible=True),
+                gr.update(visible=True),
+                gr.update(value="", visible=True),
+                gr.update(visible=True),
+                message,
+                shown.id,
+            ]
+
+        def on_judge(good: bool):
+            def handler(current, why):
+                if current is None:
+                    return render(session.next())
+                recorded = session.judge(current, good, why or "")
+                said = "thumbs up" if good else "thumbs down"
+                return render(session.next(), f"Recorded: {said}." if recorded else "Already recorded.")
+
+            return handler
+
+        def on_skip(current):
+            if current is not None:
+                session.skip(current)
+            return render(session.next(), "Skipped; it comes back after the others.")
+
+        events = {"api_visibility": "private", "concurrency_id": "page", "concurrency_limit": 1}
+        page.load(lambda: render(session.next()), None, view, **events)
+        up.click(on_judge(True), [unit_id, reason], view, **events)
+        down.click(on_judge(False), [unit_id, reason], view, **events)
+        skip.click(on_skip, [unit_id], view, **events)
+    return page
+
+
+def _page_top(annotator: str, guidelines: str, title: str):
+    """The heading, the guidelines, the progress line, the prompt and the notes about it, in both modes."""
+    import gradio as gr
+
+    gr.Markdown(f"### Labelling `{title}` as **{_markdown_text(visible(annotator))}**")
+    if guidelines:
+        with gr.Accordion("Guidelines", open=True):
+            gr.Markdown(guidelines, elem_id="guidelines")
+    progress = gr.Markdown(elem_id="progress")
+    prompt = gr.Textbox(label="Prompt", interactive=False, elem_id="prompt", lines=2, max_lines=12)
+    notes = gr.Markdown(elem_id="notes", visible=False)
+    return progress, prompt, notes
+
+
+def _page_bottom(keys_help: str):
+    """The reason box, the skip button, the status line and the keys, and the shown item's id."""
+    import gradio as gr
+
+    reason = gr.Textbox(label="Reason (optional)", elem_id="reason", lines=1, max_lines=4)
+    skip = gr.Button("Skip for later", elem_id="skip", size="sm")
+    status = gr.Markdown(elem_id="status")
+    gr.Markdown(keys_help)
+    return reason, skip, status, gr.State(None)
+
+
+def _finished(session, what: str, count: int, message: str) -> list:
+    """The view once everything is labelled: the count and the file, every control hidden."""
+    import gradio as gr
+
+    where = visible(str(session.log.path))
+    finished = f"**All {session.total} {what} are labelled.** The labels are in `{where}`."
+    return [finished] + [gr.update(visible=False)] * (count - 3) + [message, None]
 
 
 def _notes(texts: list[str], names: list[str], *, hidden: bool) -> str:

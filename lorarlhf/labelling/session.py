@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from lorarlhf.labelling.candidates import CandidateItem, texts_of
 from lorarlhf.labelling.text import proper, unicode_problem, visible
-from lorarlhf.labelling.votes import PAIR_LABELS, VoteLog, pair_votes, ranking_votes
+from lorarlhf.labelling.votes import PAIR_LABELS, VoteLog, check_log_holds, pair_votes, ranking_votes
 from lorarlhf.model.chat import jsonable
 
 MAX_ANNOTATOR_LENGTH = 100
@@ -81,6 +81,7 @@ class LabellingSession:
         self.items = check_items(items)
         self.log = log
         self.annotator = check_annotator(annotator)
+        check_log_holds(log, "votes")
         self.shuffle = shuffle
         self._by_id = {item.id: item for item in self.items}
         self._done = labelled(self.items, log.votes_of(self.annotator))

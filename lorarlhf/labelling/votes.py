@@ -34,6 +34,8 @@ from lorarlhf.model.chat import jsonable
 logger = logging.getLogger("lorarlhf.labelling")
 
 PAIR_LABELS = ("a", "b", "tie")
+THUMBS = "thumbs"
+"""The `kind` of a thumbs-up/down record (labelling/thumbs.py); pairwise records have "votes"."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,21 @@ class VoteLog:
                 "%s, line %d is not a vote record; it is left as it is: %.80s", self.path, problem.line, problem.text
             )
         return [record for record in records if record.get("annotators") == [annotator]]
+
+
+def check_log_holds(log: VoteLog, kind: str) -> None:
+    """Refuse a log that already holds the other shape of judgement: a file of both is read by neither loader."""
+    records, _ = log.read()
+    thumbs = any(record.get("kind") == THUMBS for record in records)
+    votes = any("votes" in record for record in records)
+    if kind == THUMBS and votes:
+        raise ValueError(
+            f"{log.path} holds pairwise votes; thumbs labels go to a file of their own, e.g. --out feedback.jsonl"
+        )
+    if kind != THUMBS and thumbs:
+        raise ValueError(
+            f"{log.path} holds thumbs labels; pairwise votes go to a file of their own, e.g. --out votes.jsonl"
+        )
 
 
 def _ends_without_newline(fd: int) -> bool:
