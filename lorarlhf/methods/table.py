@@ -125,6 +125,33 @@ METHODS: dict[str, Method] = {
             roles=("actor",),
             before=("sft", "rm"),
         ),
+        Method(
+            "rloo",
+            "RLOO: REINFORCE, each sample's baseline is the mean reward of its prompt's other samples",
+            "lorarlhf.methods.rloo:RLOOConfig",
+            "lorarlhf.methods.rloo:train_rloo",
+            data="prompts",
+            roles=("actor",),
+            before=("sft", "rm"),
+        ),
+        Method(
+            "reinforce_pp",
+            "REINFORCE++: per-token KL in the reward, advantages whitened over the batch, PPO clipping, no critic",
+            "lorarlhf.methods.reinforce_pp:ReinforcePPConfig",
+            "lorarlhf.methods.reinforce_pp:train_reinforce_pp",
+            data="prompts",
+            roles=("actor",),
+            before=("sft", "rm"),
+        ),
+        Method(
+            "online_dpo",
+            "online DPO: the best and worst of each prompt's fresh samples, judged by the reward, form a DPO pair",
+            "lorarlhf.methods.online_dpo:OnlineDPOConfig",
+            "lorarlhf.methods.online_dpo:train_online_dpo",
+            data="prompts",
+            roles=("actor",),
+            before=("sft", "rm"),
+        ),
     )
 }
 
