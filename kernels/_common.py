@@ -24,6 +24,10 @@ except ImportError:  # triton is a Linux-only dependency; elsewhere the torch ro
     triton = tl = None
 
 BACKENDS = ("triton", "torch")
+FP_FUSION = True
+"""Whether Triton may fuse a multiply and an add into one FMA in the row kernels, pinned at every launch and
+compile: Triton 3.9 fuses by default and warns when nothing is said, 3.10 stops fusing by default, and the
+kernels' numerics (tested at their tolerances with fusion on) should not change with a Triton upgrade."""
 _forced_backend: str | None = None
 
 

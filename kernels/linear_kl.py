@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (
+    FP_FUSION,
     autocast_off,
     backend_for,
     block_v,
@@ -148,7 +149,9 @@ def _stats_triton(z, y):
     rows, vocab = z.shape
     lse_z, lse_y, kl = (torch.empty(rows, dtype=torch.float32, device=z.device) for _ in range(3))
     if rows:
-        _kl_stats_kernel[(rows,)](z, y, z.stride(0), lse_z, lse_y, kl, vocab, BLOCK_V=block_v(vocab))
+        _kl_stats_kernel[(rows,)](
+            z, y, z.stride(0), lse_z, lse_y, kl, vocab, BLOCK_V=block_v(vocab), enable_fp_fusion=FP_FUSION
+        )
     return lse_z, lse_y, kl
 
 
@@ -177,6 +180,7 @@ def _dlogits_triton(z, y, lse_z, lse_y, kl, g, scale, cap_slope, write_z, write_
     _kl_dlogits_kernel[(rows,)](
         z, y, z.stride(0), lse_z, lse_y, kl, g if load_g else kl, float(scale), float(cap_slope), vocab,
         LOAD_G=load_g, WRITE_Z=write_z, WRITE_Y=write_y, SOFTCAP=bool(cap_slope), BLOCK_V=block_v(vocab),
+        enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (
+    FP_FUSION,
     autocast_off,
     backend_for,
     block_v,
@@ -173,8 +174,9 @@ def _stats_triton(z, targets, with_entropy):
     entropy = torch.empty(rows, dtype=torch.float32, device=z.device) if with_entropy else lse
     if rows:
         _stats_kernel[(rows,)](
-            z, z.stride(0), targets, lse, logp, entropy, vocab, WITH_ENTROPY=with_entropy, BLOCK_V=block_v(vocab)
-        )
+            z, z.stride(0), targets, lse, logp, entropy, vocab,
+            WITH_ENTROPY=with_entropy, BLOCK_V=block_v(vocab), enable_fp_fusion=FP_FUSION,
+        )  # fmt: skip
     return lse, logp, entropy if with_entropy else None
 
 
@@ -227,6 +229,7 @@ def _dlogits_triton(z, out, targets, lse, entropy, g, e, scale, cap_slope):
         z, z.stride(0), out, out.stride(0), targets, lse, entropy if entropy is not None else lse, g_ptr, e_ptr,
         float(scale), float(cap_slope), vocab,
         G_MODE=modes[0], E_MODE=modes[1], SOFTCAP=bool(cap_slope), BLOCK_V=block_v(vocab),
+        enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
 
 

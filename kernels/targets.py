@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import force_backend, triton
+from ._common import FP_FUSION, force_backend, triton
 
 # Compute capabilities compiled for: T4 (the free Colab GPU), A100, A10 / RTX 30xx, L4 / RTX 40xx, H100.
 ARCHS = (75, 80, 86, 89, 90)
@@ -106,7 +106,8 @@ def jit_function(kernel) -> triton.runtime.JITFunction:
 def compile_for(source: triton.compiler.ASTSource, arch: int) -> bytes:
     """The cubin for sm_<arch>; raises what Triton's compiler or ptxas refuses. Kept in Triton's cache
     (TRITON_CACHE_DIR, ~/.triton/cache by default), so a second compile of the same source is a lookup."""
-    compiled = triton.compile(source, target=triton.backends.compiler.GPUTarget("cuda", arch, 32))
+    target = triton.backends.compiler.GPUTarget("cuda", arch, 32)
+    compiled = triton.compile(source, target=target, options={"enable_fp_fusion": FP_FUSION})
     cubin = compiled.asm.get("cubin")
     if not cubin:
         raise RuntimeError(f"{source.name} for sm_{arch} produced no cubin")
