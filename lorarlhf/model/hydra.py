@@ -123,7 +123,9 @@ class HydraModel(nn.Module):
         self._adapter_groups: dict[str, list[nn.Parameter]] | None = None
         self._lora_layers = _lora_layers(self.peft)
         self._trainable_adapters()
-        self._role, self._switched = "reference", False
+        self._role, self._switched, self._merged = "reference", False, False
+        self.merge_sampling = True
+        """Whether merged_for_sampling folds the adapter into an unquantized base (False: always unmerged)."""
         self._apply_role("reference")
         self.eval()  # like a transformers model after from_pretrained; training code calls .train()
 
@@ -314,6 +316,8 @@ class HydraModel(nn.Module):
         """
         if role == self._role and self._switched:
             return
+        if self._merged:
+            raise RuntimeError(f"cannot switch to role {role!r} while {self._role!r} is merged for sampling")
         adapter = self.adapter_for(role)
         for layer in self._lora_layers:
             layer._disable_adapters = adapter is None
@@ -323,6 +327,41 @@ class HydraModel(nn.Module):
             self.peft.active_adapter = self.peft.base_model.active_adapter = adapter
         self._role = role
         self._switched = True
+
+    @contextmanager
+    def merged_for_sampling(self) -> Iterator[HydraModel]:
+        """No-grad passes of the active role with its LoRA adapter folded into the base weights, when the base
+        is unquantized: each adapted layer runs one matmul instead of three (base, A, B), ~20% of a decode step.
+
+        The merged weights are new tensors (W + scale * B @ A) put in place of the base's; the original weight
+        objects are put back however the block exits, so the base is bit-identical afterwards (an in-place
+        merge and unmerge would round) and the adapters, and what save() writes, are never touched. The
+        price is one extra copy of the adapted base weights while the block runs. A 4-bit base, the bare base
+        (reference role), or a pass that records gradients runs unmerged.
+        """
+        adapter = self.adapter_for(self._role)
+        if adapter is None or self.quantize is not None or torch.is_grad_enabled() or not self.merge_sampling:
+            yield self
+            return
+        swapped = []  # (lora layer, base layer, original weight)
+        try:
+            for layer in self._lora_layers:
+                base = layer.get_base_layer()
+                if adapter not in getattr(layer, "lora_A", {}) or not isinstance(base, nn.Linear):
+                    continue  # not a LoRA linear of this adapter: left as it is, adapter on
+                original = base.weight
+                merged = original.detach() + layer.get_delta_weight(adapter).to(original.dtype)
+                swapped.append((layer, base, original))
+                base.weight = nn.Parameter(merged, requires_grad=False)
+                layer._disable_adapters = True
+            self._merged = True
+            yield self
+        finally:
+            for _layer, base, original in swapped:
+                base.weight = original
+            self._merged = False
+            self._switched = False
+            self._apply_role(self._role)  # every layer's disabled flag back to the role's
 
     def disable_dropout(self) -> None:
         """Set every dropout of the base and the adapters to 0, for good.
@@ -506,7 +545,7 @@ class HydraModel(nn.Module):
         modes = {module: module.training for module in self.modules()}
         self.eval()  # no dropout while sampling, and the KV cache stays on under gradient checkpointing
         try:
-            with self.role(role):
+            with self.role(role), self.merged_for_sampling():
                 output = self.causal_lm.generate(
                     input_ids=input_ids.to(self.device),
                     attention_mask=attention_mask.to(self.device),

@@ -17,6 +17,9 @@ import torch
 from lorarlhf.model.tokenization import TokenizedBatch, encode_prompts_left_padded
 from lorarlhf.validation import check_int, check_number
 
+CHECK_EVERY = 8
+"""Sampling asks whether every response has ended once per this many tokens (each ask waits for the device)."""
+
 
 @dataclass
 class SamplingConfig:
@@ -86,39 +89,53 @@ def generate_rollout(
 
     modes = {module: module.training for module in hydra.modules()}
     hydra.eval()  # no dropout while sampling, and the KV cache works under gradient checkpointing
+    prompt_length = prompt_ids.shape[1]
+    # One attention mask for the whole loop, filled a column per token (no re-built mask per token); a
+    # finished row's later columns stay 0.
+    attention = torch.zeros(batch_size, prompt_length + sampling.max_new_tokens, dtype=torch.long, device=device)
+    attention[:, :prompt_length] = prompt_mask
+    seen = attention.sum(1)  # (B,) real tokens so far; the next token's position is seen - 1 after it is added
     try:
-        with hydra.role(role):
-            attention = prompt_mask.long()
-            logits, cache = _step(hydra, prompt_ids, attention, None)
+        with hydra.role(role), hydra.merged_for_sampling():
+            positions = (prompt_mask.long().cumsum(1) - 1).clamp(min=0)  # count real tokens only
+            logits, cache = _step(hydra, prompt_ids, attention[:, :prompt_length], positions, None)
             tokens, alive = [], torch.ones(batch_size, dtype=torch.bool, device=device)
-            for _ in range(sampling.max_new_tokens):
+            for step in range(sampling.max_new_tokens):
                 next_ids = _sample(logits, sampling, generators)  # (B,)
                 next_ids = torch.where(alive, next_ids, torch.full_like(next_ids, pad))
                 tokens.append(next_ids)
                 alive_before = alive
                 alive = alive & ~torch.isin(next_ids, ends)
-                if not alive.any():
+                # "All finished?" reads a device value into Python: asked every CHECK_EVERY tokens, not every
+                # token, so a GPU is not made to wait each step. The extra steps only sample padding; the
+                # response is cut back to its longest row below.
+                if step == sampling.max_new_tokens - 1 or (step % CHECK_EVERY == CHECK_EVERY - 1 and not alive.any()):
                     break
-                attention = torch.cat([attention, alive_before.long()[:, None]], dim=1)
-                logits, cache = _step(hydra, next_ids[:, None], attention, cache)
+                attention[:, prompt_length + step] = alive_before
+                seen = seen + alive_before
+                positions = (seen - 1).clamp(min=0)[:, None]
+                logits, cache = _step(
+                    hydra, next_ids[:, None], attention[:, : prompt_length + step + 1], positions, cache
+                )
     finally:
         for module, training in modes.items():
             module.training = training
 
-    response_ids = torch.stack(tokens, dim=1)  # (B, R)
+    response_ids = torch.stack(tokens, dim=1)  # (B, R) with R up to CHECK_EVERY - 1 steps past the last end
     # A token is part of the response up to and including the first end token.
     is_end = torch.isin(response_ids, ends)  # (B, R); padding comes only after a row has ended
     ended_before = torch.cumsum(is_end.long(), dim=1) - is_end.long()
     response_mask = ended_before == 0
+    length = max(int(response_mask.sum(1).max()), 1)  # the longest response, its end token included
+    response_ids, response_mask, is_end = response_ids[:, :length], response_mask[:, :length], is_end[:, :length]
     finished = is_end.any(dim=1)
     shown = response_ids.masked_fill(~response_mask | is_end, pad)  # the text stops before the end token
     texts = tokenizer.batch_decode(shown, skip_special_tokens=True)
     return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, finished, list(prompts), texts)
 
 
-def _step(hydra, input_ids, attention, cache):
+def _step(hydra, input_ids, attention, positions, cache):
     """One forward pass with the KV cache; returns the next-token logits (B, V) and the cache."""
-    positions = (attention.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]  # count real tokens only
     name = _cache_argument(type(hydra.causal_lm))
     output = hydra.causal_lm(
         input_ids=input_ids,
