@@ -3,38 +3,20 @@
 from __future__ import annotations
 
 import json
-import random
 from contextlib import contextmanager
 
 import pytest
 import torch
+from test_dpo import build, preference_pairs
 
 import lorarlhf
-from lorarlhf import HydraModel
-from lorarlhf.data import PreferencePair
 from lorarlhf.methods.dpo import DPOConfig, train_dpo
 from lorarlhf.methods.orpo import ORPOConfig, train_orpo
 from lorarlhf.methods.pairwise import mean_logprobs, pair_scores
 from lorarlhf.methods.simpo import SimPOConfig, train_simpo
 from lorarlhf.training.losses import orpo_loss, simpo_loss
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "blue", "sky"]
 METHODS = {"orpo": (ORPOConfig, train_orpo), "simpo": (SimPOConfig, train_simpo)}
-
-
-def preference_pairs(n: int, seed: int) -> list[PreferencePair]:
-    """Known rule: the chosen answer ends with "yes", the rejected one with "no"."""
-    rng = random.Random(seed)
-    pairs = []
-    for i in range(n):
-        stem = " ".join(rng.choice(WORDS) for _ in range(2))
-        pairs.append(PreferencePair(f"Question {seed}-{i}:", f"{stem} yes", f"{stem} no"))
-    return pairs
-
-
-def build(path, seed=0):
-    torch.manual_seed(seed)
-    return HydraModel.from_pretrained(path, device="cpu", quantize=None, lora_r=8)
 
 
 class RoleSpy:

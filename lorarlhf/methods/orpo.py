@@ -16,15 +16,12 @@ The step loop is pairwise.py's:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
-from lorarlhf.data import PreferencePair
-from lorarlhf.methods.pairwise import mean_logprobs, train_pairwise
+from lorarlhf.methods.pairwise import mean_logprobs, reference_free_trainer
 from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import orpo_log_odds_ratio, orpo_loss
-from lorarlhf.training.steps import StageRun
 from lorarlhf.validation import check_number
 
 
@@ -40,24 +37,10 @@ class ORPOConfig(CommonConfig):
         check_number("orpo_lambda", self.orpo_lambda, low=0, open_low=True)
 
 
-def train_orpo(
-    hydra,
-    train_pairs: list[PreferencePair],
-    config: ORPOConfig,
-    *,
-    eval_pairs=None,
-    on_step=None,
-    progress=True,
-    checkpoints=None,
-) -> StageRun:
-    """Train the actor adapter on preference pairs by ORPO; evaluate on `eval_pairs` when given."""
-    return train_pairwise(
-        "orpo", partial(_loss, config), hydra, train_pairs, config, reference=False, eval_pairs=eval_pairs,
-        on_step=on_step, progress=progress, checkpoints=checkpoints,
-    )  # fmt: skip
-
-
 def _loss(config: ORPOConfig, scores: torch.Tensor, ref: None):
     """ORPO's loss of the (B, 4) pair scores, with each pair's log odds ratio (positive: the chosen wins)."""
     chosen, rejected = mean_logprobs(scores)
     return orpo_loss(chosen, rejected, lam=config.orpo_lambda), orpo_log_odds_ratio(chosen, rejected).detach()
+
+
+train_orpo = reference_free_trainer("orpo", _loss)

@@ -109,6 +109,21 @@ def train_pairwise(
     return loop.finish(held_out)
 
 
+def reference_free_trainer(stage: str, loss_of):
+    """The trainer of a method whose loss reads the actor's pair scores alone (ORPO, SimPO), with no reference
+    pass: loss_of(config, scores (B, 4), None) -> (loss, margin (B,))."""
+
+    def train(hydra, train_pairs, config, *, eval_pairs=None, on_step=None, progress=True, checkpoints=None):
+        return train_pairwise(
+            stage, partial(loss_of, config), hydra, train_pairs, config, reference=False, eval_pairs=eval_pairs,
+            on_step=on_step, progress=progress, checkpoints=checkpoints,
+        )  # fmt: skip
+
+    train.__name__ = train.__qualname__ = f"train_{stage}"
+    train.__doc__ = f"Train the actor adapter on preference pairs by {stage}; evaluate on `eval_pairs` when given."
+    return train
+
+
 def _policy(hydra, config, pairs: list[PreferencePair]) -> torch.Tensor:
     """(B, 4): the actor's pair_scores."""
     return pair_scores(hydra, pairs, "actor", config.max_length)

@@ -16,16 +16,13 @@ step loop is pairwise.py's:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
-from lorarlhf.data import PreferencePair
-from lorarlhf.methods.pairwise import mean_logprobs, train_pairwise
+from lorarlhf.methods.pairwise import mean_logprobs, reference_free_trainer
 from lorarlhf.methods.sft import SFTStageOptions
 from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import simpo_loss
-from lorarlhf.training.steps import StageRun
 from lorarlhf.validation import check_number
 
 
@@ -45,26 +42,12 @@ class SimPOConfig(CommonConfig, SFTStageOptions):
         check_number("gamma", self.gamma, low=0)
 
 
-def train_simpo(
-    hydra,
-    train_pairs: list[PreferencePair],
-    config: SimPOConfig,
-    *,
-    eval_pairs=None,
-    on_step=None,
-    progress=True,
-    checkpoints=None,
-) -> StageRun:
-    """Train the actor adapter on preference pairs by SimPO; evaluate on `eval_pairs` when given."""
-    return train_pairwise(
-        "simpo", partial(_loss, config), hydra, train_pairs, config, reference=False, eval_pairs=eval_pairs,
-        on_step=on_step, progress=progress, checkpoints=checkpoints,
-    )  # fmt: skip
-
-
 def _loss(config: SimPOConfig, scores: torch.Tensor, ref: None):
     """SimPO's loss of the (B, 4) pair scores, with each pair's reward margin beta (mean logp_c - mean logp_r)."""
     chosen, rejected = mean_logprobs(scores)
     return simpo_loss(chosen, rejected, beta=config.beta, gamma=config.gamma), (
         config.beta * (chosen - rejected)
     ).detach()
+
+
+train_simpo = reference_free_trainer("simpo", _loss)
