@@ -52,7 +52,7 @@ from lorarlhf.model.hydra import HydraModel, resolve_model
 from lorarlhf.model.loading import load_tokenizer
 from lorarlhf.model.memory import peak_memory_gb
 from lorarlhf.model.saving import ADAPTERS, MANIFEST, load_weights
-from lorarlhf.planner import MemoryPlan, UnreadableConfig, plan
+from lorarlhf.planner import MemoryPlan, UnreadableConfig, plan, settle_cpu_settings
 from lorarlhf.plots import plot_training_curves, read_metrics
 from lorarlhf.reporting import Reporter, check_installed
 from lorarlhf.training import distributed
@@ -127,6 +127,9 @@ def align(model, data, *, method: str = "ppo", output_dir=None, reward_fn=None, 
     prepare = partial(_prepare_output_dir, output_dir, method, resume=config.resume, overwrite=config.overwrite)
     out = prepare() if main else Path(output_dir)
     distributed.barrier()  # the others start once the first process has checked and made the directory
+    if not isinstance(model, HydraModel) and distributed.local_device() is None and not torch.cuda.is_available():
+        for note in settle_cpu_settings(config, method, model, explicit=set(overrides)).notes:  # planner.py
+            log.info("%s", note)
     hydra = _hydra_for(model, config, roles_of(stages))
     checkpoints = _checkpoints(out, config, method, hydra)
     if hydra.device.type == "cuda" and config.gpu_memory_gb is not None:

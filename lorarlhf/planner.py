@@ -488,3 +488,92 @@ def _config_of(model):
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(model), str(model)
+
+
+CPU_MEMORY_MARGIN = 0.25
+"""Share of the machine's available memory a CPU run leaves to everything else when it drops checkpointing."""
+CPU_NF4_NOTE = (
+    "quantize=None on a CPU: bitsandbytes dequantizes every 4-bit weight at every matmul there (generation "
+    "measured ~45% slower) and the resident memory did not shrink; pass quantize='nf4' to quantize anyway"
+)
+
+
+@dataclass
+class CpuSettings:
+    """What a CPU run uses where the user left the choice to lorarlhf, and why (`notes`, for the log)."""
+
+    quantize: str | None
+    gradient_checkpointing: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def cpu_settings(
+    model,
+    *,
+    method: str,
+    explicit: set[str] | frozenset[str] = frozenset(),
+    quantize: str | None = "nf4",
+    gradient_checkpointing: bool = True,
+    memory_bytes: int | None = None,
+    **sizes,
+) -> CpuSettings:
+    """The quantization and gradient checkpointing of a run on a CPU.
+
+    On a GPU the defaults (NF4, checkpointing) buy memory for time. On a CPU NF4 buys nothing (CPU_NF4_NOTE) and
+    checkpointing's recomputation costs ~13% of a GRPO step, so both are left off unless the user set them
+    (`explicit`: the names of the options they gave) or, for checkpointing, the update without it would not fit
+    in `memory_bytes` (default: the memory the OS reports available) less CPU_MEMORY_MARGIN.
+    `sizes`: batch_size, max_length, max_new_tokens, group_size, lora_r, reward_model, as for plan().
+    """
+    notes = []
+    if quantize == "nf4" and "quantize" not in explicit:
+        quantize = None
+        notes.append(CPU_NF4_NOTE)
+    if gradient_checkpointing and "gradient_checkpointing" not in explicit:
+        without = plan(model, method=method, quantize=quantize, dtype="float32", gradient_checkpointing=False, **sizes)
+        need = max(without.phases.values()) - CUDA_CONTEXT_BYTES
+        memory = available_memory_bytes() if memory_bytes is None else memory_bytes
+        if memory is not None and need <= memory * (1 - CPU_MEMORY_MARGIN):
+            gradient_checkpointing = False
+            notes.append(
+                f"gradient_checkpointing=False on a CPU: recomputing activations costs ~13% of a step, and the "
+                f"update without it needs ~{need / GiB:.2f} GiB of the {memory / GiB:.1f} GiB available"
+            )
+        else:
+            shown = "unknown" if memory is None else f"{memory / GiB:.1f} GiB"
+            notes.append(
+                f"gradient_checkpointing stays on: without it the update needs ~{need / GiB:.2f} GiB, more than "
+                f"{100 * (1 - CPU_MEMORY_MARGIN):.0f}% of the memory available ({shown})"
+            )
+    return CpuSettings(quantize=quantize, gradient_checkpointing=gradient_checkpointing, notes=notes)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def settle_cpu_settings(run_config, method: str, model, *, explicit: set[str]) -> CpuSettings:
+    """cpu_settings for a run's config (a method's config dataclass), written back into it: its quantize and
+    gradient_checkpointing become what a CPU run should use; `explicit` names the options the user gave."""
+    chosen = cpu_settings(
+        model,
+        method=method if method in ROLES_BY_METHOD else "grpo" if hasattr(run_config, "samples_per_prompt") else "dpo",
+        explicit=explicit,
+        quantize=run_config.quantize,
+        gradient_checkpointing=run_config.gradient_checkpointing,
+        batch_size=run_config.batch_size,
+        max_length=run_config.max_length,
+        max_new_tokens=getattr(run_config, "max_new_tokens", 64),
+        group_size=getattr(run_config, "samples_per_prompt", 1),
+        lora_r=run_config.lora_r,
+    )
+    run_config.quantize, run_config.gradient_checkpointing = chosen.quantize, chosen.gradient_checkpointing
+    return chosen

@@ -166,3 +166,52 @@ def test_the_plan_reports_the_nf4_share_the_loaded_model_has(name, tmp_path):
     assert f"NF4 holds {100 * hydra.quantized_fraction:.1f}% of the decoder's matrix weights in 4-bit" in str(
         memory_plan
     )
+
+
+# --------------------------------------------------------------------------- CPU runs: no NF4, no checkpointing
+
+TINY_SIZES = dict(batch_size=4, max_length=128, max_new_tokens=32, group_size=4, lora_r=4)
+
+
+def test_a_cpu_run_drops_nf4_and_checkpointing_when_memory_allows(tiny_model_dir):
+    from lorarlhf.planner import cpu_settings
+
+    chosen = cpu_settings(tiny_model_dir, method="grpo", memory_bytes=8 * GiB, **TINY_SIZES)
+    assert chosen.quantize is None and chosen.gradient_checkpointing is False
+    assert any("quantize=None" in note for note in chosen.notes) and any("recomputing" in note for note in chosen.notes)
+
+
+def test_a_cpu_run_keeps_what_the_user_set(tiny_model_dir):
+    from lorarlhf.planner import cpu_settings
+
+    chosen = cpu_settings(
+        tiny_model_dir, method="grpo", explicit={"quantize", "gradient_checkpointing"}, memory_bytes=8 * GiB,
+        **TINY_SIZES,
+    )  # fmt: skip
+    assert chosen.quantize == "nf4" and chosen.gradient_checkpointing is True and chosen.notes == []
+    off = cpu_settings(tiny_model_dir, method="dpo", quantize=None, gradient_checkpointing=False, **TINY_SIZES)
+    assert off.quantize is None and off.gradient_checkpointing is False and off.notes == []
+
+
+def test_a_cpu_run_keeps_checkpointing_when_the_update_would_not_fit(tiny_model_dir):
+    from lorarlhf.planner import CUDA_CONTEXT_BYTES, cpu_settings
+
+    sizes = {**TINY_SIZES, "group_size": 1}
+    without = plan(tiny_model_dir, method="grpo", quantize=None, dtype="float32", gradient_checkpointing=False, **sizes)
+    need = max(without.phases.values()) - CUDA_CONTEXT_BYTES
+    tight = cpu_settings(tiny_model_dir, method="grpo", memory_bytes=need, **sizes)  # needs the 25% margin too
+    assert tight.gradient_checkpointing is True and "stays on" in tight.notes[-1]
+    roomy = cpu_settings(tiny_model_dir, method="grpo", memory_bytes=2 * need, **sizes)
+    assert roomy.gradient_checkpointing is False
+
+
+def test_align_on_a_cpu_writes_the_cpu_choice_into_its_config(tiny_model_dir):
+    from lorarlhf.methods.grpo import GRPOConfig
+    from lorarlhf.planner import settle_cpu_settings
+
+    config = GRPOConfig(batch_size=2, group_size=2, max_length=64, max_new_tokens=8, lora_r=4)
+    settle_cpu_settings(config, "grpo", tiny_model_dir, explicit=set())
+    assert config.quantize is None and config.gradient_checkpointing is False
+    config = GRPOConfig(batch_size=2, group_size=2, max_length=64, max_new_tokens=8, lora_r=4, quantize="nf4")
+    settle_cpu_settings(config, "grpo", tiny_model_dir, explicit={"quantize"})
+    assert config.quantize == "nf4"
