@@ -96,11 +96,11 @@ def test_module_level_imports_form_no_circle():
 
 
 def test_the_table_names_every_method_module_and_each_entry_resolves():
-    from lorarlhf.methods.table import METHODS
+    from lorarlhf.methods.table import DATA_KINDS, METHODS
 
     trainers = {Path(method.trainer_path.split(":")[0].replace(".", "/")).name for method in METHODS.values()}
     modules = {path.stem for path in (REPO / "lorarlhf" / "methods").glob("*.py")}
     assert modules - trainers == {"__init__", "table", "rl_options"}, "a method module with no entry in the table"
     for name, method in METHODS.items():
-        assert method.name == name and method.data in ("demonstrations", "pairs", "prompts")
+        assert method.name == name and method.data in DATA_KINDS
         assert callable(method.trainer) and hasattr(method.config, "from_overrides")

@@ -12,9 +12,9 @@ from test_dpo import build, preference_pairs
 import lorarlhf
 from lorarlhf.methods.dpo import DPOConfig, train_dpo
 from lorarlhf.methods.orpo import ORPOConfig, train_orpo
-from lorarlhf.methods.pairwise import mean_logprobs, pair_scores
 from lorarlhf.methods.simpo import SimPOConfig, train_simpo
 from lorarlhf.training.losses import orpo_loss, simpo_loss
+from lorarlhf.training.pair_loop import mean_logprobs, pair_scores
 
 METHODS = {"orpo": (ORPOConfig, train_orpo), "simpo": (SimPOConfig, train_simpo)}
 

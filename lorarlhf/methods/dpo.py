@@ -4,7 +4,7 @@ Direct Preference Optimization (Rafailov et al. 2023): the policy's log-ratio to
 implicit reward, and the Bradley-Terry likelihood of the preferences under that reward is maximised. The
 reference is the same base with adapters off (or the frozen sft adapter), so no second model is loaded.
 Variants: conservative DPO (label smoothing), IPO, and CPL, which needs no reference at all (training/losses.py).
-The step loop is pairwise.py's:
+The step loop is training/pair_loop.py's:
 
     optionally: ref_logp <- reference log-probs of every pair, once
     for step in 1..steps:
@@ -24,15 +24,15 @@ from functools import partial
 import torch
 
 from lorarlhf.data import PreferencePair
-from lorarlhf.methods.pairwise import evaluate_pairwise, pair_logprobs, reference_logprobs, train_pairwise
 from lorarlhf.methods.sft import SFTStageOptions
 from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import cpl_loss, dpo_log_ratio_margin, dpo_loss, ipo_loss
+from lorarlhf.training.pair_loop import evaluate_pairwise, pair_logprobs, reference_logprobs, train_pairwise
 from lorarlhf.training.steps import StageRun
 from lorarlhf.validation import check_bool, check_choice, check_number
 
 LOSSES = ("sigmoid", "ipo", "cpl")
-# pair_logprobs and reference_logprobs live in pairwise.py and are DPO's public names too
+# pair_logprobs and reference_logprobs live in training/pair_loop.py and are DPO's public names too
 __all__ = ["LOSSES", "DPOConfig", "evaluate_dpo", "pair_logprobs", "reference_logprobs", "train_dpo"]
 
 

@@ -3,7 +3,7 @@
 Odds Ratio Preference Optimization (Hong et al. 2024): the NLL of the chosen answer, plus lambda times the
 -log sigmoid of the log odds ratio of chosen over rejected, with odds from the length-normalised likelihood
 (training/losses.py: orpo_loss). No reference pass and no SFT stage before it: the SFT term is in the loss.
-The step loop is pairwise.py's:
+The step loop is training/pair_loop.py's:
 
     for step in 1..steps:
         batch   <- next shuffled pairs
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lorarlhf.methods.pairwise import mean_logprobs, reference_free_trainer
 from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import orpo_log_odds_ratio, orpo_loss
+from lorarlhf.training.pair_loop import mean_logprobs, reference_free_trainer
 from lorarlhf.validation import check_number
 
 

@@ -3,7 +3,7 @@
 Simple Preference Optimization (Meng et al. 2024): -log sigmoid of beta times the difference of the mean token
 log-probs of chosen and rejected, less a target margin gamma (training/losses.py: simpo_loss). The reward is the
 quantity generation ranks answers by, and dividing by the length keeps it from favouring long answers. The
-step loop is pairwise.py's:
+step loop is training/pair_loop.py's:
 
     for step in 1..steps:
         batch   <- next shuffled pairs
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lorarlhf.methods.pairwise import mean_logprobs, reference_free_trainer
 from lorarlhf.methods.sft import SFTStageOptions
 from lorarlhf.training.config import CommonConfig
 from lorarlhf.training.losses import simpo_loss
+from lorarlhf.training.pair_loop import mean_logprobs, reference_free_trainer
 from lorarlhf.validation import check_number
 
 

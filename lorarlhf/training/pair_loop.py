@@ -1,6 +1,7 @@
-"""The step loop of the methods that learn from preference pairs directly: DPO and its variants (dpo.py), ORPO
-(orpo.py) and SimPO (simpo.py). No reward model and no sampling: each step scores a batch of pairs under the
-actor, and under the reference when the method has one, and takes the method's loss of those scores.
+"""The step loop of the methods that learn from preference pairs directly: DPO and its variants (methods/dpo.py),
+ORPO (methods/orpo.py) and SimPO (methods/simpo.py), on supervised_loop.py's SupervisedLoop. No reward model
+and no sampling: each step scores a batch of pairs under the actor, and under the reference when the method has
+one, and takes the method's loss of those scores.
 
     for step in 1..steps:
         batch     <- next shuffled pairs
