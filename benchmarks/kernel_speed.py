@@ -4,7 +4,8 @@
     python benchmarks/kernel_speed.py --cpu      # small sizes on the CPU, so the script runs everywhere
 
 The LM head is frozen (the LoRA case): gradients flow to the hidden states only. For each provider and N it
-records the median time of forward + backward (triton.testing.do_bench on CUDA, wall clock on CPU); the peak
+records the median time of forward + backward (triton.testing.do_bench on CUDA; on CPU wall clock over --rounds
+rounds that interleave the providers and the floor's matmul, in an order rotating each round); the peak
 memory on top of the inputs (torch.cuda.max_memory_allocated on CUDA; on CPU the growth of the process's peak
 RSS over one step, in a fresh Linux process per measurement); and the GEMM floor: the matmul FLOPs that a
 frozen-head forward + backward cannot avoid (the logits and the hidden-state gradient, 2 x 2NHV) over the
@@ -100,17 +101,35 @@ def measure_cuda(provider, n, hidden_size, vocab, dtype):
     return {"median_ms": median, "p20_ms": low, "p80_ms": high, "peak_extra_bytes": peak_extra}
 
 
-def measure_cpu_time(provider, n, hidden_size, vocab, dtype, repeats=5):
-    fn = FUNCTIONS[provider]
-    hidden, weight, targets, upstream = make_inputs(n, hidden_size, vocab, dtype, "cpu")
-    step(fn, hidden, weight, targets, upstream)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step(fn, hidden, weight, targets, upstream)
-        times.append((time.perf_counter() - start) * 1e3)
+def measure_cpu_times(providers, n, hidden_size, vocab, dtype, rounds=8):
+    """Wall-clock ms of one forward + backward per provider, and of the GEMM floor's matmul, interleaved.
+
+    Every round times each provider once (and the floor's single (N x H) @ (H x V) matmul), in an order that
+    rotates each round, so a machine shared with other work slows every provider alike instead of whichever
+    ran during a busy spell. Returns {provider: [ms per round]} and the floor matmul's [ms per round].
+    """
+    inputs = make_inputs(n, hidden_size, vocab, dtype, "cpu")
+    a = torch.randn(n, hidden_size, dtype=dtype)
+    b = torch.randn(hidden_size, vocab, dtype=dtype)
+    tasks = {p: (lambda fn=FUNCTIONS[p]: step(fn, *inputs)) for p in providers}
+    tasks["floor"] = lambda: a @ b
+    times = {name: [] for name in tasks}
+    for task in tasks.values():  # warm-up: allocator, lazy imports
+        task()
+    names = list(tasks)
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            tasks[name]()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    floor = times.pop("floor")
+    return times, floor
+
+
+def _spread(times):
     quantiles = statistics.quantiles(times, n=5)
-    return {"median_ms": statistics.median(times), "p20_ms": quantiles[0], "p80_ms": quantiles[-1]}
+    return {"median_ms": statistics.median(times), "p20_ms": quantiles[0], "p80_ms": quantiles[-1], "times_ms": times}
 
 
 def cpu_peak_worker(provider, n, hidden_size, vocab, dtype_name):
@@ -190,6 +209,7 @@ def main():
     parser.add_argument("--cpu", action="store_true", help="small sizes on the CPU (the default without CUDA)")
     parser.add_argument("--ns", type=int, nargs="+", help="token counts to run (default per device)")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
+    parser.add_argument("--rounds", type=int, default=8, help="CPU: interleaved rounds per N (default 8)")
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/kernels-<device>.json)")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,10 +226,22 @@ def main():
     print(f"{name}: H={sizes['hidden']} V={sizes['vocab']} {sizes['dtype']}, frozen head, forward + backward")
     rows = []
     for n in ns:
-        floor, rate = gemm_floor_ms(n, sizes["hidden"], sizes["vocab"], dtype, device)
+        cpu_times, floor_times = {}, []
+        runnable = [p for p in args.providers if not available(p, device)]
+        if device == "cpu":
+            cpu_times, floor_times = measure_cpu_times(
+                runnable, n, sizes["hidden"], sizes["vocab"], dtype, rounds=args.rounds
+            )
+            matmul_ms = statistics.median(floor_times)
+            rate = 2 * n * sizes["hidden"] * sizes["vocab"] / (matmul_ms / 1e3)
+            floor = 2 * matmul_ms
+        else:
+            floor, rate = gemm_floor_ms(n, sizes["hidden"], sizes["vocab"], dtype, device)
         for provider in args.providers:
             row = {"provider": provider, "n": n, "hidden": sizes["hidden"], "vocab": sizes["vocab"],
                    "dtype": sizes["dtype"], "gemm_floor_ms": floor, "matmul_tflops": rate / 1e12}  # fmt: skip
+            if floor_times:
+                row["floor_matmul_ms"] = _spread(floor_times)
             skip = available(provider, device)
             if skip:
                 row["skipped"] = skip
@@ -218,7 +250,7 @@ def main():
                     if device == "cuda":
                         row.update(measure_cuda(provider, n, sizes["hidden"], sizes["vocab"], dtype))
                     else:
-                        row.update(measure_cpu_time(provider, n, sizes["hidden"], sizes["vocab"], dtype))
+                        row.update(_spread(cpu_times[provider]))
                         row.update(measure_cpu_memory(provider, n, sizes["hidden"], sizes["vocab"], dtype))
                     row["x_floor"] = row["median_ms"] / floor
                 except Exception as error:  # a peer failing is a result to record, not a crash
@@ -233,6 +265,8 @@ def main():
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in __import__("os").getloadavg()],
+        "rounds": args.rounds if device == "cpu" else None,
         "rows": rows,
     }
     out.write_text(json.dumps(record, indent=2) + "\n")
