@@ -157,9 +157,12 @@ def test_ppo_raises_the_reward_and_leaves_reference_reward_and_base_alone(
     def count_base_copies(record):
         copies.append(len(base_sized() - before))
 
+    # Scores unscaled (reward_scaling="none"), as when the bars below were measured: the running scaling of a
+    # reward function's scores weighs this reward 10x more against kl_coef (max rl/kl 53 at seed 0).
     config = PPOConfig(
-        steps=60, lr=1e-2, batch_size=16, max_new_tokens=8, kl_coef=0.05, ppo_epochs=1, lam=1.0, seed=stat_seed
-    )
+        steps=60, lr=1e-2, batch_size=16, max_new_tokens=8, kl_coef=0.05, ppo_epochs=1, lam=1.0, seed=stat_seed,
+        reward_scaling="none",
+    )  # fmt: skip
     run = train_ppo(hydra, PROMPTS, config, reward_fn=lowercase, on_step=count_base_copies, progress=False)
 
     eval_seed = 1000 * (stat_seed + 1)  # 32 fresh sampling seeds per test seed

@@ -10,7 +10,7 @@ penalty to the reference inside the loss.
         scores     <- reward functions or the reward role                    (score)
         advantages <- (score - group mean) / group std
         ref_logp   <- the base with adapters off (or the frozen sft adapter) (reference)
-        old_logp   <- the actor before the update
+        old_logp   <- the actor before the update (a rollout used once: the update's own forward, detached)
         for iteration in num_iterations, for minibatch:                      (train)
             loss <- -min(ratio A, clip(ratio) A) + beta k3(actor || ref), averaged per sequence or per token
             one AdamW step on the actor adapter
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+
+import torch
 
 from lorarlhf.methods.rl_options import RLConfig
 from lorarlhf.training.rl_loop import (
@@ -93,14 +95,23 @@ def train_grpo(
                   group_size=config.group_size, on_step=on_step, progress=progress,
                   checkpoints=checkpoints)  # fmt: skip
 
+    # A rollout trained on once (one pass, one minibatch) is scored by the update's own forward: before the
+    # step the actor is the rollout policy, so a separate no-grad pass of it would compute the same numbers.
+    used_once = config.num_iterations == 1 and config.num_minibatches == 1
     for scored in loop:  # B prompts x G samples each, as B*G rows
         batch, mask = scored.batch, scored.mask  # (B*G, T)
         advantages = group_advantages(scored.rewards, config.group_size, scale_by_std=config.scale_rewards)  # (B*G,)
-        ref_logp, old_logp, old_entropy = loop.scoring_passes(partial(_scoring_passes, hydra, batch, config))
+        if used_once:
+            ref_logp = loop.scoring_passes(partial(_reference_pass, hydra, batch, config))  # (B*G, T)
+            old_logp, old_entropy = torch.zeros_like(ref_logp), torch.zeros_like(ref_logp)  # filled by the update
+            rollout_logp = (old_logp, old_entropy)
+        else:
+            ref_logp, old_logp, old_entropy = loop.scoring_passes(partial(_scoring_passes, hydra, batch, config))
+            rollout_logp = None
 
         with loop.training():
             for minibatch in loop.minibatches(config.num_iterations, config.num_minibatches):
-                loss_of = partial(_policy_loss, hydra, batch, old_logp, ref_logp, advantages, config)
+                loss_of = partial(_policy_loss, hydra, batch, old_logp, ref_logp, advantages, config, rollout_logp)
                 loop.update(minibatch, loss_of, per_token=config.loss_type == "token")
 
         loop.log({
@@ -111,17 +122,30 @@ def train_grpo(
     return loop.finish()
 
 
+def _reference_pass(hydra, batch, config: GRPOConfig, chunks: int):
+    """Reference log-probs, (B*G, T), in `chunks` row slices."""
+    return in_chunks(batch, chunks, hydra.token_logprobs, role="reference", temperature=config.temperature)
+
+
 def _scoring_passes(hydra, batch, config: GRPOConfig, chunks: int):
     """Reference log-probs, rollout-policy log-probs and entropy, (B*G, T) each, in `chunks` row slices."""
     t, logprobs = config.temperature, hydra.token_logprobs
-    ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)
+    ref_logp = _reference_pass(hydra, batch, config, chunks)
     old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
     return ref_logp, old_logp, old_entropy
 
 
-def _policy_loss(hydra, batch, old_logp, ref_logp, advantages, config: GRPOConfig, rows):
-    """The GRPO loss of the rollout's `rows` under the current actor, and its statistics."""
-    logp = hydra.token_logprobs(rows_of(batch, rows), role="actor", temperature=config.temperature)
+def _policy_loss(hydra, batch, old_logp, ref_logp, advantages, config: GRPOConfig, rollout_logp, rows):
+    """The GRPO loss of the rollout's `rows` under the current actor, and its statistics.
+
+    rollout_logp: None, or (logp, entropy) (B*G, T) buffers this forward fills with its detached log-probs
+    and entropies, which are then the rollout policy's (a rollout used once: the ratio is exactly 1)."""
+    sub, t = rows_of(batch, rows), config.temperature
+    if rollout_logp is None:
+        logp = hydra.token_logprobs(sub, role="actor", temperature=t)
+    else:
+        logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=t, return_entropy=True)
+        rollout_logp[0][rows], rollout_logp[1][rows] = logp.detach(), entropy.detach()
     loss, stats = grpo_policy_loss(
         logp,
         old_logp[rows],

@@ -9,17 +9,21 @@ actor and critic are updated with PPO's clipped objectives (Schulman et al. 2017
         rollout    <- actor samples responses to a batch of prompts          (generate)
         scores     <- reward role or reward functions on the sampled tokens   (score)
         ref_logp   <- the base with adapters off (or the frozen sft adapter)  (reference)
-        old_logp, old_values <- actor and critic before the update
+        old_logp, old_values <- actor and critic before the update (a rollout used once: the update's own
+                                forward, detached, so no separate pass of them)
+        score      <- (score - running mean) / running std over every score so far (reward_scaling)
         rewards    <- -kl_coef * KL(old || ref) per token, + score at the last token
         advantages, returns <- GAE(rewards, old_values); whiten advantages
         for epoch in ppo_epochs, for minibatch:                               (train)
             loss <- clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy
+                    (the value loss alone for the first critic_warmup_steps steps)
             one AdamW step on the actor and critic adapters and the value head
         adapt kl_coef toward the target KL (optional)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -41,6 +45,7 @@ from lorarlhf.training.rl_loop import (
 from lorarlhf.training.rl_losses import (
     AdaptiveKLController,
     FixedKLController,
+    RunningMoments,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_bonus,
@@ -53,6 +58,7 @@ from lorarlhf.training.steps import StageRun
 from lorarlhf.validation import check_bool, check_choice, check_int, check_number, check_optional_number
 
 ESTIMATORS = ("k1", "k3")
+REWARD_SCALINGS = ("auto", "none", "running")
 
 
 @dataclass
@@ -88,11 +94,24 @@ class PPOConfig(RLConfig):
     exceeds 1.5 x this (None: never). A trust region per rollout, unlike kl_target."""
     critic: str = "separate"
     """"separate": the critic has its own adapter. "shared": the actor adapter + a value head (joint Hydra)."""
+    critic_warmup_steps: int = 0
+    """Optimizer steps at the start that train the critic alone (the value loss; the actor adapter is left as
+    it is, unless critic="shared", where the value loss moves the shared adapter), so the first policy updates
+    see advantages from a critic that has already fit some returns (OpenRLHF's freezing_actor_steps,
+    DeepSpeed-Chat's critic-first recipe). They count toward `steps`."""
+    reward_scaling: str = "auto"
+    """"running": each score becomes (score - mean) / std over every score seen so far (this rollout's
+    included), so a reward function's units (a share in [0, 1] with a std of 0.05, a count) do not decide how
+    much the score weighs against the KL penalty, and the critic fits targets of unit scale. "none": scores as
+    shaped (after reward_normalize and reward_clip). "auto": "running" for reward functions, "none" for the
+    reward role, whose scores are Bradley-Terry logits, a unit kl_coef can be set against."""
 
     def __post_init__(self):
         super().__post_init__()
         for name in ("ppo_epochs", "num_minibatches", "kl_horizon"):
             check_int(name, getattr(self, name))
+        check_int("critic_warmup_steps", self.critic_warmup_steps, minimum=0, hint=" (0: no warm-up)")
+        check_choice("reward_scaling", self.reward_scaling, REWARD_SCALINGS)
         for name in ("clip", "value_clip", "kl_target"):
             check_number(name, getattr(self, name), low=0, open_low=True)
         for name in ("vf_coef", "ent_coef"):
@@ -145,19 +164,85 @@ def train_ppo(
         if config.adaptive_kl
         else FixedKLController(config.kl_coef)
     )
+    scaling = config.reward_scaling
+    if scaling == "auto":
+        scaling = "running" if reward_fn is not None else "none"
+    state = {"kl_control": kl_control}
+    if scaling == "running":
+        state["reward_moments"] = moments = RunningMoments()
     params = unique_params(hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic"))
-    loop = RLLoop("ppo", hydra, prompts, params, config, reward_fn=reward_fn, columns=columns,
-                  state={"kl_control": kl_control}, on_step=on_step, progress=progress,
-                  checkpoints=checkpoints)  # fmt: skip
+    loop = RLLoop("ppo", hydra, prompts, params, config, reward_fn=reward_fn, columns=columns, state=state,
+                  on_step=on_step, progress=progress, checkpoints=checkpoints)  # fmt: skip
+    # A rollout trained on once, in one piece (one epoch, one minibatch, no accumulation), is scored by the
+    # update's own forward: before the step the actor and critic are the rollout's, so separate no-grad
+    # passes of them would compute the same numbers.
+    used_once = config.ppo_epochs == 1 and config.num_minibatches == 1 and config.grad_accumulation == 1
 
     for scored in loop:
-        batch, mask = scored.batch, scored.mask  # (B, T): mask marks the sampled tokens
-        ref_logp, old_logp, old_entropy, old_values = loop.scoring_passes(
-            partial(_scoring_passes, hydra, batch, config)
-        )  # (B, T) each
+        batch, scores = scored.batch, scored.rewards  # (B, T): batch.response_mask marks the sampled tokens
+        if scaling == "running":
+            moments.update(distributed.all_gather_cat(scores))  # every process's scores, the same statistics
+            scores = moments.normalize(scores)  # (B,)
+        warmup = loop.steps < config.critic_warmup_steps  # the critic alone, on this rollout
+        rollout = PPORollout(hydra, batch, scores, kl_control.value, config)
+        if used_once and not warmup:
+            rollout.ref_logp = loop.scoring_passes(partial(_reference_pass, hydra, batch, config))
+        else:
+            rollout.set_old(*loop.scoring_passes(partial(_scoring_passes, hydra, batch, config)))
 
+        with loop.training():
+            for minibatch in loop.minibatches(config.ppo_epochs, config.num_minibatches):
+                stats = loop.update(minibatch, partial(_ppo_loss, hydra, batch, rollout, config, warmup))
+                if stats and config.target_kl is not None and stats["rl/approx_kl"] > 1.5 * config.target_kl:
+                    break  # the policy moved too far from the rollout's: collect a fresh batch
+
+        old = rollout.targets
+        if old is None:  # the update was skipped (non-finite): its targets from a pass, for the record
+            with torch.no_grad():
+                rollout.set_old(rollout.ref_logp, *_scoring_passes(hydra, batch, config, 1)[1:])
+            old = rollout.targets
+        mask = batch.response_mask
+        sequence_kl = distributed.mean(old.kl.sum(dim=1).mean().item())  # mean per-sequence KL, every process
+        kl_control.update(sequence_kl, mask.shape[0])
+        loop.log({
+            "rl/kl": sequence_kl,
+            "rl/kl_coef": kl_control.value,
+            "rl/entropy": masked_mean(old.entropy, mask).item(),
+            "rl/explained_variance": explained_variance(old.values, old.returns, mask),
+            "rl/critic_warmup": float(warmup),
+        })  # fmt: skip
+    return loop.finish()
+
+
+@dataclass
+class RolloutTargets:
+    """What the PPO losses of one rollout compare against, (B, T) each, zero outside the response mask:
+    the rollout policy's log-probs and entropy, the critic's values V(s_t), the per-token KL to the reference
+    folded into the reward, and GAE's advantages (whitened when asked) and returns."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class PPORollout:
+    """One rollout's reference log-probs and its RolloutTargets: set from the no-grad passes before the
+    updates (`set_old`), or, for a rollout used once, from the first update's own forward (`from_forward`)."""
+
+    def __init__(self, hydra, batch: TokenizedBatch, scores: torch.Tensor, kl_coef: float, config: PPOConfig):
+        self.hydra, self.batch, self.scores, self.kl_coef, self.config = hydra, batch, scores, kl_coef, config
+        self.ref_logp: torch.Tensor | None = None  # (B, T)
+        self.targets: RolloutTargets | None = None
+
+    def set_old(self, ref_logp, old_logp, old_entropy, old_values) -> None:
+        """The targets from the rollout policy's log-probs, entropies and values, (B, T) each."""
+        config, mask = self.config, self.batch.response_mask
+        self.ref_logp = ref_logp
         kl = token_kl(old_logp, ref_logp, estimator=config.kl_estimator) * mask  # (B, T)
-        token_rewards = -kl_control.value * kl + last_token_scores(scored.rewards, mask)  # (B, T)
+        token_rewards = -self.kl_coef * kl + last_token_scores(self.scores, mask)  # (B, T)
         advantages, returns = gae(token_rewards, old_values, mask, gamma=config.gamma, lam=config.lam)
         if config.whiten_advantages:
             advantages = (
@@ -165,46 +250,55 @@ def train_ppo(
                 if distributed.world_size() == 1
                 else distributed.global_masked_whiten(advantages, mask)
             )
+        self.targets = RolloutTargets(old_logp, old_entropy, old_values, kl, advantages, returns)
 
-        with loop.training():
-            for minibatch in loop.minibatches(config.ppo_epochs, config.num_minibatches):
-                loss_of = partial(_ppo_loss, hydra, batch, old_logp, old_values, advantages, returns, config)
-                stats = loop.update(minibatch, loss_of)
-                if stats and config.target_kl is not None and stats["rl/approx_kl"] > 1.5 * config.target_kl:
-                    break  # the policy moved too far from the rollout's: collect a fresh batch
+    def from_forward(self, rows: torch.Tensor, logp, entropy, values) -> None:
+        """The targets from the update's forward of `rows`, detached: the whole rollout in one piece, or, when
+        memory ran out and the update came in micro-batches, a no-grad pass over all of it first (the
+        advantages are whitened over the whole rollout, so no micro-batch can go before them)."""
+        rows_total = self.batch.input_ids.shape[0]
+        if len(rows) == rows_total:
+            old = [torch.empty_like(x) for x in (logp, entropy, values)]
+            for buffer, x in zip(old, (logp, entropy, values), strict=True):
+                buffer[rows] = x.detach()
+        else:
+            with torch.no_grad():
+                old = _scoring_passes(self.hydra, self.batch, self.config, math.ceil(rows_total / len(rows)))[1:]
+        self.set_old(self.ref_logp, *old)
 
-        sequence_kl = distributed.mean(kl.sum(dim=1).mean().item())  # mean per-sequence KL, every process
-        kl_control.update(sequence_kl, mask.shape[0])
-        loop.log({
-            "rl/kl": sequence_kl,
-            "rl/kl_coef": kl_control.value,
-            "rl/entropy": masked_mean(old_entropy, mask).item(),
-            "rl/explained_variance": explained_variance(old_values, returns, mask),
-        })  # fmt: skip
-    return loop.finish()
+
+def _reference_pass(hydra, batch, config: PPOConfig, chunks: int):
+    """Reference log-probs of the rollout, (B, T), in `chunks` row slices."""
+    return in_chunks(batch, chunks, hydra.token_logprobs, role="reference", temperature=config.temperature)
 
 
 def _scoring_passes(hydra, batch, config: PPOConfig, chunks: int):
     """Reference log-probs, rollout-policy log-probs and entropy, and values of the rollout, (B, T) each,
     in `chunks` row slices."""
     t, logprobs = config.temperature, hydra.token_logprobs
-    ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)
+    ref_logp = _reference_pass(hydra, batch, config, chunks)
     old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
     return ref_logp, old_logp, old_entropy, in_chunks(batch, chunks, partial(state_values, hydra))
 
 
-def _ppo_loss(hydra, batch, old_logp, old_values, advantages, returns, config: PPOConfig, rows):
-    """Clipped policy loss + vf_coef x clipped value loss (- ent_coef x entropy) of the rollout's `rows`."""
+def _ppo_loss(hydra, batch, rollout: PPORollout, config: PPOConfig, warmup: bool, rows):
+    """Clipped policy loss + vf_coef x clipped value loss (- ent_coef x entropy) of the rollout's `rows`;
+    during the critic's warm-up the value loss alone (the policy's terms still reported, without gradient)."""
     sub, mask = rows_of(batch, rows), batch.response_mask[rows]
-    if config.ent_coef > 0:  # the entropy's gradient costs one more matmul: only when it is in the loss
-        logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature, return_entropy=True)
-    else:
-        logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature), None
+    first_forward = rollout.targets is None  # a rollout used once: this forward is the rollout policy's
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not warmup):
+        if config.ent_coef > 0 or first_forward:  # the entropy's gradient costs one more matmul: only if needed
+            logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature, return_entropy=True)
+        else:
+            logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=config.temperature), None
     values = state_values(hydra, sub)
-    pg_loss, pg_stats = clipped_policy_loss(logp, old_logp[rows], advantages[rows], mask, clip=config.clip)
-    vf_loss = clipped_value_loss(values, old_values[rows], returns[rows], mask, clip=config.value_clip)
-    loss = pg_loss + config.vf_coef * vf_loss
-    if entropy is not None:
+    if first_forward:
+        rollout.from_forward(rows, logp, entropy, values)
+    old = rollout.targets
+    pg_loss, pg_stats = clipped_policy_loss(logp, old.logp[rows], old.advantages[rows], mask, clip=config.clip)
+    vf_loss = clipped_value_loss(values, old.values[rows], old.returns[rows], mask, clip=config.value_clip)
+    loss = config.vf_coef * vf_loss if warmup else pg_loss + config.vf_coef * vf_loss
+    if config.ent_coef > 0 and not warmup:
         loss = loss - config.ent_coef * entropy_bonus(entropy, mask)
     stats = {"rl/policy_loss": pg_loss.item(), "rl/value_loss": vf_loss.item()}
     return loss, {**stats, **{f"rl/{k}": v for k, v in pg_stats.items()}}

@@ -269,6 +269,9 @@ class RLLoop:
         self.sampling = sampling_of(config)
         self.optimizer, self.schedule = make_optimizer(params, config)
         self.guard, self.backoff = NonFiniteGuard("rl", config.max_skipped_steps), OutOfMemoryBackoff("rl")
+        # The no-grad passes keep no activations for a backward, so they start with the whole rollout in one
+        # piece and split only when memory runs out, down to the updates' smallest micro-batch.
+        self.scoring_backoff = OutOfMemoryBackoff("rl", limit=4 + (config.grad_accumulation - 1).bit_length())
         self.state = {"stream": self.stream, "guard": self.guard, "schedule": self.schedule, **(state or {})}
         self.run, self.steps = StageRun(), 0
         if checkpoints is not None and (saved := checkpoints.restore(self.optimizer)) is not None:
@@ -298,12 +301,9 @@ class RLLoop:
 
     def scoring_passes(self, passes):
         """passes(chunks): the rollout's log-probs under fixed weights (reference, rollout policy, values),
-        without autograd, in grad_accumulation chunks like the updates (more when memory runs out)."""
+        without autograd, in as few row chunks as memory allows: one, or more once memory ran out."""
         with self.timer("reference"), torch.no_grad():
-            return self.backoff.run(
-                lambda smaller: passes(self.config.grad_accumulation * smaller),
-                "the reference and rollout-policy passes",
-            )
+            return self.scoring_backoff.run(passes, "the reference and rollout-policy passes")
 
     @contextmanager
     def training(self):

@@ -11,6 +11,9 @@
     "Understanding R1-Zero-Like Training"), which also drops the division by the group's std.
   - The adaptive KL coefficient of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human
     Preferences", sec. 2.2), and a fixed one with the same interface.
+  - Running reward statistics (`RunningMoments`), the batch-by-batch update of Chan, Golub and LeVeque 1979
+    ("Updating Formulae and a Pairwise Algorithm for Computing Sample Variances"), to normalise rewards by
+    everything seen so far rather than by one batch.
 
 Shapes: B sequences, T token positions. `mask` is a (B, T) bool tensor, True on response tokens; positions
 outside it contribute nothing, and per-token outputs are 0 there. Inputs outside the mask are never read
@@ -317,6 +320,63 @@ class FixedKLController:
         if "value" not in state:
             raise ValueError(f"KL controller state is missing ['value']; got keys {sorted(state)}")
         self.value = float(state["value"])
+
+
+# ---------------------------------------------------------------- reward statistics
+
+
+class RunningMoments:
+    """Count, mean and population variance of every value seen so far, one batch at a time, in float64.
+
+    Merging a batch of n values with mean m_b and summed squared deviations M2_b into (N, m, M2)
+    (Chan et al. 1979):
+        delta = m_b - m
+        m    += delta n / (N + n)
+        M2   += M2_b + delta^2 N n / (N + n)
+        N    += n
+    so the result equals the mean and variance of all values at once, without keeping them.
+    `normalize(x)` = (x - mean) / (std + eps); before any value it returns x unchanged.
+    """
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count else 1.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        if not torch.isfinite(x).all():
+            raise ValueError("RunningMoments.update got a nan or inf; it would poison every later normalisation")
+        n = x.numel()
+        if n == 0:
+            return
+        batch_mean = x.mean().item()
+        batch_m2 = (x - batch_mean).pow(2).sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    def normalize(self, x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        if not self.count:
+            return x
+        return ((x.double() - self.mean) / (self.std + eps)).to(x.dtype)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore count, mean and m2, as saved by `state_dict`."""
+        missing = {"count", "mean", "m2"} - set(state)
+        if missing:
+            raise ValueError(f"running moments state is missing {sorted(missing)}; got keys {sorted(state)}")
+        count, mean, m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
+        if count < 0 or m2 < 0 or not (math.isfinite(mean) and math.isfinite(m2)):
+            raise ValueError(f"running moments state is not a valid one: {state}")
+        self.count, self.mean, self.m2 = count, mean, m2
 
 
 # ---------------------------------------------------------------- helpers
