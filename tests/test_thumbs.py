@@ -102,3 +102,19 @@ def test_the_label_command_takes_thumbs_and_defaults_its_file_to_feedback_jsonl(
     assert args.thumbs and args.out is None  # label() then writes feedback.jsonl
     args = build_parser().parse_args(["label", "candidates.jsonl", "--annotator", "ann"])
     assert not args.thumbs
+
+
+def test_a_thumbs_file_trains_with_kto(tiny_model_dir, tmp_path):
+    import lorarlhf
+
+    log = VoteLog(tmp_path / "feedback.jsonl")
+    session = ThumbsSession(ITEMS[:2], log, "ann")
+    while (unit := session.next()) is not None:
+        session.judge(unit.id, unit.response in ("Hello!", "Blue."))
+    result = lorarlhf.align(
+        tiny_model_dir, str(log.path), method="kto", output_dir=tmp_path / "run", steps=2, batch_size=4,
+        eval_fraction=0.0, samples=0, quantize=None,
+    )  # fmt: skip
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history if record.get("stage") == "kto" and "kto/loss" in record] == [1, 2]
+    assert result.actor_dir.is_dir()
