@@ -441,7 +441,9 @@ def write_markdown() -> None:
             if not path.exists():
                 continue
             record = json.loads(path.read_text())
-            a, b = record["summary"]["lorarlhf"], record["summary"]["trl"]
+            # generation: the default sampler (unmerged) in the main row when that variant was run
+            a = record["summary"].get("lorarlhf-unmerged") or record["summary"]["lorarlhf"]
+            b = record["summary"]["trl"]
             if "seconds_median" not in a or "seconds_median" not in b:
                 lines.append(f"| {shape} | {ROW_NAMES[row]} | failed | failed | | | | | | |")
                 continue

@@ -18,6 +18,7 @@ def trained_actor(path) -> HydraModel:
         for name, param in hydra.peft.named_parameters():
             if "lora_B.actor" in name:
                 param.normal_(0, 0.05)
+    hydra.merge_sampling = True  # opt-in (see HydraModel.merge_sampling)
     return hydra
 
 
