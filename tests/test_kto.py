@@ -46,20 +46,21 @@ def test_align_kto_learns_held_out_labels(tiny_model_dir, tmp_path, stat_seed, m
     checksum = base_checksum(hydra)
     result = lorarlhf.align(
         hydra, feedback_rows(48, seed=stat_seed + 1), method="kto",
-        output_dir=tmp_path / "run", steps=30, lr=5e-3, batch_size=8, beta=0.5, eval_fraction=0.0, samples=0,
+        output_dir=tmp_path / "run", steps=20, lr=5e-3, batch_size=8, beta=0.5, eval_fraction=0.0, samples=0,
         seed=stat_seed,
     )  # fmt: skip
     after = evaluate_kto(hydra, held_out, KTOConfig(beta=0.5, batch_size=8))
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    measured("kto/eval_accuracy", after["kto/eval_accuracy"], above=0.9)
+    measured("kto/eval_accuracy", after["kto/eval_accuracy"], above=0.75)
     gap = after["kto/eval_reward_desirable"] - after["kto/eval_reward_undesirable"]
     measured("kto/eval reward gap", gap, above=0)
     # at the start the implicit reward is 0 everywhere: only the thumbs-down rows count as right
     assert before.metrics["kto/eval_reward_desirable"] == pytest.approx(0.0, abs=1e-5)
-    assert before.metrics["kto/eval_accuracy"] < 0.7
-    assert after["kto/eval_accuracy"] > 0.9, after
+    assert before.metrics["kto/eval_accuracy"] == pytest.approx(sum(not f.label for f in held_out) / len(held_out))
+    # Seeds 0-3: accuracy 1.0, 1.0, 1.0, 0.833 (a spread of 0.17 against the margin 0.25); reward gap 3.7-4.1.
+    assert after["kto/eval_accuracy"] > 0.75, after
     assert gap > 0
-    assert len(history) == 30 and history[-1]["kto/loss"] < history[0]["kto/loss"]
+    assert len(history) == 20 and history[-1]["kto/loss"] < history[0]["kto/loss"]
     assert result.metrics["kto/train_loss_last"] == history[-1]["kto/loss"]
     assert base_checksum(hydra) == checksum  # the reference (base, adapters off) did not move
 

@@ -42,13 +42,14 @@ def test_align_learns_held_out_preferences(tiny_model_dir, tmp_path, method, sta
     quiet = config_class(steps=1, lr=1e-12, batch_size=8)
     before = train(hydra, held_out[:8], quiet, eval_pairs=held_out, progress=False).metrics
     result = lorarlhf.align(
-        hydra, records, method=method, output_dir=tmp_path / "run", steps=30, lr=5e-3, batch_size=8,
+        hydra, records, method=method, output_dir=tmp_path / "run", steps=20, lr=5e-3, batch_size=8,
         eval_fraction=0.0, samples=0, seed=stat_seed,
     )  # fmt: skip
     after = train(hydra, held_out[:8], quiet, eval_pairs=held_out, progress=False).metrics  # a step of lr 1e-12
     gain = after[f"{method}/eval_margin"] - before[f"{method}/eval_margin"]
     measured(f"{method}/eval_accuracy", after[f"{method}/eval_accuracy"], above=0.9)
     measured(f"{method}/eval_margin gain", gain, above=0)
+    # Seeds 0-3: accuracy 1.0 for both (spread 0); margin gain orpo 0.38-0.47, simpo 1.47-1.66.
     assert after[f"{method}/eval_accuracy"] > 0.9, (before, after)
     assert gain > 0
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
