@@ -136,6 +136,7 @@ def test_the_desirable_undesirable_weighting_is_logged_and_warned_about(caplog):
         ({"desirable_weight": -1.0}, r"desirable_weight=-1.0 must be a positive number"),
         ({"undesirable_weight": "x"}, r"undesirable_weight='x' must be a positive number"),
         ({"sft": "yes"}, r"sft"),
+        ({"batch_size": 1}, r"batch_size=1 must be at least 2 for KTO"),
     ],
 )
 def test_kto_config_validation(overrides, message):

@@ -59,6 +59,11 @@ class KTOConfig(CommonConfig, SFTStageOptions):
         self._check_sft_stage()
         for name in ("beta", "desirable_weight", "undesirable_weight"):
             check_number(name, getattr(self, name), low=0, open_low=True)
+        if self.batch_size < 2:  # z_ref pairs each prompt with another row's completion
+            raise ValueError(
+                f"batch_size={self.batch_size} must be at least 2 for KTO: its KL reference point pairs each "
+                "prompt with another row's completion in the batch"
+            )
 
 
 def train_kto(
