@@ -112,6 +112,15 @@ def _align(args) -> int:
     return 0
 
 
+DATA_FILE_NAMES = {
+    "pairs": "preference",
+    "demonstrations": "demonstration",
+    "prompts": "prompt",
+    "feedback": "thumbs-up/down (or preference)",
+}
+"""What a missing file of each kind of data (methods/table.py DATA_KINDS) is called in the error."""
+
+
 def _check_local_data(data: str, kind: str) -> None:
     """A data argument meant as a local file (a data-file extension, or a path: ./x, /x, ~/x, a/b/c) that
     does not exist is an error now, before the model is loaded; anything else may be a hub dataset id."""
@@ -121,8 +130,7 @@ def _check_local_data(data: str, kind: str) -> None:
         return
     as_path = data.lower().endswith(SUPPORTED_EXTENSIONS) or data.startswith((".", "/", "~"))
     if as_path or data.count("/") > 1 or "\\" in data:
-        what = {"pairs": "preference", "demonstrations": "demonstration", "prompts": "prompt"}[kind]
-        raise FileNotFoundError(f"{what} data file not found: {data}")
+        raise FileNotFoundError(f"{DATA_FILE_NAMES[kind]} data file not found: {data}")
 
 
 def _overrides(method: str, assignments: list[str]) -> dict:

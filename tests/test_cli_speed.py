@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from lorarlhf.cli import _source_fields, config_options, config_types, main
-from lorarlhf.methods.table import METHODS
+from lorarlhf.cli import DATA_FILE_NAMES, _source_fields, config_options, config_types, main
+from lorarlhf.methods.table import DATA_KINDS, METHODS
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["align", "--help"], ["options", "ppo"], ["plan", "--help"]])
@@ -85,6 +85,9 @@ def test_a_missing_data_file_is_an_error_before_any_hub_call(tmp_path, capsys, m
     assert capsys.readouterr().err == "error: preference data file not found: missing.jsonl\n"
     assert main(["align", "Qwen/Qwen2.5-0.5B", "./prompts/missing", "--method", "grpo"]) == 2
     assert capsys.readouterr().err == "error: prompt data file not found: ./prompts/missing\n"
+    assert main(["align", "Qwen/Qwen2.5-0.5B", "thumbs.jsonl", "--method", "kto"]) == 2
+    assert capsys.readouterr().err == "error: thumbs-up/down (or preference) data file not found: thumbs.jsonl\n"
+    assert set(DATA_FILE_NAMES) == set(DATA_KINDS)  # every kind of data a method reads has its error
 
 
 def test_plan_demo_reads_the_bundled_model(capsys):
