@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -50,3 +53,11 @@ def shape_checks_apply(backend: str) -> bool:
     from lorarlhf.kernels._common import interpreting
 
     return not (backend == "triton" and interpreting())
+
+
+learning_run_once = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1",
+    reason="a learning run through align(): the same kernel calls as test_rl's and test_dpo's, which run interpreted; "
+    "this one runs once, on the PyTorch kernels",
+)
+"""For the statistical learning tests of one more method: minutes each through the Triton interpreter."""

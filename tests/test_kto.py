@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from kernel_testing import learning_run_once
 
 import lorarlhf
 from lorarlhf import HydraModel
@@ -38,6 +39,7 @@ def build(path, seed=0):
     return HydraModel.from_pretrained(path, device="cpu", quantize=None, lora_r=8)
 
 
+@learning_run_once
 def test_align_kto_learns_held_out_labels(tiny_model_dir, tmp_path, stat_seed, measured, base_checksum):
     hydra = build(tiny_model_dir, seed=stat_seed)
     held_out = as_feedback(feedback_rows(24, seed=stat_seed + 2))

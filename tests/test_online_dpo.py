@@ -8,6 +8,7 @@ import string
 
 import pytest
 import torch
+from kernel_testing import learning_run_once
 
 import lorarlhf
 from lorarlhf import HydraModel
@@ -46,6 +47,7 @@ def test_best_and_worst_of_each_prompt_ties_left_out():
     assert rewards[chosen].gt(rewards[rejected]).all()
 
 
+@learning_run_once
 def test_online_dpo_raises_a_column_reward_on_fresh_samples(peaked_model_dir, tmp_path, stat_seed, measured):
     torch.manual_seed(stat_seed)
     result = lorarlhf.align(

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from kernel_testing import learning_run_once
 from test_dpo import build, preference_pairs
 
 import lorarlhf
@@ -33,6 +34,7 @@ class RoleSpy:
             yield hydra
 
 
+@learning_run_once
 @pytest.mark.parametrize("method", ["orpo", "simpo"])
 def test_align_learns_held_out_preferences(tiny_model_dir, tmp_path, method, stat_seed, measured):
     config_class, train = METHODS[method]

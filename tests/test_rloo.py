@@ -8,6 +8,7 @@ import string
 
 import pytest
 import torch
+from kernel_testing import learning_run_once
 
 import lorarlhf
 from lorarlhf.methods.reinforce_pp import ReinforcePPConfig
@@ -40,6 +41,7 @@ def mean_reward(hydra, role, seed, n=32):
     return sum(share_of_answer_letters(None, rollout.responses, [string.ascii_lowercase] * n)) / n
 
 
+@learning_run_once
 @pytest.mark.parametrize(
     ("method", "kl_coef", "bar"),
     [
@@ -71,6 +73,7 @@ def test_the_method_raises_a_column_reward_on_fresh_samples(
     assert records[0]["rl/clipfrac"] == 0.0  # num_iterations=1: every update is on-policy, nothing is clipped
 
 
+@learning_run_once
 def test_rloo_without_kl_penalty_logs_the_reward_it_learns_from(peaked_model_dir):
     """kl_coef=0: the penalised reward is the reward, and the leave-one-out advantages sum to 0 per prompt."""
     from lorarlhf.methods.rloo import train_rloo
