@@ -395,15 +395,13 @@ def main():
                     runs[name].append(run)
                     shown = run.get("error") or f"{run['seconds']:.2f} s, +{run['marginal_peak_bytes'] / 2**20:.0f} MiB"
                     print(f"{row:<11} {repeat} {name:<18} {shown}  load {run['load_before']}", flush=True)
-                out = write_row(
-                    row, args, row_args, runs, started
-                )  # after every repeat: a cut-short run keeps its rows
+                    out = write_row(row, args, row_args, runs, started)  # after every run: a cut-short row keeps it
             print(f"wrote {out}")
 
 
 def write_row(row: str, args, row_args, runs: dict, started: float) -> Path:
     record = {
-        "row": row, "shape": args.shape, "model": SHAPES[args.shape], "repeats": len(next(iter(runs.values()))),
+        "row": row, "shape": args.shape, "model": SHAPES[args.shape], "repeats": max(map(len, runs.values())),
         "warmup": row_args.warmup, "steps": row_args.steps, "threads": args.threads,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
         "wall_seconds": round(time.time() - started), "load_average_end": load_average(),
