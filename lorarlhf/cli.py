@@ -434,10 +434,10 @@ def _quoted(text: str, width: int) -> str:
 QUANTIZE_FLAG = ("nf4", "none")
 # `lorarlhf plan` options that are config fields of the planned method, and what they count.
 PLANNED_OPTIONS = {
-    "batch_size": "prompts (ppo, grpo), pairs (rm, dpo) or demonstrations (sft) per step",
+    "batch_size": "prompts (the sampling methods), pairs (rm, dpo...), rows (kto) or demonstrations (sft) per step",
     "max_length": "prompt + response tokens",
-    "max_new_tokens": "sampled tokens (ppo, grpo)",
-    "group_size": "samples per prompt (grpo)",
+    "max_new_tokens": "sampled tokens (the sampling methods)",
+    "group_size": "samples per prompt (grpo, rloo, reinforce_pp, online_dpo)",
     "lora_r": "LoRA rank",
 }
 

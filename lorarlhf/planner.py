@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from lorarlhf.kernels import LOGITS_CHUNK_BYTES
+from lorarlhf.methods.table import method_named
 from lorarlhf.validation import check_int
 
 GiB = 2**30
@@ -40,13 +41,9 @@ SCALE_CODE_BYTES = 256 * 4 + 4  # the 8-bit dynamic code of the scales, fp32, an
 CUDA_CONTEXT_BYTES = int(0.5 * GiB)  # CUDA context + cuBLAS workspace + allocator rounding, measured on H100/4090
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAM_STATES = 2  # exp_avg and exp_avg_sq
-ROLES_BY_METHOD = {
-    "sft": ("sft",),
-    "rm": ("reward",),
-    "dpo": ("actor",),
-    "ppo": ("actor", "critic"),
-    "grpo": ("actor",),
-}
+TRAINED_ROLES = {"sft": ("sft",)}
+"""Where the adapters a method trains differ from its roles in the table of methods: SFT trains the sft
+adapter, which the actor starts from."""
 HEAD_ROLES = ("critic", "reward")
 
 
@@ -381,7 +378,7 @@ def plan(
     batch_size: int = 8,
     max_length: int = 512,
     max_new_tokens: int = 64,
-    group_size: int = 8,
+    group_size: int | None = None,
     gpu_memory_gb: float | None = None,
     lora_r: int = 16,
     quantize: str | None = "nf4",
@@ -394,11 +391,15 @@ def plan(
 
     model: a hub id or local directory (only config.json is read), or a transformers config.
     gpu_memory_gb: the card's memory; the micro-batch is the largest that keeps every phase within it, less
-    `safety_margin`. reward_model: for ppo/grpo, whether a reward adapter scores the rollouts (False: a
-    reward function). GRPO samples batch_size x group_size sequences.
+    `safety_margin`. reward_model: for the sampling methods, whether a reward adapter scores the rollouts
+    (False: a reward function). group_size: responses sampled per prompt (GRPO, RLOO, online DPO...: batch_size x
+    group_size sequences); None is the method's default; PPO samples one.
     """
-    if method not in ROLES_BY_METHOD:
-        raise ValueError(f"method={method!r} is not a method; choose one of {tuple(ROLES_BY_METHOD)}")
+    entry = method_named(method)  # raises, naming the methods there are
+    if not entry.samples:
+        group_size = 1
+    elif group_size is None or not hasattr(entry.config, "group_size"):  # PPO samples one response per prompt
+        group_size = entry.config().samples_per_prompt
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {tuple(DTYPE_BYTES)}")
     for name, value in (("batch_size", batch_size), ("max_length", max_length), ("lora_r", lora_r)):
@@ -406,8 +407,9 @@ def plan(
     config, name = _config_of(model)
     shape = Shape.from_config(config)
     width = DTYPE_BYTES[dtype]
-    trainable = ROLES_BY_METHOD[method]
-    roles = trainable + (("reward",) if method in ("ppo", "grpo") and reward_model else ())
+    trainable = TRAINED_ROLES.get(method, entry.roles)
+    rl = entry.samples  # it samples: a generation phase, a KV cache, and no-grad scoring passes
+    roles = trainable + (("reward",) if rl and reward_model and "reward" not in trainable else ())
 
     items = {"base weights": weight_bytes(shape, quantize=quantize, dtype_bytes=width)}
     for role in roles:
@@ -418,8 +420,8 @@ def plan(
     items["CUDA context"] = CUDA_CONTEXT_BYTES
     fixed = sum(items.values())
 
-    sequences = batch_size * (group_size if method == "grpo" else 1) * (2 if method in ("dpo", "rm") else 1)
-    rl = method in ("ppo", "grpo")
+    # group_size is the samples per prompt of a sampling method (1 for PPO); a pair is two sequences.
+    sequences = batch_size * (group_size if rl else 1) * (2 if entry.data == "pairs" else 1)
 
     def update(micro: int) -> int:
         return fixed + activation_bytes(
@@ -458,7 +460,7 @@ def plan(
         notes.append(f"NF4 holds {100 * share:.1f}% of the decoder's matrix weights in 4-bit")
         if share < COVERAGE_WARNING:
             notes.append("under 90% of the decoder is 4-bit: the other matrices stay in the compute dtype")
-    if method in ("dpo", "rm"):
+    if entry.data == "pairs":
         notes.append("a pair is two sequences (chosen and rejected): batch_size pairs are 2 x batch_size sequences")
     return MemoryPlan(
         model=name,
@@ -565,7 +567,7 @@ def settle_cpu_settings(run_config, method: str, model, *, explicit: set[str]) -
     gradient_checkpointing become what a CPU run should use; `explicit` names the options the user gave."""
     chosen = cpu_settings(
         model,
-        method=method if method in ROLES_BY_METHOD else "grpo" if hasattr(run_config, "samples_per_prompt") else "dpo",
+        method=method,
         explicit=explicit,
         quantize=run_config.quantize,
         gradient_checkpointing=run_config.gradient_checkpointing,

@@ -8,6 +8,7 @@ from model_families import FAMILIES, save_family_model
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MambaConfig
 
 from lorarlhf import HydraModel
+from lorarlhf.methods.table import METHODS
 from lorarlhf.model.memory import parameter_bytes
 from lorarlhf.planner import GiB, Shape, UnreadableConfig, adapter_bytes, kv_cache_bytes, plan, weight_bytes
 
@@ -85,6 +86,24 @@ def test_align_raises_grad_accumulation_to_fit_a_small_card(tiny_model_dir):
     tight = fit_to_card(config, "grpo", hydra, train_reward=False, gpu_memory_gb=(fixed + 300_000) / 0.9e9)
     assert config.grad_accumulation > 1 and 16 % config.grad_accumulation == 0
     assert config.grad_accumulation >= tight.grad_accumulation
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_in_the_table_is_planned_and_fitted_to_a_card(tiny_model_dir, method):
+    """A method added to the table is planned from its entry: what it trains, whether it samples, pairs."""
+    from lorarlhf.pipeline import fit_to_card
+
+    entry = METHODS[method]
+    estimate = plan(LLAMA3_8B, method=method, batch_size=4, group_size=3, gpu_memory_gb=24)
+    per_prompt = 3 if entry.samples and method != "ppo" else 1
+    assert estimate.batch_size == 4 * per_prompt * (2 if entry.data == "pairs" else 1)
+    assert ("generation" in estimate.phases) == entry.samples
+    assert plan(LLAMA3_8B, method=method).batch_size == 8 * (
+        entry.config().samples_per_prompt if entry.samples else 2 if entry.data == "pairs" else 1
+    )  # group_size=None: the method's own default
+    hydra = HydraModel.from_pretrained(tiny_model_dir, quantize=None, device="cpu", lora_r=4, roles=("actor",))
+    config = entry.config(batch_size=4, max_length=128, lora_r=4)
+    assert fit_to_card(config, method, hydra, train_reward=False, gpu_memory_gb=80).fits
 
 
 def test_plan_command_prints_the_table(tiny_model_dir, capsys):
