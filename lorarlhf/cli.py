@@ -306,9 +306,8 @@ def _source_fields(path: str) -> dict[str, tuple[str, object, str]] | None:
 
 def _demo(args) -> int:
     from lorarlhf.demo.runner import DemoReport, run_demo
-    from lorarlhf.methods.ppo import PPOConfig
 
-    overrides = _overrides(PPOConfig, "ppo", args.set or [])
+    overrides = _overrides("ppo", args.set or [])  # the demo's options are PPO's
     report: DemoReport = run_demo(args.output_dir, quick=args.quick, seed=args.seed, **overrides)
     print()
     print(report)

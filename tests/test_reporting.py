@@ -154,7 +154,7 @@ def test_report_to_names_trackers_and_refuses_anything_else():
     assert DPOConfig(report_to="all").trackers == ("tensorboard", "wandb")
     assert DPOConfig(report_to=[]).trackers == ()
     # the command line: --set report_to=tensorboard,wandb
-    overrides = _overrides(DPOConfig, "dpo", ["report_to=tensorboard, wandb"])
+    overrides = _overrides("dpo", ["report_to=tensorboard, wandb"])
     assert DPOConfig(**overrides).trackers == ("tensorboard", "wandb")
     for bad in ("mlflow", ["tensorboard", "comet"], "", 1, None):
         with pytest.raises(ValueError, match=r"report_to=.* is not supported; choose one of \('none', 'all', "):

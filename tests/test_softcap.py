@@ -114,7 +114,7 @@ def test_rollouts_sample_from_logits_transformers_already_capped(tiny_gemma2_dir
     hydra = HydraModel.from_pretrained(tiny_gemma2_dir, quantize=None, device="cpu", lora_r=4, lora_alpha=8)
     ids = torch.tensor([[1, 40, 41, 42]])
     with torch.no_grad(), hydra.role("actor"):
-        logits, _ = _step(hydra, ids, torch.ones_like(ids), None)
+        logits, _ = _step(hydra, ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], None)
         plain = hydra.causal_lm(input_ids=ids).logits[:, -1]
     torch.testing.assert_close(logits, plain.float())
     assert logits.abs().max() <= CAP and logits.abs().max() > CAP / 2  # within the cap, and near it
