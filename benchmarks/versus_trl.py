@@ -14,8 +14,10 @@ Every measurement is a fresh process; the two sides alternate A B A B (the order
 its timed steps (after warm-up), and marginal peak memory: peak RSS (VmHWM) minus the RSS right after the
 side's imports, so the model, optimizer and activations count and the libraries' code does not. Each side
 uses its library's defaults on a CPU where it has them: lorarlhf the memory planner's CPU choice of gradient
-checkpointing (lorarlhf.planner.cpu_settings), TRL gradient checkpointing on (its configs' default). The 1-
-and 5-minute load averages before and after each process are kept. Raw rows go to
+checkpointing (lorarlhf.planner.cpu_settings) and its CPU allocator rule (lorarlhf.model.allocator: huge pages
+and a fixed mmap threshold), TRL gradient checkpointing on (its configs' default). --variants adds, in the
+training rows, TRL run under the same allocator settings ("trl-allocator"). The 1- and 5-minute load averages
+before and after each process are kept. Raw rows go to
 benchmarks/results/versus_trl-<row>-<shape>-cpu.json; --write-md rewrites BENCHMARKS.md between its markers.
 """
 
@@ -290,12 +292,20 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_worker(python: str, side: str, row: str, model_dir: Path, args, extra=()) -> dict:
-    command = [python, str(Path(__file__).resolve()), "--worker", side, row, str(model_dir)]
+# lorarlhf's CPU allocator rule (lorarlhf.model.allocator) as environment variables, for TRL's process in the
+# "trl-allocator" variant: how much of the memory difference is the allocator and how much the rest.
+SAME_ALLOCATOR = {"THP_MEM_ALLOC_ENABLE": "1", "MALLOC_MMAP_THRESHOLD_": str(2 * 1024 * 1024)}
+
+
+def run_worker(python: str, side: str, row: str, model_dir: Path, args, extra=(), env_extra=None) -> dict:
+    command = [python, str(Path(__file__).resolve()), "--worker", side.split("-")[0], row, str(model_dir)]
     command += ["--steps", str(args.steps), "--warmup", str(args.warmup), *extra]
     before = load_average()
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    for name in SAME_ALLOCATOR:  # each side starts from a plain environment; its library's own rules apply
+        env.pop(name, None)
+    env.update(env_extra or {})
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=HERE, env=env)
     wall = time.perf_counter() - start
     record = {"side": side, "load_before": before, "load_after": load_average(), "process_seconds": round(wall, 1)}
@@ -344,7 +354,10 @@ def main():
         help="CPU threads of every worker, both sides (default 1: on a machine shared with other work, OpenMP "
         "threads that spin at barriers while the others are descheduled slow both sides several-fold)",
     )  # fmt: skip
-    parser.add_argument("--variants", action="store_true", help="generation: also unmerged and --before-rollout")
+    parser.add_argument(
+        "--variants", action="store_true",
+        help="generation: also unmerged and --before-rollout; training rows: also TRL with lorarlhf's CPU allocator",
+    )  # fmt: skip
     parser.add_argument("--before-rollout", help="generation: a rollout.py to time as 'before' (with --variants)")
     parser.add_argument("--write-md", action="store_true", help="rewrite BENCHMARKS.md's table from results/")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -375,23 +388,26 @@ def main():
             row_args = argparse.Namespace(**vars(args))
             row_args.warmup = args.warmup if args.warmup is not None else defaults[row][0]
             row_args.steps = args.steps if args.steps is not None else defaults[row][1]
-            sides = [("lorarlhf", sys.executable, ()), ("trl", args.peer_python, ())]
+            sides = [("lorarlhf", sys.executable, (), None), ("trl", args.peer_python, (), None)]
+            if row != "generation" and args.variants:
+                sides.append(("trl-allocator", args.peer_python, (), SAME_ALLOCATOR))
             if row == "generation" and args.variants:
-                sides.append(("lorarlhf-unmerged", sys.executable, ("--no-merge",)))
+                sides.append(("lorarlhf-unmerged", sys.executable, ("--no-merge",), None))
                 if args.before_rollout:
                     sides.append(
                         (
                             "lorarlhf-before",
                             sys.executable,
                             ("--no-merge", "--rollout-file", str(Path(args.before_rollout).resolve())),
+                            None,
                         )
                     )
-            runs = {name: [] for name, _, _ in sides}
+            runs = {name: [] for name, *_ in sides}
             started = time.time()
             for repeat in range(args.repeats):
                 order = sides if repeat % 2 == 0 else sides[::-1]  # A B, then B A
-                for name, python, extra in order:
-                    run = run_worker(python, name, row, model_dir, row_args, extra)
+                for name, python, extra, env_extra in order:
+                    run = run_worker(python, name, row, model_dir, row_args, extra, env_extra)
                     runs[name].append(run)
                     shown = run.get("error") or f"{run['seconds']:.2f} s, +{run['marginal_peak_bytes'] / 2**20:.0f} MiB"
                     print(f"{row:<11} {repeat} {name:<18} {shown}  load {run['load_before']}", flush=True)

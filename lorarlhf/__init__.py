@@ -6,6 +6,10 @@ touches neither CUDA nor transformers until a model is built.
 
 from importlib import import_module
 
+from lorarlhf.model.allocator import request_huge_pages_before_torch
+
+request_huge_pages_before_torch()  # must precede torch's import to take effect (lorarlhf.model.allocator)
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

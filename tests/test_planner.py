@@ -197,7 +197,22 @@ def test_a_cpu_run_drops_nf4_and_checkpointing_when_memory_allows(tiny_model_dir
 
     chosen = cpu_settings(tiny_model_dir, method="grpo", memory_bytes=8 * GiB, **TINY_SIZES)
     assert chosen.quantize is None and chosen.gradient_checkpointing is False
-    assert any("quantize=None" in note for note in chosen.notes) and any("recomputing" in note for note in chosen.notes)
+    assert any("quantize=None" in note for note in chosen.notes) and any("save only" in note for note in chosen.notes)
+
+
+def test_a_cpu_run_keeps_checkpointing_where_activations_outgrow_the_model():
+    from lorarlhf.model.tiny import tiny_llama_config
+    from lorarlhf.planner import CPU_CHECKPOINT_SAVING_BYTES, cpu_settings
+
+    # The shape of benchmarks/versus_trl.py's 64m rows: 75M parameters, 4 pairs of up to 512 tokens.
+    config = tiny_llama_config(vocab_size=8192, hidden_size=768, intermediate_size=2048, num_hidden_layers=10,
+                               num_attention_heads=12, num_key_value_heads=4)  # fmt: skip
+    chosen = cpu_settings(config, method="dpo", quantize=None, memory_bytes=64 * GiB, batch_size=4, max_length=512)
+    assert chosen.gradient_checkpointing is True
+    saved = float(chosen.notes[-1].split("saves ~")[1].split(" GiB")[0]) * GiB
+    assert saved > CPU_CHECKPOINT_SAVING_BYTES and "gradient_checkpointing=False" in chosen.notes[-1]
+    small = cpu_settings(config, method="dpo", quantize=None, memory_bytes=64 * GiB, batch_size=1, max_length=16)
+    assert small.gradient_checkpointing is False
 
 
 def test_a_cpu_run_keeps_what_the_user_set(tiny_model_dir):

@@ -136,6 +136,7 @@ def _load_base_model(name_or_path, quantize, device, dtype, trust_remote_code) -
 
     from lorarlhf.model.experts import quantize_experts
     from lorarlhf.model.quantization import quantize_linear_subclasses, report_coverage
+    from lorarlhf.model.allocator import apply_cpu_allocator
     from lorarlhf.model.threads import apply_cpu_threads
 
     try:
@@ -149,6 +150,7 @@ def _load_base_model(name_or_path, quantize, device, dtype, trust_remote_code) -
         raise ValueError(_remote_code_hint(name_or_path, error)) from error
     logit_scale(config)  # refuse an unsupported LM head before loading any weights
     apply_cpu_threads(config, device)
+    apply_cpu_allocator(device)
     kwargs = {"dtype": dtype, "device_map": {"": device}, "use_safetensors": True}
     if quantize == "nf4":
         kwargs["quantization_config"] = bnb_config(dtype)

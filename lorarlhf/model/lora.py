@@ -8,6 +8,7 @@ from peft import LoraConfig
 from torch import nn
 
 from lorarlhf.model.experts import is_moe_model, lora_targets
+from lorarlhf.model.lora_layers import fused_layer_mapping
 from lorarlhf.validation import check_int, check_number
 
 
@@ -47,6 +48,14 @@ class LoraSettings:
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         if targets == "all-linear" and model is not None and is_moe_model(model):
             targets = lora_targets(model)
-        return LoraConfig(
+        config = LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets, bias="none"
         )
+        # The adapted linears are peft's layers with the plain forward fused (lorarlhf.model.lora_layers).
+        config._register_custom_module(fused_layer_mapping(quantized=model is not None and has_4bit_layers(model)))
+        return config
+
+
+def has_4bit_layers(model: nn.Module) -> bool:
+    """Whether any layer of `model` is a bitsandbytes 4-bit linear (told by name: no bitsandbytes import)."""
+    return any(type(module).__name__ == "Linear4bit" for module in model.modules())
