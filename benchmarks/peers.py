@@ -1,14 +1,11 @@
-"""Plumbing shared by the side-by-side benchmarks: a config-built model on disk, one fresh process per side,
-and the results file with the device and versions that produced it."""
+"""Plumbing shared by the benchmarks: a config-built model on disk, peak memory from a reset point, and the
+results file with the device and versions that produced it."""
 
 from __future__ import annotations
 
 import ctypes
 import json
 import resource
-import subprocess
-import sys
-import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -33,16 +30,6 @@ def make_model_dir(path: Path, shape: dict) -> Path:
     LlamaForCausalLM(tiny_llama_config(**shape)).save_pretrained(path)
     build_tiny_tokenizer().save_pretrained(path)
     return path
-
-
-def run_side(script: str, side: str, model_dir: Path, args: list[str]) -> dict:
-    """Run `script --worker side model_dir args...` in a fresh process and parse its last JSON line."""
-    result = subprocess.run(
-        [sys.executable, script, "--worker", side, str(model_dir), *args], capture_output=True, text=True, timeout=3600
-    )
-    if result.returncode != 0:
-        return {"side": side, "error": (result.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-    return {"side": side, **json.loads(result.stdout.strip().splitlines()[-1])}
 
 
 def reset_peak(device: str) -> None:
@@ -86,22 +73,3 @@ def write_results(name: str, device: str, rows: list[dict], **extra) -> Path:
     }
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out
-
-
-def trl_step_timer(device: str, times: list[float]):
-    """A transformers Trainer callback that starts the peak-memory count at training and times each step."""
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            reset_peak(device)
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.start)
-
-    return StepTimer()

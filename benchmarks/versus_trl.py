@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -83,10 +84,24 @@ def prompts_for(n: int) -> list[str]:
     return [f"Write a short note number {i}:" for i in range(n)]
 
 
-def pair_records(n: int, length: int = 128, seed: int = 0) -> list[dict]:
-    from reward_step import make_records
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "blue", "sky", "runs", "fast", "tree", "with"]
+WORDS += ["good", "great", "nice", "bad", "awful", "poor"]
 
-    return make_records(n, length, seed)
+
+def pair_records(n: int, length: int = 128, seed: int = 0) -> list[dict]:
+    """Pairs whose prompt + response is about `length` tokens with the byte-level tokenizer."""
+    rng = random.Random(seed)
+
+    def text(chars):
+        words = []
+        while sum(len(w) + 1 for w in words) < chars:
+            words.append(rng.choice(WORDS))
+        return " ".join(words)[:chars]
+
+    return [
+        {"prompt": text(length // 4), "chosen": text(3 * length // 4), "rejected": text(3 * length // 4)}
+        for _ in range(n)
+    ]
 
 
 def ours_checkpointing(model_dir, method: str, quantize, **sizes) -> bool:
