@@ -134,9 +134,9 @@ def load_base_model(
 def _load_base_model(name_or_path, quantize, device, dtype, trust_remote_code) -> PreTrainedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from lorarlhf.model.allocator import apply_cpu_allocator
     from lorarlhf.model.experts import quantize_experts
     from lorarlhf.model.quantization import quantize_linear_subclasses, report_coverage
-    from lorarlhf.model.allocator import apply_cpu_allocator
     from lorarlhf.model.threads import apply_cpu_threads
 
     try:
