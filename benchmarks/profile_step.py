@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py                 # GRPO, fp32 base, the 64m shape of versus_trl.py
     python benchmarks/profile_step.py --row dpo --top 20
 
-The same work as versus_trl.py's rows (4 prompts x 4 samples x 32 new tokens, beta 0.04; or 4 DPO pairs), in
+The same work as versus_trl.py's rows (4 prompts x 4 samples x 32 new tokens, beta 0.04; or 4 pairs for DPO and the reward model), in
 this process on one CPU thread, after one warm-up step. Writes benchmarks/results/profile-<row>-<shape>-cpu.json.
 """
 
@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--row", default="grpo-fp32", choices=("grpo-fp32", "dpo"))
+    parser.add_argument("--row", default="grpo-fp32", choices=("grpo-fp32", "dpo", "reward"))
     parser.add_argument("--shape", default="64m", choices=("64m", "112m"))
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
@@ -72,7 +72,7 @@ def run(row: str, model_dir: Path, on_step) -> None:
 
     from lorarlhf import HydraModel
 
-    roles = ("actor",)
+    roles = ("reward",) if row == "reward" else ("actor",)
     hydra = HydraModel.from_pretrained(
         model_dir, quantize=None, lora_r=16, lora_alpha=32, device="cpu", roles=roles, gradient_checkpointing=True
     )
@@ -84,10 +84,17 @@ def run(row: str, model_dir: Path, on_step) -> None:
         train_grpo(hydra, prompts_for(64), config, reward_fn=lowercase, on_step=on_step, progress=False)
     else:
         from lorarlhf.data import load_preferences
-        from lorarlhf.methods.dpo import DPOConfig, train_dpo
 
-        config = DPOConfig(beta=0.1, steps=2, batch_size=4, lr=1e-4, eval_fraction=0.0, max_length=512)
-        train_dpo(hydra, load_preferences(pair_records(64)), config, on_step=on_step, progress=False)
+        common = dict(steps=2, batch_size=4, lr=1e-4, eval_fraction=0.0, max_length=512)
+        pairs = load_preferences(pair_records(64))
+        if row == "dpo":
+            from lorarlhf.methods.dpo import DPOConfig, train_dpo
+
+            train_dpo(hydra, pairs, DPOConfig(beta=0.1, **common), on_step=on_step, progress=False)
+        else:
+            from lorarlhf.methods.reward import RewardConfig, train_reward_model
+
+            train_reward_model(hydra, pairs, RewardConfig(**common), on_step=on_step, progress=False)
 
 
 if __name__ == "__main__":

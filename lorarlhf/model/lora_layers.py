@@ -52,8 +52,8 @@ def _add_update(layer, name: str, x: torch.Tensor, result: torch.Tensor) -> torc
     return fused.view(result.shape)
 
 
-class FusedLoraLinear(PeftLinear):
-    """peft's LoRA Linear, with the plain single-adapter forward fused (see the module docstring)."""
+class _FusedForward:
+    """The fused forward, mixed in before a peft LoRA layer class, whose own forward takes every other call."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         name = _plain_adapter(self, x, args, kwargs)
@@ -62,20 +62,18 @@ class FusedLoraLinear(PeftLinear):
         return _add_update(self, name, x, self.base_layer(x))
 
 
+class FusedLoraLinear(_FusedForward, PeftLinear):
+    """peft's LoRA Linear, with the plain single-adapter forward fused (see the module docstring)."""
+
+
 @functools.cache
 def _fused_linear_4bit() -> type[nn.Module]:
     """The fused layer on a bitsandbytes 4-bit base, built on first use so that bitsandbytes loads only then."""
     from peft.tuners.lora.bnb import Linear4bit as PeftLinear4bit
 
-    class FusedLoraLinear4bit(PeftLinear4bit):
+    class FusedLoraLinear4bit(_FusedForward, PeftLinear4bit):
         """peft's LoRA layer on a 4-bit base, with the plain forward fused; addmm writes a new tensor, so the
         defensive clone of the base output that peft takes is not needed."""
-
-        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            name = _plain_adapter(self, x, args, kwargs)
-            if name is None:
-                return super().forward(x, *args, **kwargs)
-            return _add_update(self, name, x, self.base_layer(x))
 
     return FusedLoraLinear4bit
 
