@@ -1,8 +1,8 @@
 """A rollout trained on once is scored by the update's own forward: no separate no-grad pass of the actor (or
 the critic), the same loss and gradients as with it; a rollout trained on again keeps the pass.
 
-The "with the pass" side is the same run with two epochs (PPO) or iterations (GRPO) and steps=1: its one
-update is exactly the first update of a reused rollout, for which the pass runs.
+The "with the pass" side is the same run with two epochs (PPO) or iterations (GRPO, RLOO, REINFORCE++) and
+steps=1: its one update is exactly the first update of a reused rollout, for which the pass runs.
 """
 
 from __future__ import annotations
@@ -13,9 +13,17 @@ import torch
 from lorarlhf import HydraModel
 from lorarlhf.methods.grpo import GRPOConfig, train_grpo
 from lorarlhf.methods.ppo import PPOConfig, train_ppo
+from lorarlhf.methods.reinforce_pp import ReinforcePPConfig, train_reinforce_pp
+from lorarlhf.methods.rloo import RLOOConfig, train_rloo
 from lorarlhf.model.tiny import save_tiny_model
 
 PROMPTS = [f"Say something {i}:" for i in range(8)]
+GROUP_METHODS = {  # methods that sample a group per prompt: (config, trainer)
+    "grpo": (GRPOConfig, train_grpo),
+    "rloo": (RLOOConfig, train_rloo),
+    "reinforce_pp": (ReinforcePPConfig, train_reinforce_pp),
+}
+METHODS = ["ppo", *GROUP_METHODS]
 
 
 def lowercase(prompts, responses):
@@ -50,13 +58,19 @@ class PassSpy:
 
 
 def build(model_dir, method):
+    """The Hydra with its actor already off the reference (LoRA B drawn, not zero), so the KL terms count."""
     torch.manual_seed(0)
     roles = ("actor", "critic") if method == "ppo" else ("actor",)
-    return HydraModel.from_pretrained(model_dir, quantize=None, lora_r=4, roles=roles)
+    hydra = HydraModel.from_pretrained(model_dir, quantize=None, lora_r=4, roles=roles)
+    with torch.no_grad():
+        for name, param in hydra.peft.named_parameters():
+            if ".lora_B.actor." in name:
+                param.copy_(torch.randn(param.shape) * 0.3)
+    return hydra
 
 
 def train(model_dir, method, reuse: int, **overrides):
-    """One update; reuse = the epochs (PPO) or iterations (GRPO) the config asks for."""
+    """One update; reuse = the epochs (PPO) or iterations (the others) the config asks for."""
     hydra = build(model_dir, method)
     spy = PassSpy(hydra)
     if method == "ppo":
@@ -64,16 +78,17 @@ def train(model_dir, method, reuse: int, **overrides):
         run = train_ppo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
         params = hydra.trainable_parameters("actor") + hydra.trainable_parameters("critic")
     else:
-        config = GRPOConfig(
+        config_class, trainer = GROUP_METHODS[method]
+        config = config_class(
             steps=1, batch_size=2, group_size=4, max_new_tokens=6, lr=1e-2, num_iterations=reuse, **overrides
         )
-        run = train_grpo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
+        run = trainer(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
         params = hydra.trainable_parameters("actor")
     grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
     return run.history[0], grads, spy
 
 
-@pytest.mark.parametrize("method", ["ppo", "grpo"])
+@pytest.mark.parametrize("method", METHODS)
 def test_a_rollout_used_once_skips_the_rollout_policy_pass_and_trains_the_same(model_dir, method):
     once, once_grads, once_spy = train(model_dir, method, reuse=1)
     again, again_grads, again_spy = train(model_dir, method, reuse=2)
@@ -87,7 +102,9 @@ def test_a_rollout_used_once_skips_the_rollout_policy_pass_and_trains_the_same(m
         assert again_spy.count("values", "critic", grad=False) == 1
 
     assert once["rl/ratio_mean"] == 1.0 and once["rl/approx_kl"] == 0.0  # old_logp is this forward's, detached
-    for key in ("rl/reward_mean", "rl/kl", "rl/entropy", "rl/grad_norm", "rl/clipfrac"):
+    assert abs(once["rl/kl"]) > 1e-3  # the actor is off the reference: the KL terms are in the comparison
+    logged = {"rloo": ("rl/penalised_reward_mean", "rl/advantage_abs"), "reinforce_pp": ("rl/return_mean",)}
+    for key in ("rl/reward_mean", "rl/kl", "rl/entropy", "rl/grad_norm", "rl/clipfrac", *logged.get(method, ())):
         assert once[key] == pytest.approx(again[key], rel=1e-5, abs=1e-6), key
     loss_keys = ("rl/policy_loss", "rl/value_loss") if method == "ppo" else ("rl/loss",)
     for key in loss_keys:
@@ -97,13 +114,19 @@ def test_a_rollout_used_once_skips_the_rollout_policy_pass_and_trains_the_same(m
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
-def test_gradient_accumulation_keeps_the_pass_for_ppo_and_skips_it_for_grpo(model_dir):
-    """PPO whitens advantages over the whole rollout, so micro-batches need the rollout's targets first; GRPO's
-    per-row ratio needs nothing of the other rows."""
-    _, _, ppo = train(model_dir, "ppo", reuse=1, grad_accumulation=2)
-    _, _, grpo = train(model_dir, "grpo", reuse=1, grad_accumulation=2)
-    assert ppo.count("logprobs", "actor", grad=False) == 1
-    assert grpo.count("logprobs", "actor", grad=False) == 0
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_accumulation_keeps_the_pass_where_advantages_need_every_row(model_dir, method):
+    """PPO and REINFORCE++ whiten advantages over the whole rollout, and RLOO's baseline is the other samples'
+    KL-penalised reward, so micro-batches need the rollout's targets first; GRPO's per-row ratio needs nothing
+    of the other rows. Accumulated or not, the update is the same."""
+    whole, whole_grads, _ = train(model_dir, method, reuse=1)
+    accumulated, accumulated_grads, spy = train(model_dir, method, reuse=1, grad_accumulation=2)
+    assert spy.count("logprobs", "actor", grad=False) == (0 if method == "grpo" else 1)
+    assert accumulated["rl/loss" if method != "ppo" else "rl/policy_loss"] == pytest.approx(
+        whole["rl/loss" if method != "ppo" else "rl/policy_loss"], rel=1e-5, abs=1e-7
+    )
+    for a, b in zip(whole_grads, accumulated_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 def limit_rows(hydra, max_rows: int) -> None:
@@ -116,10 +139,10 @@ def limit_rows(hydra, max_rows: int) -> None:
     hydra.causal_lm.base_model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-@pytest.mark.parametrize("method", ["ppo", "grpo"])
+@pytest.mark.parametrize("method", METHODS)
 def test_out_of_memory_in_an_update_of_a_rollout_used_once_gives_the_same_update(model_dir, method, caplog):
-    """The update retried in micro-batches (PPO: its targets from a pass over the whole rollout first) trains
-    exactly like the update that fitted."""
+    """The update retried in micro-batches (PPO, RLOO, REINFORCE++: its targets from a pass over the whole
+    rollout first) trains exactly like the update that fitted."""
     weights = []
     for max_rows in (None, 4):
         hydra = build(model_dir, method)
@@ -129,8 +152,9 @@ def test_out_of_memory_in_an_update_of_a_rollout_used_once_gives_the_same_update
             config = PPOConfig(steps=1, batch_size=8, max_new_tokens=6, lr=1e-2, ppo_epochs=1)
             train_ppo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
         else:
-            config = GRPOConfig(steps=2, batch_size=2, group_size=4, max_new_tokens=6, lr=1e-2)
-            train_grpo(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
+            config_class, trainer = GROUP_METHODS[method]
+            config = config_class(steps=2, batch_size=2, group_size=4, max_new_tokens=6, lr=1e-2)
+            trainer(hydra, PROMPTS, config, reward_fn=lowercase, progress=False)
         weights.append([p.detach().clone() for p in hydra.trainable_parameters("actor")])
     # Generation ran out first: the update comes in micro-batches of 4 rows from the start.
     assert "out of memory in generation; retrying with micro-batches 2x smaller" in caplog.text

@@ -11,7 +11,7 @@ only sets how many are drawn.
         rollout    <- actor samples group_size responses per prompt          (generate)
         scores     <- reward functions or the reward role                    (score)
         ref_logp   <- the base with adapters off (or the frozen sft adapter) (reference)
-        old_logp   <- the actor before the update
+        old_logp   <- the actor before the update (a rollout used once: the update's own forward, detached)
         rewards_t  <- -kl_coef * KL_t(old || ref), + score at the last token
         advantages <- sum_{s >= t} rewards_s, whitened over the batch's response tokens
         for iteration in num_iterations, for minibatch:                      (train)
@@ -24,8 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from lorarlhf.kernels import token_kl
-from lorarlhf.methods.rloo import ReinforceConfig, reinforce_policy_loss, reinforce_scoring_passes
+from lorarlhf.methods.rloo import ReinforceConfig, ReinforceRollout, reinforce_policy_loss
 from lorarlhf.training import distributed
 from lorarlhf.training.reinforce_losses import kl_penalised_token_rewards, reward_to_go
 from lorarlhf.training.rl_loop import RLLoop
@@ -65,22 +64,25 @@ def train_reinforce_pp(
 
     for scored in loop:
         batch, mask = scored.batch, scored.mask  # (B*G, T)
-        ref_logp, old_logp, old_entropy = loop.scoring_passes(partial(reinforce_scoring_passes, hydra, batch, config))
-        kl = token_kl(old_logp, ref_logp, estimator=config.kl_estimator)  # (B*G, T)
-        token_rewards = kl_penalised_token_rewards(scored.rewards, kl, mask, kl_coef=config.kl_coef)  # (B*G, T)
-        returns = reward_to_go(token_rewards, mask)  # (B*G, T)
-        # The whole batch, every process's share included: one mean and one scale for all prompts.
-        whiten = masked_whiten if distributed.world_size() == 1 else distributed.global_masked_whiten
-        advantages = whiten(returns, mask)
-
+        rollout = ReinforceRollout.scored(loop, hydra, batch, config, partial(_advantages, scored, config))
         with loop.training():
             for minibatch in loop.minibatches(config.num_iterations, config.num_minibatches):
-                loss_of = partial(reinforce_policy_loss, hydra, batch, old_logp, advantages, config)
-                loop.update(minibatch, loss_of)
+                loop.update(minibatch, partial(reinforce_policy_loss, hydra, batch, rollout, config))
 
+        old = rollout.final_targets()
         loop.log({
-            "rl/kl": ((old_logp - ref_logp) * mask).sum(dim=1).mean().item(),  # k1, per sequence
-            "rl/return_mean": masked_mean(returns, mask).item(),
-            "rl/entropy": masked_mean(old_entropy, mask).item(),
+            "rl/kl": ((old.logp - rollout.ref_logp) * mask).sum(dim=1).mean().item(),  # k1, per sequence
+            **old.logged,
+            "rl/entropy": masked_mean(old.entropy, mask).item(),
         })  # fmt: skip
     return loop.finish()
+
+
+def _advantages(scored, config: ReinforcePPConfig, kl):
+    """Reward-to-go of the KL-penalised token rewards, whitened over the batch: (B*G, T), and their mean return."""
+    mask = scored.mask
+    token_rewards = kl_penalised_token_rewards(scored.rewards, kl, mask, kl_coef=config.kl_coef)  # (B*G, T)
+    returns = reward_to_go(token_rewards, mask)  # (B*G, T)
+    # The whole batch, every process's share included: one mean and one scale for all prompts.
+    whiten = masked_whiten if distributed.world_size() == 1 else distributed.global_masked_whiten
+    return whiten(returns, mask), {"rl/return_mean": masked_mean(returns, mask).item()}

@@ -14,7 +14,7 @@ and keeps a single loss term to clip.
         rollout    <- actor samples group_size responses per prompt          (generate)
         scores     <- reward functions or the reward role                    (score)
         ref_logp   <- the base with adapters off (or the frozen sft adapter) (reference)
-        old_logp   <- the actor before the update
+        old_logp   <- the actor before the update (a rollout used once: the update's own forward, detached)
         rewards    <- score - kl_coef * sum_t KL_t(old || ref)
         advantages <- reward - mean of the other group_size - 1 rewards of its prompt
         for iteration in num_iterations, for minibatch:                      (train)
@@ -26,13 +26,17 @@ REINFORCE: the mean over the batch's tokens is its sum of log-probs scaled by on
 More iterations reuse the rollout, and then the PPO clip bounds how far they move the policy.
 
 ReinforceConfig holds the options RLOO shares with REINFORCE++ (methods/reinforce_pp.py), and
-`reinforce_scoring_passes` / `reinforce_policy_loss` the passes and the loss both run.
+`ReinforceRollout` / `reinforce_policy_loss` the passes and the loss both run.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+
+import torch
 
 from lorarlhf.kernels import token_kl
 from lorarlhf.methods.rl_options import RLConfig
@@ -112,38 +116,116 @@ def train_rloo(
 
     for scored in loop:  # B prompts x k samples each, as B*k rows
         batch, mask = scored.batch, scored.mask  # (B*k, T)
-        ref_logp, old_logp, old_entropy = loop.scoring_passes(partial(reinforce_scoring_passes, hydra, batch, config))
-        kl = token_kl(old_logp, ref_logp, estimator=config.kl_estimator)  # (B*k, T)
-        rewards = kl_penalised_sequence_rewards(scored.rewards, kl, mask, kl_coef=config.kl_coef)  # (B*k,)
-        advantages = leave_one_out_advantages(rewards, config.group_size)  # (B*k,)
-
+        rollout = ReinforceRollout.scored(loop, hydra, batch, config, partial(_rloo_advantages, scored, config))
         with loop.training():
             for minibatch in loop.minibatches(config.num_iterations, config.num_minibatches):
-                loss_of = partial(reinforce_policy_loss, hydra, batch, old_logp, advantages, config)
-                loop.update(minibatch, loss_of)
+                loop.update(minibatch, partial(reinforce_policy_loss, hydra, batch, rollout, config))
 
+        old = rollout.final_targets()
         loop.log({
-            "rl/kl": ((old_logp - ref_logp) * mask).sum(dim=1).mean().item(),  # k1, per sequence
-            "rl/penalised_reward_mean": rewards.mean().item(),
-            "rl/advantage_abs": advantages.abs().mean().item(),
-            "rl/entropy": masked_mean(old_entropy, mask).item(),
+            "rl/kl": ((old.logp - rollout.ref_logp) * mask).sum(dim=1).mean().item(),  # k1, per sequence
+            **old.logged,
+            "rl/advantage_abs": old.advantages.abs().mean().item(),
+            "rl/entropy": masked_mean(old.entropy, mask).item(),
         })  # fmt: skip
     return loop.finish()
 
 
-def reinforce_scoring_passes(hydra, batch, config: ReinforceConfig, chunks: int):
+def _rloo_advantages(scored, config: RLOOConfig, kl: torch.Tensor):
+    """The leave-one-out advantages (B*k,) of the KL-penalised sequence rewards, and what to log of them."""
+    rewards = kl_penalised_sequence_rewards(scored.rewards, kl, scored.mask, kl_coef=config.kl_coef)  # (B*k,)
+    advantages = leave_one_out_advantages(rewards, config.group_size)
+    return advantages, {"rl/penalised_reward_mean": rewards.mean().item()}
+
+
+@dataclass
+class ReinforceTargets:
+    """What the policy loss of one rollout compares against: the rollout policy's log-probs and entropy (B, T),
+    the advantages ((B,) per sequence or (B, T) per token), and the statistics of them to log."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor
+    advantages: torch.Tensor
+    logged: dict[str, float]
+
+
+class ReinforceRollout:
+    """One rollout's reference log-probs and its ReinforceTargets: set from the no-grad passes before the
+    updates (`set_old`), or, for a rollout used once, from the first update's own forward (`from_forward`).
+
+    advantages_of(kl) -> (advantages, {name: value}): the method's advantages from the per-token KL (B, T) of
+    the rollout policy to the reference, which depends on every row, so micro-batches cannot go before it."""
+
+    def __init__(self, hydra, batch, config: ReinforceConfig, advantages_of: Callable):
+        self.hydra, self.batch, self.config, self.advantages_of = hydra, batch, config, advantages_of
+        self.ref_logp: torch.Tensor | None = None  # (B, T)
+        self.targets: ReinforceTargets | None = None
+
+    @classmethod
+    def scored(cls, loop, hydra, batch, config: ReinforceConfig, advantages_of: Callable) -> ReinforceRollout:
+        """The rollout with its reference pass run, and the rollout policy's too unless the rollout is used once,
+        in one piece (one pass, one minibatch, no accumulation): then the update's own forward is that pass, as
+        before its step the actor is the rollout policy."""
+        rollout = cls(hydra, batch, config, advantages_of)
+        used_once = config.num_iterations == 1 and config.num_minibatches == 1 and config.grad_accumulation == 1
+        if used_once:
+            rollout.ref_logp = loop.scoring_passes(partial(_reference_pass, hydra, batch, config))
+        else:
+            rollout.set_old(*loop.scoring_passes(partial(_scoring_passes, hydra, batch, config)))
+        return rollout
+
+    def set_old(self, ref_logp, old_logp, old_entropy) -> None:
+        """The targets from the rollout policy's log-probs and entropies, (B, T) each."""
+        self.ref_logp = ref_logp
+        kl = token_kl(old_logp, ref_logp, estimator=self.config.kl_estimator)  # (B, T)
+        advantages, logged = self.advantages_of(kl)
+        self.targets = ReinforceTargets(old_logp, old_entropy, advantages, logged)
+
+    def from_forward(self, rows: torch.Tensor, logp, entropy) -> None:
+        """The targets from the update's forward of `rows`, detached: the whole rollout in one piece, or, when
+        memory ran out and the update came in micro-batches, a no-grad pass over all of it first."""
+        rows_total = self.batch.input_ids.shape[0]
+        if len(rows) == rows_total:
+            old = [torch.empty_like(x) for x in (logp, entropy)]
+            for buffer, x in zip(old, (logp, entropy), strict=True):
+                buffer[rows] = x.detach()
+        else:
+            with torch.no_grad():
+                chunks = math.ceil(rows_total / len(rows))
+                old = _scoring_passes(self.hydra, self.batch, self.config, chunks)[1:]
+        self.set_old(self.ref_logp, *old)
+
+    def final_targets(self) -> ReinforceTargets:
+        """The targets, for the record; from a pass now when no update ran its forward (a non-finite loss)."""
+        if self.targets is None:
+            with torch.no_grad():
+                self.set_old(self.ref_logp, *_scoring_passes(self.hydra, self.batch, self.config, 1)[1:])
+        return self.targets
+
+
+def _reference_pass(hydra, batch, config: ReinforceConfig, chunks: int):
+    """Reference log-probs of the rollout, (B, T), in `chunks` row slices."""
+    return in_chunks(batch, chunks, hydra.token_logprobs, role="reference", temperature=config.temperature)
+
+
+def _scoring_passes(hydra, batch, config: ReinforceConfig, chunks: int):
     """Reference log-probs, rollout-policy log-probs and entropy, (B, T) each, in `chunks` row slices."""
     t, logprobs = config.temperature, hydra.token_logprobs
-    ref_logp = in_chunks(batch, chunks, logprobs, role="reference", temperature=t)
+    ref_logp = _reference_pass(hydra, batch, config, chunks)
     old_logp, old_entropy = in_chunks(batch, chunks, logprobs, role="actor", temperature=t, return_entropy=True)
     return ref_logp, old_logp, old_entropy
 
 
-def reinforce_policy_loss(hydra, batch, old_logp, advantages, config: ReinforceConfig, rows):
+def reinforce_policy_loss(hydra, batch, rollout: ReinforceRollout, config: ReinforceConfig, rows):
     """The clipped policy-gradient loss of the rollout's `rows` under the current actor, averaged over their
     response tokens; advantages are (B,) per sequence (RLOO) or (B, T) per token (REINFORCE++)."""
-    logp = hydra.token_logprobs(rows_of(batch, rows), role="actor", temperature=config.temperature)
-    loss, stats = clipped_policy_loss(
-        logp, old_logp[rows], advantages[rows], batch.response_mask[rows], clip=config.clip
-    )
+    sub, t = rows_of(batch, rows), config.temperature
+    if rollout.targets is None:  # a rollout used once: this forward is the rollout policy's
+        logp, entropy = hydra.token_logprobs(sub, role="actor", temperature=t, return_entropy=True)
+        rollout.from_forward(rows, logp, entropy)
+    else:
+        logp = hydra.token_logprobs(sub, role="actor", temperature=t)
+    old = rollout.targets
+    loss, stats = clipped_policy_loss(logp, old.logp[rows], old.advantages[rows], batch.response_mask[rows],
+                                      clip=config.clip)  # fmt: skip
     return loss, {"rl/loss": loss.item(), **{f"rl/{k}": v for k, v in stats.items()}}
