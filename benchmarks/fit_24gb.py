@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from peers import LLAMA_112M, peak_bytes, reset_peak, write_results
+from plumbing import LLAMA_112M, peak_bytes, reset_peak, write_results
 
 SHAPES = {
     "Llama-3-8B": dict(

@@ -334,7 +334,7 @@ def timed(fn, cuda: bool) -> float:
 def extra_bytes(fn, cuda: bool) -> int:
     """Peak memory of one call above what was allocated before it (the inputs)."""
     import torch
-    from peers import peak_bytes, reset_peak
+    from plumbing import peak_bytes, reset_peak
 
     if cuda:
         torch.cuda.synchronize()
@@ -458,7 +458,7 @@ def phase_peaks(device: str):
     """
     from unittest import mock
 
-    from peers import peak_bytes, reset_peak
+    from plumbing import peak_bytes, reset_peak
 
     from lorarlhf.training import rl_loop
 
@@ -607,7 +607,7 @@ def measure_planned_phases(hydra, optimizer, batch: int, length: int, new_tokens
     """
     import torch
     from fit_24gb import prompt_of_length
-    from peers import peak_bytes, reset_peak
+    from plumbing import peak_bytes, reset_peak
 
     from lorarlhf.methods.ppo import state_values
     from lorarlhf.planner import plan

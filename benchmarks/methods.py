@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from peers import write_results
+from plumbing import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOT = ROOT / "docs" / "methods-curves.png"

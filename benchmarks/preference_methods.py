@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from peers import write_results
+from plumbing import write_results
 
 from lorarlhf import HydraModel
 from lorarlhf.data import PreferencePair, thumbs

@@ -1,10 +1,11 @@
 """Where one lorarlhf step's time goes: the phases the trainer records and PyTorch's profiler's top operators.
 
-    python benchmarks/profile_step.py                 # GRPO, fp32 base, the 64m shape of versus_trl.py
+    python benchmarks/profile_step.py                 # GRPO, fp32 base, the 64m shape of peers.py
     python benchmarks/profile_step.py --row dpo --top 20
 
-The same work as versus_trl.py's rows (4 prompts x 4 samples x 32 new tokens, beta 0.04; or 4 pairs for DPO and the reward model), in
-this process on one CPU thread, after one warm-up step. Writes benchmarks/results/profile-<row>-<shape>-cpu.json.
+The same work as peers.py's rows (4 prompts x 4 samples x 32 new tokens, beta 0.04; or 4 pairs for DPO and the
+reward model), in this process on one CPU thread, after one warm-up step. Writes
+benchmarks/results/profile-<row>-<shape>-cpu.json.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def main():
 
     sys.path.insert(0, str(HERE))
     import torch
-    from peers import make_model_dir
+    from peers import SHAPES
+    from plumbing import make_model_dir
     from torch.profiler import ProfilerActivity, profile
-    from versus_trl import SHAPES
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
@@ -68,7 +69,7 @@ def main():
 
 
 def run(row: str, model_dir: Path, on_step) -> None:
-    from versus_trl import BETA, lowercase, pair_records, prompts_for
+    from peers import BETA, lowercase, pair_records, prompts_for
 
     from lorarlhf import HydraModel
 

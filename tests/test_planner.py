@@ -204,7 +204,7 @@ def test_a_cpu_run_keeps_checkpointing_where_activations_outgrow_the_model():
     from lorarlhf.model.tiny import tiny_llama_config
     from lorarlhf.planner import CPU_CHECKPOINT_SAVING_BYTES, cpu_settings
 
-    # The shape of benchmarks/versus_trl.py's 64m rows: 75M parameters, 4 pairs of up to 512 tokens.
+    # The shape of benchmarks/peers.py's 64m rows: 75M parameters, 4 pairs of up to 512 tokens.
     config = tiny_llama_config(vocab_size=8192, hidden_size=768, intermediate_size=2048, num_hidden_layers=10,
                                num_attention_heads=12, num_key_value_heads=4)  # fmt: skip
     chosen = cpu_settings(config, method="dpo", quantize=None, memory_bytes=64 * GiB, batch_size=4, max_length=512)
