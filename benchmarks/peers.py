@@ -170,7 +170,7 @@ def ours(row: str, model_dir: str, args) -> dict:
             spec.loader.exec_module(rollout)
         hydra = HydraModel.from_pretrained(model_dir, quantize=None, lora_r=16, lora_alpha=32, device="cpu",
                                            roles=("actor",))  # fmt: skip
-        hydra.merge_sampling = not args.no_merge
+        hydra.merge_sampling = args.merge  # off by default, as in the library
         _perturb_lora(hydra.peft)
         sampling = rollout.SamplingConfig(max_new_tokens=64)
         tokens = []
@@ -179,7 +179,7 @@ def ours(row: str, model_dir: str, args) -> dict:
             out = rollout.generate_rollout(hydra, prompts_for(8), sampling, seeds=list(range(8 * call, 8 * call + 8)))
             timer.tick()
             tokens.append(int(out.response_mask.sum()))
-        info = {"tokens": tokens[args.warmup :], "merged": not args.no_merge, "rollout_file": args.rollout_file}
+        info = {"tokens": tokens[args.warmup :], "merged": args.merge, "rollout_file": args.rollout_file}
     return _result(timer.times[args.warmup :], after_imports, info)
 
 
@@ -372,14 +372,14 @@ def main():
     )  # fmt: skip
     parser.add_argument(
         "--variants", action="store_true",
-        help="generation: also unmerged and --before-rollout; training rows: also TRL with lorarlhf's CPU allocator "
-        "and lorarlhf without it",
+        help="generation: also merged sampling and --before-rollout; training rows: also TRL with lorarlhf's CPU "
+        "allocator and lorarlhf without it",
     )  # fmt: skip
     parser.add_argument("--before-rollout", help="generation: a rollout.py to time as 'before' (with --variants)")
     parser.add_argument("--write-md", action="store_true", help="rewrite BENCHMARKS.md's table from results/")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--rollout-file", help=argparse.SUPPRESS)
-    parser.add_argument("--no-merge", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--merge", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         side, row, model_dir = args.worker
@@ -410,13 +410,13 @@ def main():
                 sides.append(("trl-allocator", args.peer_python, (), SAME_ALLOCATOR))
                 sides.append(("lorarlhf-plain-allocator", sys.executable, (), {"LORARLHF_CPU_ALLOCATOR": "default"}))
             if row == "generation" and args.variants:
-                sides.append(("lorarlhf-unmerged", sys.executable, ("--no-merge",), None))
+                sides.append(("lorarlhf-merged", sys.executable, ("--merge",), None))
                 if args.before_rollout:
                     sides.append(
                         (
                             "lorarlhf-before",
                             sys.executable,
-                            ("--no-merge", "--rollout-file", str(Path(args.before_rollout).resolve())),
+                            ("--rollout-file", str(Path(args.before_rollout).resolve())),
                             None,
                         )
                     )
@@ -473,7 +473,8 @@ def write_markdown() -> None:
             if not path.exists():
                 continue
             record = json.loads(path.read_text())
-            # generation: the default sampler (unmerged) in the main row when that variant was run
+            # generation: the default sampler (unmerged); results written before it was the main side had it
+            # as the "lorarlhf-unmerged" variant
             a = record["summary"].get("lorarlhf-unmerged") or record["summary"]["lorarlhf"]
             b = record["summary"]["trl"]
             if "seconds_median" not in a or "seconds_median" not in b:
