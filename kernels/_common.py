@@ -12,6 +12,7 @@ import importlib.util
 import math
 import numbers
 import os
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,9 @@ FP_FUSION = True
 compile: Triton 3.9 fuses by default and warns when nothing is said, 3.10 stops fusing by default, and the
 kernels' numerics (tested at their tolerances with fusion on) should not change with a Triton upgrade."""
 _forced_backend: str | None = None
+backend_calls: Counter[str] = Counter()
+"""How many kernel calls each backend has served in this process. The tests read it to know which tests reach
+the kernels: those run a second time through the Triton interpreter."""
 
 
 def triton_available() -> bool:
@@ -49,10 +53,13 @@ def interpreting() -> bool:
 def backend_for(device: torch.device) -> str:
     """'triton' on CUDA, and on CPU when the Triton interpreter is on; 'torch' otherwise."""
     if _forced_backend is not None:
-        return _forced_backend
-    if triton_available() and (device.type == "cuda" or (device.type == "cpu" and interpreting())):
-        return "triton"
-    return "torch"
+        backend = _forced_backend
+    elif triton_available() and (device.type == "cuda" or (device.type == "cpu" and interpreting())):
+        backend = "triton"
+    else:
+        backend = "torch"
+    backend_calls[backend] += 1
+    return backend
 
 
 @contextmanager

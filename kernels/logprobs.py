@@ -406,10 +406,10 @@ def fused_linear_logprobs(
     if n > 0 and (top := int(targets.max())) >= vocab:
         raise ValueError(f"targets must be < V = {vocab} (negative ids are ignored), got {top}")
 
-    rows = chunk_rows(vocab, compute_dtype(hidden, weight, bias), _chunk_rows)
-    backend = backend_for(hidden.device)
-    if compute_dtype(hidden, weight, bias) == torch.float64:
-        backend = "torch"  # the row kernels are float32; float64 is for gradcheck
+    dtype = compute_dtype(hidden, weight, bias)
+    rows = chunk_rows(vocab, dtype, _chunk_rows)
+    # The row kernels are float32; float64 is for gradcheck and always takes the torch rows.
+    backend = "torch" if dtype == torch.float64 else backend_for(hidden.device)
     grad_hidden = torch.is_grad_enabled() and hidden.requires_grad
     return LinearLogprobsFunction.apply(
         hidden,

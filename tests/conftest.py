@@ -113,9 +113,41 @@ def backend_device(request):
     backend, device = request.param
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    if (backend, device) == ("torch", "cpu") and interpreting():
+        pytest.skip("the PyTorch row ops on CPU ran in the first pass, without TRITON_INTERPRET")
     if backend == "triton" and not triton_available():
         pytest.skip("triton is not installed")
     if backend == "triton" and (device == "cpu") != interpreting():
         pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1, and on CUDA only without it")
     with force_backend(backend):
         yield backend, torch.device(device)
+
+
+# --------------------------------------------------------------------------- the Triton pass's selection
+#
+# CI runs the suite twice: as it is, then with TRITON_INTERPRET=1 and `-m kernels`, so that every test that
+# reaches the log-prob and KL kernels runs again through the Triton row kernels (in the interpreter, on CPU
+# tensors). A test carries the `kernels` marker when it reaches them: every test of a kernel backend (the
+# backend_device fixture) by itself, every other one by its decorator or its module's pytestmark; a test that
+# reaches the kernels without the marker fails, so none drops out of the Triton pass unnoticed.
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "backend_device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kernels)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    from lorarlhf.kernels._common import backend_calls
+
+    before = backend_calls.total()
+    result = yield
+    if backend_calls.total() > before and item.get_closest_marker("kernels") is None:
+        pytest.fail(
+            f"{item.nodeid} reaches lorarlhf.kernels but has no kernels marker: add @pytest.mark.kernels (or a "
+            "module pytestmark), so that the Triton pass (TRITON_INTERPRET=1 pytest -m kernels) runs it too",
+            pytrace=False,
+        )
+    return result

@@ -57,7 +57,8 @@ def shape_checks_apply(backend: str) -> bool:
 
 learning_run_once = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1",
-    reason="a learning run through align(): the same kernel calls as test_rl's and test_dpo's, which run interpreted; "
-    "this one runs once, on the PyTorch kernels",
+    reason="a learning run: the same kernel calls as the learning runs of test_rl (PPO, GRPO) and test_dpo (the "
+    "sigmoid loss), which run interpreted; this one runs once, on the PyTorch kernels",
 )
-"""For the statistical learning tests of one more method: minutes each through the Triton interpreter."""
+"""For the statistical learning tests of one more method, loss or entry point (align(), the demo): a minute or
+more each through the Triton interpreter, for kernel calls another learning test already makes there."""

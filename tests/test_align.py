@@ -8,6 +8,7 @@ import string
 
 import pytest
 import torch
+from kernel_testing import learning_run_once
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -49,6 +50,7 @@ def actor_logprobs(hydra, prompts, responses, role="actor"):
 # --------------------------------------------------------------------------- every method learns
 
 
+@pytest.mark.kernels
 def test_sft_learns_the_demonstrations_then_actor_and_reference_start_from_them(
     peaked_model_dir, tmp_path, stat_seed, measured
 ):
@@ -74,6 +76,8 @@ def test_sft_learns_the_demonstrations_then_actor_and_reference_start_from_them(
     assert gain > 5
 
 
+@pytest.mark.kernels
+@learning_run_once
 def test_dpo_learns_a_held_out_rule_and_exports_a_loadable_actor(tiny_model_dir, tmp_path, stat_seed, measured):
     result = lorarlhf.align(
         str(tiny_model_dir), yes_no_pairs(64, seed=stat_seed + 1), method="dpo", output_dir=tmp_path / "run",
@@ -107,6 +111,7 @@ def test_dpo_learns_a_held_out_rule_and_exports_a_loadable_actor(tiny_model_dir,
     assert config["method"] == "dpo" and config["beta"] == 0.5 and config["steps"] == 40
 
 
+@pytest.mark.kernels
 def test_dpo_after_sft_measures_its_kl_from_the_sft_policy(tiny_model_dir, tmp_path):
     result = lorarlhf.align(
         str(tiny_model_dir), yes_no_pairs(32, seed=2), method="dpo", output_dir=tmp_path / "run", steps=5,
@@ -124,6 +129,8 @@ def test_dpo_after_sft_measures_its_kl_from_the_sft_policy(tiny_model_dir, tmp_p
     assert not (result.output_dir / "samples.jsonl").exists()  # samples=0
 
 
+@pytest.mark.kernels
+@learning_run_once
 def test_grpo_with_a_reward_function_raises_the_reward(peaked_model_dir, tmp_path, stat_seed, measured):
     prompts = [f"Say something {i}:" for i in range(16)]
     result = lorarlhf.align(
@@ -162,6 +169,7 @@ def test_rm_learns_and_trains_nothing_but_the_reward_role(tiny_model_dir, tmp_pa
 # --------------------------------------------------------------------------- outputs and options
 
 
+@pytest.mark.kernels
 def test_merge_writes_a_transformers_checkpoint_equal_to_the_actor(tiny_model_dir, tmp_path):
     result = lorarlhf.align(
         str(tiny_model_dir), yes_no_pairs(16, seed=4), method="dpo", output_dir=tmp_path / "run", steps=3,
@@ -231,6 +239,7 @@ def test_preference_data_gives_its_winning_answers_as_demonstrations():
     assert winners([PreferencePair("x", "y", "z")]) == [Demonstration("x", "y")]
 
 
+@pytest.mark.kernels
 def test_rl_on_prompts_reuses_the_reward_adapter_of_a_previous_rm_run(peaked_model_dir, tmp_path):
     records = yes_no_pairs(16, seed=6)
     rm = lorarlhf.align(str(peaked_model_dir), records, method="rm", output_dir=tmp_path / "rm", steps=5, quantize=None)

@@ -152,6 +152,7 @@ def _record_inputs(model, monkeypatch) -> list[list[int]]:
     return seen
 
 
+@pytest.mark.kernels
 def test_dpo_reward_sft_rollout_and_generate_see_the_templates_ids(hydra, monkeypatch):
     name, model = hydra
     tokenizer, end_of_turn = model.tokenizer, FAMILIES[name].end_of_turn
@@ -210,6 +211,7 @@ def test_an_hh_transcript_on_a_chat_model_is_read_as_its_conversation():
     assert (plain.prompt, plain.chosen) == (prompt, " Paris.")  # without a template the transcript stays text
 
 
+@pytest.mark.kernels
 def test_align_on_a_chat_model_with_hub_shaped_data_keeps_the_conversations(tmp_path):
     """An H4-style DPO set on a Qwen-like model: samples are written as messages, the option is saved."""
     import json

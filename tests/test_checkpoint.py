@@ -48,6 +48,7 @@ def outputs(hydra, pairs):
 
 
 @pytest.mark.parametrize("quantize", ["nf4", None])
+@pytest.mark.kernels
 def test_save_load_round_trip_reproduces_every_role(tiny_model_dir, pairs, tmp_path, quantize):
     hydra = build(tiny_model_dir, quantize)
     hydra.add_role("sft")
@@ -106,6 +107,7 @@ def test_relative_base_path_is_stored_absolute(tiny_model_dir, tmp_path, monkeyp
         assert torch.equal(HydraModel.load("run").score(*pairs), hydra.score(*pairs))
 
 
+@pytest.mark.kernels
 def test_half_precision_run_reloads_in_its_dtype_or_another(tiny_model_dir, tmp_path, pairs):
     hydra = HydraModel.from_pretrained(tiny_model_dir, quantize=None, dtype="bfloat16", lora_r=4, device="cpu")
     train_every_role(hydra, pairs)
@@ -121,6 +123,7 @@ def test_half_precision_run_reloads_in_its_dtype_or_another(tiny_model_dir, tmp_
     assert wider.causal_lm.get_output_embeddings().weight.dtype == torch.float32
 
 
+@pytest.mark.kernels
 def test_actor_adapter_is_a_standard_peft_directory(tiny_model_dir, pairs, tmp_path):
     hydra = build(tiny_model_dir, quantize=None)
     train_every_role(hydra, pairs)
@@ -137,6 +140,7 @@ def test_actor_adapter_is_a_standard_peft_directory(tiny_model_dir, pairs, tmp_p
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.kernels
 def test_saving_again_replaces_the_previous_save_and_keeps_other_files(tiny_model_dir, pairs, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -9,6 +9,7 @@ import pytest
 from lorarlhf.cli import main
 
 
+@pytest.mark.kernels
 def test_tiny_model_then_score_a_pair(tmp_path, capsys):
     assert main(["tiny-model", str(tmp_path / "tiny")]) == 0
     assert (tmp_path / "tiny" / "config.json").is_file()
@@ -19,6 +20,7 @@ def test_tiny_model_then_score_a_pair(tmp_path, capsys):
     assert result["actor_logprob"] < 0
 
 
+@pytest.mark.kernels
 def test_score_a_saved_run_uses_its_trained_heads(tmp_path, tiny_model_dir, capsys):
     import torch
 
@@ -74,6 +76,7 @@ def yes_no_records(n):
     return [{"prompt": f"Question {i}:", "chosen": "cat yes", "rejected": "cat no"} for i in range(n)]
 
 
+@pytest.mark.kernels
 def test_align_runs_a_method_with_typed_options(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "prefs.jsonl", yes_no_records(8))
     argv = ["align", str(tiny_model_dir), str(data), "--method", "dpo", "--output-dir", str(tmp_path / "run")]
@@ -84,6 +87,7 @@ def test_align_runs_a_method_with_typed_options(tmp_path, tiny_model_dir, capsys
     assert "dpo/eval_accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.kernels
 def test_align_with_a_reward_function_from_a_file(tmp_path, tiny_model_dir):
     (tmp_path / "my_reward.py").write_text("def short(prompts, responses):\n    return [-len(r) for r in responses]\n")
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say {i}:"} for i in range(4)])
@@ -134,6 +138,7 @@ def test_options_lists_every_field_with_its_help(capsys):
     assert "Weight of the KL to the reference" in out
 
 
+@pytest.mark.kernels
 def test_align_resume_and_overwrite_flags(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "prefs.jsonl", yes_no_records(8))
     argv = ["align", str(tiny_model_dir), str(data), "--method", "dpo", "--output-dir", str(tmp_path / "run")]

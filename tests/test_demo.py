@@ -8,9 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from kernel_testing import learning_run_once
 
 from lorarlhf.cli import main
 from lorarlhf.demo.runner import DEMO_SETTINGS, run_demo
+
+pytestmark = pytest.mark.kernels  # every test here reaches the kernels
 
 # The README's table rows, and how far its numbers may sit from a fresh run's: 2 x their spread over the seeds of
 # benchmarks/demo_numbers.py (3 seeds understate the range), and never under the 2-decimal rounding plus a little.
@@ -38,6 +41,7 @@ def readme_numbers() -> dict[str, float]:
     return numbers
 
 
+@learning_run_once
 def test_a_shortened_demo_makes_the_model_clearly_more_positive(tmp_path, stat_seed, measured):
     # No longer shortened: the demo as `lorarlhf demo` runs it (the name stays, benchmarks/seed_spread.py lists it),
     # so that the README can be checked against this run. Aligned, and not by gaming the reward adapter.

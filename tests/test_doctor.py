@@ -71,6 +71,7 @@ def by_name(report: dict) -> dict[str, dict]:
     return {check["name"]: check for check in report["checks"]}
 
 
+@pytest.mark.kernels
 def test_cpu_report_says_what_a_run_would_use_and_skips_the_device_checks():
     from lorarlhf.kernels._common import backend_for
 
@@ -94,6 +95,7 @@ def test_cpu_report_says_what_a_run_would_use_and_skips_the_device_checks():
         assert name in text
 
 
+@pytest.mark.kernels
 def test_cli_prints_the_report_and_the_same_as_json(capsys):
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out
@@ -116,6 +118,7 @@ def skipping(target: Target, sizes: Sizes) -> Check:
     return Check("skipper", "skipped", "nothing to do")
 
 
+@pytest.mark.kernels
 def test_a_failed_check_fails_the_report_and_the_exit_code(monkeypatch, capsys):
     assert run_checks(extra_checks=[skipping])["ok"]  # skipped is not failed
     report = run_checks(extra_checks=[failing, raising])
@@ -161,6 +164,7 @@ def faked_cuda(monkeypatch):
     return state
 
 
+@pytest.mark.kernels
 def test_gpu_branch_runs_every_check_with_only_the_cuda_queries_faked(faked_cuda):
     report = run_checks(sizes=SMALL, tensor_device="cpu")  # full=None: on CUDA, everything runs
     assert_schema(report)
@@ -202,6 +206,7 @@ def test_bf16_that_is_only_emulated_is_reported_so_and_float16_is_used(faked_cud
     assert doctor.check_dtype(Target(cuda, dtype, CPU)).summary.startswith("float16: sm_75")
 
 
+@pytest.mark.kernels
 def test_a_planner_estimate_below_the_measured_peak_fails_the_align_check(faked_cuda, monkeypatch):
     for name in ("max_memory_allocated", "memory_allocated"):
         monkeypatch.setattr(torch.cuda, name, lambda device=None: 64 * GiB)
@@ -214,6 +219,7 @@ def test_a_planner_estimate_below_the_measured_peak_fails_the_align_check(faked_
 @pytest.mark.parametrize(
     "check", [doctor.check_bnb_matmul, doctor.check_logprobs_kernel, doctor.check_kl_kernel, doctor.check_token_kl]
 )
+@pytest.mark.kernels
 def test_numeric_checks_pass_on_cpu_tensors_in_every_dtype(check, dtype):
     result = check(Target(CPU, dtype, CPU), SMALL)
     assert result.status == "ok", result.summary
@@ -240,6 +246,7 @@ def nudged(fn, by):
         (bitsandbytes, "matmul_4bit", doctor.check_bnb_matmul, "forward"),
     ],
 )
+@pytest.mark.kernels
 def test_numeric_checks_catch_a_slightly_wrong_result(monkeypatch, module, name, check, part):
     monkeypatch.setattr(module, name, nudged(getattr(module, name), 3e-3))
     result = check(Target(CPU, torch.float32, CPU), SMALL)

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from kernel_testing import learning_run_once
 
 import lorarlhf
 from lorarlhf import HydraModel
@@ -30,7 +31,10 @@ def build(path, seed=0):
     return HydraModel.from_pretrained(path, device="cpu", quantize=None, lora_r=8)
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "cpl"])
+@pytest.mark.parametrize(
+    "loss", ["sigmoid", pytest.param("ipo", marks=learning_run_once), pytest.param("cpl", marks=learning_run_once)]
+)
+@pytest.mark.kernels
 def test_each_loss_learns_held_out_preferences(tiny_model_dir, loss, stat_seed, measured):
     hydra = build(tiny_model_dir, seed=stat_seed)
     train, held_out = preference_pairs(48, seed=stat_seed + 1), preference_pairs(24, seed=stat_seed + 2)
@@ -54,6 +58,7 @@ def test_each_loss_learns_held_out_preferences(tiny_model_dir, loss, stat_seed, 
     assert loss_change < 0
 
 
+@pytest.mark.kernels
 def test_reference_is_the_base_and_precomputing_it_changes_nothing(tiny_model_dir, base_checksum):
     pairs = preference_pairs(16, seed=3)
     runs = []
@@ -73,6 +78,7 @@ def test_reference_is_the_base_and_precomputing_it_changes_nothing(tiny_model_di
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+@pytest.mark.kernels
 def test_untrained_actor_has_zero_margin_and_log_two_loss(tiny_model_dir):
     hydra = build(tiny_model_dir)
     run = train_dpo(hydra, preference_pairs(8, seed=4), DPOConfig(steps=1, lr=1e-12, batch_size=8), progress=False)
@@ -80,6 +86,7 @@ def test_untrained_actor_has_zero_margin_and_log_two_loss(tiny_model_dir):
     assert run.history[0]["dpo/loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
 
 
+@pytest.mark.kernels
 def test_align_dpo(tiny_model_dir, tmp_path):
     records = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in preference_pairs(16, seed=5)]
     result = lorarlhf.align(

@@ -16,6 +16,8 @@ from lorarlhf.methods.dpo import DPOConfig, train_dpo
 from lorarlhf.methods.grpo import GRPOConfig, train_grpo
 from lorarlhf.methods.ppo import PPOConfig, train_ppo
 
+pytestmark = pytest.mark.kernels  # every test here reaches the kernels
+
 PROMPTS = [f"Say something {i}:" for i in range(8)]
 DROPOUT = dict(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, layerdrop=0.1)
 

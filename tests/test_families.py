@@ -114,6 +114,7 @@ def test_loads_in_fp32_and_nf4_and_the_planner_counts_its_weight_bytes(family):
         assert weight_bytes(shape, quantize=quantize, dtype_bytes=4) == hydra.memory_report()["base"], quantize
 
 
+@pytest.mark.kernels
 def test_reference_logprobs_equal_plain_transformers(family):
     name, path = family
     hydra = build(path, None, roles=("actor",))
@@ -124,6 +125,7 @@ def test_reference_logprobs_equal_plain_transformers(family):
     torch.testing.assert_close(got.double(), plain_logprobs(plain, batch), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.kernels
 def test_a_dpo_step_on_the_nf4_base_trains_only_the_actor(family):
     name, path = family
     hydra = build(path, "nf4", roles=("actor", "critic"))
@@ -139,6 +141,7 @@ def distinct_rewards(prompts, responses):
     return [float(i) for i in range(len(responses))]
 
 
+@pytest.mark.kernels
 def test_a_grpo_step_trains_only_the_actor_and_the_saved_adapter_loads_in_peft(family, tmp_path):
     name, path = family
     hydra = build(path, None, roles=("actor", "critic"))
@@ -185,6 +188,7 @@ def qwen3_5_vl_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.kernels
 def test_a_vision_language_checkpoint_trains_text_only_and_its_adapter_loads_on_both_classes(qwen3_5_vl_dir, tmp_path):
     hydra = build(qwen3_5_vl_dir, None, roles=("actor",))
     assert type(hydra.causal_lm).__name__ == "Qwen3_5ForCausalLM"  # the decoder and LM head; no vision tower
@@ -225,6 +229,7 @@ def test_a_vision_language_checkpoint_loads_in_nf4_as_planned(qwen3_5_vl_dir):
     assert weight_bytes(shape, quantize="nf4", dtype_bytes=4) == hydra.memory_report()["base"]
 
 
+@pytest.mark.kernels
 def test_gemma3_multimodal_loads_whole_and_its_adapter_loads_on_its_own_class(tmp_path):
     # AutoModelForCausalLM maps model_type "gemma3" (4B and up) to Gemma3ForConditionalGeneration itself: the
     # Hydra holds the vision tower too, unused by text, and the adapter's names are the checkpoint's own.

@@ -191,6 +191,7 @@ def test_any_options_build_a_valid_config_or_name_the_option(method_and_options)
 
 
 @pytest.mark.parametrize("method", ["dpo", "sft", "rm"])
+@pytest.mark.kernels
 def test_prompts_longer_than_the_context_are_dropped_and_counted_not_crashed(tiny_model_dir, tmp_path, method):
     import lorarlhf
 

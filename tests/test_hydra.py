@@ -87,6 +87,7 @@ def dequantized_copy(model_dir, hydra):
 
 
 @pytest.mark.parametrize("quantize", ["nf4", None])
+@pytest.mark.kernels
 def test_reference_logprobs_equal_plain_transformers(tiny_model_dir, pairs, quantize):
     hydra = build(tiny_model_dir, quantize=quantize)
     if quantize == "nf4":
@@ -109,6 +110,7 @@ def hydra_free_weights(model_dir):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).model.layers[0].mlp.up_proj.weight
 
 
+@pytest.mark.kernels
 def test_untrained_actor_equals_reference(tiny_model_dir, pairs):
     hydra = build(tiny_model_dir)
     with torch.no_grad():
@@ -119,6 +121,7 @@ def test_untrained_actor_equals_reference(tiny_model_dir, pairs):
     torch.testing.assert_close(hydra.sequence_logprobs(*pairs, role="actor"), reference, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.kernels
 def test_entropy_matches_full_softmax(tiny_model_dir, pairs):
     hydra = build(tiny_model_dir, quantize=None)
     batch = hydra.encode(*pairs)
@@ -144,6 +147,7 @@ def snapshot(hydra, pairs, batch):
         }
 
 
+@pytest.mark.kernels
 def test_actor_step_changes_only_the_actor(tiny_model_dir, pairs, base_checksum):
     hydra = build(tiny_model_dir)
     batch = hydra.encode(*pairs)
@@ -183,6 +187,7 @@ def test_critic_and_reward_gradients_reach_only_their_adapter_and_head(tiny_mode
         assert hydra.heads[role].linear.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.kernels
 def test_reference_never_builds_a_graph(tiny_model_dir, pairs):
     hydra = build(tiny_model_dir)
     assert not hydra.sequence_logprobs(*pairs, role="reference").requires_grad
@@ -213,6 +218,7 @@ def _lora_layers(hydra):
     return [m for m in hydra.peft.modules() if isinstance(m, LoraLayer)]
 
 
+@pytest.mark.kernels
 def test_losses_from_two_roles_backpropagate_together(tiny_model_dir, pairs):
     """PPO builds the actor loss and the critic loss under different roles, then calls backward once."""
     hydra = build(tiny_model_dir)
@@ -240,6 +246,7 @@ def test_unknown_or_absent_role_is_a_clear_error(tiny_model_dir, pairs):
     assert hydra.active_role == "reference"
 
 
+@pytest.mark.kernels
 def test_reference_is_the_frozen_sft_adapter_when_one_exists(tiny_model_dir, pairs):
     hydra = build(tiny_model_dir)
     with torch.no_grad():
@@ -292,6 +299,7 @@ def test_generation_restores_training_mode_and_role(tiny_model_dir):
 
 
 @pytest.mark.parametrize("quantize", [None, "nf4"])
+@pytest.mark.kernels
 def test_gradient_checkpointing_recomputes_under_each_loss_own_role(tiny_model_dir, pairs, quantize):
     """Backward after the role contexts closed, two roles in one loss: same gradients as without checkpointing."""
     grads = []
@@ -317,6 +325,7 @@ def test_gradient_checkpointing_recomputes_under_each_loss_own_role(tiny_model_d
 # --------------------------------------------------------------------------- architectures that rescale logits
 
 
+@pytest.mark.kernels
 def test_rescaled_lm_head_folds_into_the_temperature(tmp_path, pairs):
     """Granite divides its logits by logits_scaling after the LM head: log-probs must still match transformers."""
     from transformers import GraniteConfig, GraniteForCausalLM
@@ -384,6 +393,7 @@ def test_gpu_compute_dtype_follows_the_card(monkeypatch, capability, expected):
     assert resolve_dtype(None, torch.device("cuda")) == expected
 
 
+@pytest.mark.kernels
 def test_role_switch_matches_peft_own_switch(tiny_model_dir, pairs):
     """The fast switch sets the same adapter state peft's set_adapter / disable_adapter_layers would."""
     hydra = build(tiny_model_dir, quantize=None)
@@ -405,6 +415,7 @@ def test_role_switch_matches_peft_own_switch(tiny_model_dir, pairs):
     assert not torch.equal(ours["critic"], ours["actor"])
 
 
+@pytest.mark.kernels
 def test_exact_kl_to_reference_matches_full_softmaxes(tiny_model_dir, pairs):
     hydra = build(tiny_model_dir, quantize=None)
     batch = hydra.encode(*pairs)

@@ -44,6 +44,7 @@ def failures(variants):
 
 
 @pytest.mark.parametrize("arch", targets.ARCHS)
+@pytest.mark.kernels
 def test_every_kernel_variant_compiles(failures, arch):
     """Every variant group, in the form(s) targets.plan picks, compiles to a cubin for sm_<arch>."""
     failed = {variant.name: error for (variant, a), error in failures.items() if a == arch}

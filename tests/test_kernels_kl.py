@@ -124,6 +124,7 @@ def kl_div_reference(hidden, ref_hidden, weight, temperature):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.kernels
 def test_linear_kl_matches_reference_values_and_grads(backend_device, shape, temperature, dtype):
     _, device = backend_device
     n, h_dim, v, rows = shape
@@ -145,6 +146,7 @@ def test_linear_kl_matches_reference_values_and_grads(backend_device, shape, tem
         assert_grad_close(got, ref, dtype)
 
 
+@pytest.mark.kernels
 def test_linear_kl_nonnegative_and_zero_for_identical_models(backend_device):
     _, device = backend_device
     hidden, ref_hidden, weight, _ = make_kl_inputs(64, 16, 50, seed=3, device=device)
@@ -158,6 +160,7 @@ def test_linear_kl_nonnegative_and_zero_for_identical_models(backend_device):
     assert torch.equal(g, torch.zeros_like(g))
 
 
+@pytest.mark.kernels
 def test_linear_kl_only_policy_trainable(backend_device):
     # The usual RLHF case: frozen head, reference hidden states computed under no_grad.
     _, device = backend_device
@@ -175,6 +178,7 @@ def test_linear_kl_only_policy_trainable(backend_device):
 
 
 @pytest.mark.parametrize("vocab", [32003, 50257])
+@pytest.mark.kernels
 def test_linear_kl_real_vocabulary_sizes(backend_device, vocab):
     _, device = backend_device
     hidden, ref_hidden, weight, upstream = make_kl_inputs(3, 8, vocab, seed=7, device=device)
@@ -188,6 +192,7 @@ def test_linear_kl_real_vocabulary_sizes(backend_device, vocab):
     assert rel_err(h.grad, e_h) <= 1e-5 and rel_err(w.grad, e_w) <= 1e-5
 
 
+@pytest.mark.kernels
 def test_linear_kl_backends_agree(backend_device):
     from lorarlhf.kernels._common import force_backend
 
@@ -204,6 +209,7 @@ def test_linear_kl_backends_agree(backend_device):
         torch.testing.assert_close(got, ref, atol=2e-6, rtol=2e-6)
 
 
+@pytest.mark.kernels
 def test_linear_kl_autocast_region_does_not_lower_precision():
     hidden, ref_hidden, weight, upstream = make_kl_inputs(37, 19, 131, seed=6)
     h, r, w = (t.clone().requires_grad_() for t in (hidden, ref_hidden, weight))
@@ -227,6 +233,7 @@ def test_linear_kl_gradcheck_float64():
     )
 
 
+@pytest.mark.kernels
 def test_linear_kl_empty_batch(backend_device):
     _, device = backend_device
     _, _, weight, _ = make_kl_inputs(1, 8, 7, device=device)
@@ -238,6 +245,7 @@ def test_linear_kl_empty_batch(backend_device):
     assert h.grad.shape == (0, 8) and torch.equal(w.grad, torch.zeros_like(w))
 
 
+@pytest.mark.kernels
 def test_linear_kl_memory_never_builds_full_logits_and_saves_only_inputs_and_row_stats(backend_device):
     backend, device = backend_device
     n, h_dim, v, rows = 64, 8, 50, 3
@@ -309,6 +317,7 @@ def softcapped_kl_reference(hidden, ref_hidden, weight, temperature, cap):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("shape", [(37, 19, 131, 8), (5, 8, 7, None), (1, 12, 1271, None)])
+@pytest.mark.kernels
 def test_soft_capped_linear_kl_matches_reference_values_and_grads(backend_device, shape, temperature, dtype):
     _, device = backend_device
     n, h_dim, v, rows = shape
@@ -329,6 +338,7 @@ def test_soft_capped_linear_kl_matches_reference_values_and_grads(backend_device
         assert_grad_close(got, ref, dtype)
 
 
+@pytest.mark.kernels
 def test_soft_capped_linear_kl_only_policy_trainable(backend_device):
     _, device = backend_device
     hidden, ref_hidden, weight, upstream = make_kl_inputs(37, 19, 131, seed=12, device=device)
@@ -342,6 +352,7 @@ def test_soft_capped_linear_kl_only_policy_trainable(backend_device):
     torch.testing.assert_close(h.grad.double(), e_h, **GRAD_TOL[torch.float32])
 
 
+@pytest.mark.kernels
 def test_soft_capped_linear_kl_backends_agree(backend_device):
     from lorarlhf.kernels._common import force_backend
 

@@ -52,6 +52,7 @@ def reference_with_grads(hidden, weight, bias, targets, temperature, grad_logp, 
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.kernels
 def test_matches_reference_values_and_grads(backend_device, shape, temperature, with_bias, dtype):
     _, device = backend_device
     n, h_dim, v, rows = shape
@@ -79,6 +80,7 @@ def test_matches_reference_values_and_grads(backend_device, shape, temperature, 
 
 
 @pytest.mark.parametrize("vocab", [1271, 32003, 50257])
+@pytest.mark.kernels
 def test_real_vocabulary_sizes(backend_device, vocab):
     """GPT-2's 50,257 and an odd 32,003: several vocabulary tiles with a ragged last one.
 
@@ -104,6 +106,7 @@ def test_real_vocabulary_sizes(backend_device, vocab):
     assert rel_err(w.grad, ref_gw) <= max(1e-5, 2.5 * rel_err(eager_w.grad, ref_gw))
 
 
+@pytest.mark.kernels
 def test_hundreds_of_rows_in_many_chunks(backend_device):
     _, device = backend_device
     hidden, weight, bias, targets, g_lp, g_ent = make_inputs(300, 16, 1271, device=device)
@@ -116,6 +119,7 @@ def test_hundreds_of_rows_in_many_chunks(backend_device):
         assert rel_err(got, ref) <= 1e-5
 
 
+@pytest.mark.kernels
 def test_backends_agree(backend_device):
     """Triton and PyTorch row ops give the same numbers (each is also checked against float64 above)."""
     from lorarlhf.kernels._common import force_backend
@@ -134,6 +138,7 @@ def test_backends_agree(backend_device):
 
 
 @pytest.mark.parametrize("return_entropy", [False, True])
+@pytest.mark.kernels
 def test_logprobs_only_and_entropy_only_gradients(backend_device, return_entropy):
     _, device = backend_device
     # One output unused: its gradient arrives as None and the kernel must handle the other one alone.
@@ -153,6 +158,7 @@ def test_logprobs_only_and_entropy_only_gradients(backend_device, return_entropy
         torch.testing.assert_close(got.double(), ref, **GRAD_TOL[torch.float32])
 
 
+@pytest.mark.kernels
 def test_ignored_rows_give_zero_output_and_exactly_zero_gradient(backend_device):
     _, device = backend_device
     hidden, weight, bias, targets, g_lp, g_ent = make_inputs(37, 19, 131, ignore_every=3, device=device)
@@ -180,6 +186,7 @@ def test_ignored_rows_give_zero_output_and_exactly_zero_gradient(backend_device)
     torch.testing.assert_close(gw.double(), ref_gw, **GRAD_TOL[torch.float32])
 
 
+@pytest.mark.kernels
 def test_all_rows_ignored(backend_device):
     _, device = backend_device
     hidden, weight, _, _, _, _ = make_inputs(6, 8, 7, bias=False, device=device)
@@ -192,6 +199,7 @@ def test_all_rows_ignored(backend_device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.kernels
 def test_frozen_weight_gets_no_weight_grad(backend_device, dtype):
     _, device = backend_device
     n, h_dim, v = 37, 19, 131
@@ -209,6 +217,7 @@ def test_frozen_weight_gets_no_weight_grad(backend_device, dtype):
     assert_grad_close(h.grad, ref_gh, dtype)
 
 
+@pytest.mark.kernels
 def test_autocast_region_does_not_lower_precision():
     # Under autocast the matmuls would silently run in bfloat16 (~0.1 error on a log-prob); the kernel opts out.
     hidden, weight, bias, targets, g_lp, g_ent = make_inputs(37, 19, 131, seed=2)
@@ -223,6 +232,7 @@ def test_autocast_region_does_not_lower_precision():
         torch.testing.assert_close(got.double(), ref, **GRAD_TOL[torch.float32])
 
 
+@pytest.mark.kernels
 def test_no_grad_needed_returns_plain_tensors():
     hidden, weight, bias, targets, _, _ = make_inputs(5, 8, 7)
     logp, ent = fused_linear_logprobs(hidden, weight, targets, bias=bias, return_entropy=True)
@@ -232,6 +242,7 @@ def test_no_grad_needed_returns_plain_tensors():
         assert not fused_linear_logprobs(h, weight, targets).requires_grad
 
 
+@pytest.mark.kernels
 def test_memory_never_builds_full_logits_and_saves_only_inputs_and_row_stats(backend_device):
     _, device = backend_device
     n, h_dim, v, rows = 64, 8, 50, 3  # N*V = 3200 dwarfs every legitimate tensor below
@@ -284,6 +295,7 @@ def test_chunk_size_rule():
         chunk_rows(100, torch.float32, override=0)
 
 
+@pytest.mark.kernels
 def test_result_does_not_depend_on_chunking(backend_device):
     _, device = backend_device
     hidden, weight, bias, targets, _, _ = make_inputs(37, 19, 131, device=device)
@@ -296,6 +308,7 @@ def test_result_does_not_depend_on_chunking(backend_device):
         torch.testing.assert_close(ent, outs[0][1], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.kernels
 def test_empty_batch(backend_device):
     _, device = backend_device
     _, weight, bias, _, _, _ = make_inputs(1, 8, 7, device=device)
@@ -310,6 +323,7 @@ def test_empty_batch(backend_device):
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
 
 
+@pytest.mark.kernels
 def test_int32_targets_accepted():
     hidden, weight, _, targets, _, _ = make_inputs(5, 8, 7, bias=False)
     torch.testing.assert_close(
@@ -318,6 +332,7 @@ def test_int32_targets_accepted():
 
 
 @pytest.mark.parametrize("return_entropy", [False, True])
+@pytest.mark.kernels
 def test_gradcheck_float64(return_entropy):
     hidden, weight, bias, targets, _, _ = make_inputs(6, 4, 5, ignore_every=4)
     h, w, b = leaves(hidden, weight, bias, dtype=torch.float64)
@@ -395,6 +410,7 @@ def softcapped_reference(hidden, weight, bias, targets, temperature, cap):
 @pytest.mark.parametrize("return_entropy", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("shape", [(37, 19, 131, 8), (5, 8, 7, None), (1, 12, 1271, None)])
+@pytest.mark.kernels
 def test_soft_capped_values_and_grads_match_reference(backend_device, shape, temperature, return_entropy, dtype):
     _, device = backend_device
     n, h_dim, v, rows = shape
@@ -424,6 +440,7 @@ def test_soft_capped_values_and_grads_match_reference(backend_device, shape, tem
         assert_grad_close(got, ref, dtype)
 
 
+@pytest.mark.kernels
 def test_soft_capped_frozen_head_backward_is_a_row_scaling(backend_device):
     _, device = backend_device
     hidden, weight, _, targets, g_lp, g_ent = make_inputs(37, 19, 131, bias=False, seed=12, device=device)
@@ -438,6 +455,7 @@ def test_soft_capped_frozen_head_backward_is_a_row_scaling(backend_device):
     assert_grad_close(h.grad, ref_gh, torch.float32)
 
 
+@pytest.mark.kernels
 def test_soft_capped_backends_agree(backend_device):
     from lorarlhf.kernels._common import force_backend
 
@@ -456,6 +474,7 @@ def test_soft_capped_backends_agree(backend_device):
         torch.testing.assert_close(got, ref, atol=2e-6, rtol=2e-6)
 
 
+@pytest.mark.kernels
 def test_a_huge_cap_is_no_cap():
     hidden, weight, bias, targets, _, _ = make_inputs(37, 19, 131, seed=14)
     capped = fused_linear_logprobs(hidden, weight, targets, bias=bias, temperature=0.7, softcap=1e6)
@@ -463,6 +482,7 @@ def test_a_huge_cap_is_no_cap():
 
 
 @pytest.mark.parametrize("return_entropy", [False, True])
+@pytest.mark.kernels
 def test_soft_capped_gradcheck_float64(return_entropy):
     hidden, weight, bias, targets, _, _ = make_inputs(6, 4, 5, ignore_every=4, seed=15)
     h, w, b = leaves(hidden, weight, bias, dtype=torch.float64)

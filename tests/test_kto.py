@@ -40,6 +40,7 @@ def build(path, seed=0):
 
 
 @learning_run_once
+@pytest.mark.kernels
 def test_align_kto_learns_held_out_labels(tiny_model_dir, tmp_path, stat_seed, measured, base_checksum):
     hydra = build(tiny_model_dir, seed=stat_seed)
     held_out = as_feedback(feedback_rows(24, seed=stat_seed + 2))
@@ -67,6 +68,7 @@ def test_align_kto_learns_held_out_labels(tiny_model_dir, tmp_path, stat_seed, m
     assert base_checksum(hydra) == checksum  # the reference (base, adapters off) did not move
 
 
+@pytest.mark.kernels
 def test_reference_point_comes_from_mismatched_pairs_clamped_at_zero(tiny_model_dir):
     rows = as_feedback(feedback_rows(4, seed=3))
     pairs = mismatched(rows)
@@ -85,6 +87,7 @@ def test_reference_point_comes_from_mismatched_pairs_clamped_at_zero(tiny_model_
     assert z.item() == pytest.approx(max(0.0, ratio.mean().item()), abs=1e-5)
 
 
+@pytest.mark.kernels
 def test_kto_reads_pairs_and_votes_as_thumbs(tiny_model_dir, tmp_path):
     pairs = [PreferencePair("p", "good", "bad")]
     assert thumbs(pairs) == [Feedback("p", "good", True), Feedback("p", "bad", False)]

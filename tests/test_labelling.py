@@ -609,6 +609,7 @@ def test_guidelines_are_a_file_the_text_itself_or_sensible_defaults(tmp_path):
         _guidelines_text("Prefer \udcff answers.")  # e.g. a command-line argument in bytes that are not UTF-8
 
 
+@pytest.mark.kernels
 def test_a_votes_file_trains_with_align(tiny_model_dir, tmp_path, stat_seed, measured):
     from lorarlhf import align
 

@@ -130,6 +130,7 @@ def plain_logprobs(model, batch) -> torch.Tensor:
     return torch.nn.functional.pad(logp * batch.response_mask[:, 1:], (1, 0))
 
 
+@pytest.mark.kernels
 def test_reference_logprobs_equal_plain_transformers_with_the_dequantized_weights(family):
     # Every 4-bit matrix of the Hydra (attention and experts) dequantized into the plain transformers model: the
     # same function, computed by transformers' own MoE code, so the log-probs agree to fp32 rounding.
@@ -158,6 +159,7 @@ def snapshot(hydra) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     return frozen, adapters
 
 
+@pytest.mark.kernels
 def test_a_dpo_step_on_the_4bit_experts_moves_only_the_actor_and_reloads(family, tmp_path):
     name, path = family
     hydra = load(path, roles=("actor", "critic"))

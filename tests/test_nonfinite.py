@@ -14,6 +14,8 @@ from lorarlhf.methods.reward import RewardConfig, train_reward_model
 from lorarlhf.methods.sft import SFTConfig, train_sft
 from lorarlhf.training.steps import NonFiniteError
 
+pytestmark = pytest.mark.kernels  # every test here reaches the kernels
+
 PAIRS = [PreferencePair(f"Question {i}:", "cat yes", "cat no") for i in range(8)]
 DEMOS = [Demonstration(f"Question {i}:", "cat yes") for i in range(8)]
 

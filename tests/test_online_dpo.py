@@ -48,6 +48,7 @@ def test_best_and_worst_of_each_prompt_ties_left_out():
 
 
 @learning_run_once
+@pytest.mark.kernels
 def test_online_dpo_raises_a_column_reward_on_fresh_samples(peaked_model_dir, tmp_path, stat_seed, measured):
     torch.manual_seed(stat_seed)
     result = lorarlhf.align(
@@ -81,6 +82,7 @@ def test_rollouts_that_tie_everywhere_are_skipped_and_end_the_stage(peaked_model
 
 
 @pytest.mark.parametrize("loss", ["ipo", "sigmoid"])
+@pytest.mark.kernels
 def test_online_dpo_on_preferences_trains_the_reward_model_first(peaked_model_dir, tmp_path, loss):
     pairs = [{"prompt": f"Q{i}:", "chosen": "good answer", "rejected": "bad"} for i in range(8)]
     smoothing = 0.1 if loss == "sigmoid" else 0.0

@@ -36,6 +36,7 @@ class RoleSpy:
 
 @learning_run_once
 @pytest.mark.parametrize("method", ["orpo", "simpo"])
+@pytest.mark.kernels
 def test_align_learns_held_out_preferences(tiny_model_dir, tmp_path, method, stat_seed, measured):
     config_class, train = METHODS[method]
     hydra = build(tiny_model_dir, seed=stat_seed)
@@ -60,6 +61,7 @@ def test_align_learns_held_out_preferences(tiny_model_dir, tmp_path, method, sta
 
 
 @pytest.mark.parametrize("method", ["orpo", "simpo"])
+@pytest.mark.kernels
 def test_no_reference_pass_runs(tiny_model_dir, method):
     config_class, train = METHODS[method]
     pairs = preference_pairs(8, seed=3)
@@ -75,6 +77,7 @@ def test_no_reference_pass_runs(tiny_model_dir, method):
 
 
 @pytest.mark.parametrize("method", ["orpo", "simpo"])
+@pytest.mark.kernels
 def test_first_step_loss_is_the_papers_loss_of_the_actors_mean_logprobs(tiny_model_dir, method):
     config_class, train = METHODS[method]
     pairs = preference_pairs(6, seed=4)  # one batch of all of them: the first step's loss is over all six

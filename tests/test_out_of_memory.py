@@ -59,6 +59,7 @@ def run(model_dir, method, max_rows=None, **overrides):
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
+@pytest.mark.kernels
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_batch(model_dir, method, caplog):
     hydra, result, seen = run(model_dir, method, max_rows=2)
     assert max(seen) > 2 and "out of memory in generation; retrying with micro-batches 2x smaller" in caplog.text
@@ -98,6 +99,7 @@ STAGES = {
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.kernels
 def test_supervised_stages_split_the_batch_and_compute_the_same_gradient(model_dir, stage, caplog):
     train, config_cls, options, role = STAGES[stage]
     weights = []

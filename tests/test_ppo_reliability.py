@@ -82,6 +82,7 @@ def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("peaked"), seed=0, initializer_range=0.3)
 
 
+@pytest.mark.kernels
 def test_critic_warmup_trains_the_critic_and_leaves_the_actor(model_dir):
     torch.manual_seed(0)
     hydra = HydraModel.from_pretrained(model_dir, quantize=None, lora_r=4, roles=("actor", "critic"))
@@ -105,6 +106,7 @@ def test_critic_warmup_trains_the_critic_and_leaves_the_actor(model_dir):
     assert any(not torch.equal(c, p) for c, p in zip(critic, hydra.trainable_parameters("critic"), strict=True))
 
 
+@pytest.mark.kernels
 def test_running_reward_scaling_feeds_the_losses_normalised_scores(model_dir):
     """With running scaling the critic's targets are of unit scale whatever the reward's units: a reward 1000x
     larger trains exactly like the original (up to rounding)."""

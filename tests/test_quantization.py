@@ -30,6 +30,7 @@ def test_a_llama_is_all_4bit_and_says_so_without_a_warning(tiny_model_dir, caplo
     assert load(tiny_model_dir, quantize=None).quantized_fraction == 0.0
 
 
+@pytest.mark.kernels
 def test_falcons_own_linear_layers_are_quantized_and_compute_the_same_function(tmp_path, caplog):
     # transformers' bitsandbytes integration replaces only modules whose type *is* nn.Linear, and Falcon's
     # projections are FalconLinear, a subclass: before lorarlhf replaced them, a Falcon loaded "in 4-bit" was not.

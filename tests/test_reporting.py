@@ -56,6 +56,7 @@ def offline_wandb(tmp_path, monkeypatch):
         monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / "wandb-home" / name.lower()))
 
 
+@pytest.mark.kernels
 def test_tensorboard_holds_every_record_at_its_run_step(tiny_model_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -110,6 +111,7 @@ def finished_records(path, timeout: float = 60) -> list:
         time.sleep(0.1)
 
 
+@pytest.mark.kernels
 def test_wandb_offline_run_holds_the_history_config_and_final_metrics(tiny_model_dir, tmp_path, offline_wandb, capfd):
     out = tmp_path / "run"
     result = lorarlhf.align(str(tiny_model_dir), pairs(), output_dir=out, report_to="wandb", **RUN)

@@ -69,6 +69,7 @@ def cut_back_to(run_dir, step: int) -> None:
         ("ppo", dict(rm_steps=3, steps=6, batch_size=4, max_new_tokens=4, lr_schedule="linear")),  # RL state
     ],
 )
+@pytest.mark.kernels
 def test_a_run_resumed_from_a_checkpoint_ends_exactly_like_an_uninterrupted_one(
     tiny_model_dir, tmp_path, method, options
 ):
@@ -88,6 +89,7 @@ def test_a_run_resumed_from_a_checkpoint_ends_exactly_like_an_uninterrupted_one(
 @pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1", reason="process-level: runs once, on the PyTorch kernels"
 )
+@pytest.mark.kernels
 def test_a_killed_process_resumes_exactly(tiny_model_dir, tmp_path):
     data_path = tmp_path / "prefs.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in yes_no_pairs(16)))
@@ -117,6 +119,7 @@ def test_a_killed_process_resumes_exactly(tiny_model_dir, tmp_path):
     assert_same_run(resumed, whole)
 
 
+@pytest.mark.kernels
 def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tiny_model_dir, tmp_path, caplog):
     common = dict(method="dpo", quantize=None, steps=6, save_every=2, keep_checkpoints=3, samples=0, lr=5e-3)
     data = yes_no_pairs(8)
@@ -139,6 +142,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tiny_model_
         lorarlhf.align(str(tiny_model_dir), data, output_dir=damaged, resume=True, **common)
 
 
+@pytest.mark.kernels
 def test_resume_refuses_another_method_or_model(tiny_model_dir, other_tiny_model_dir, tmp_path):
     data = yes_no_pairs(8)
     lorarlhf.align(str(tiny_model_dir), data, method="dpo", output_dir=tmp_path / "run", quantize=None,
@@ -149,6 +153,7 @@ def test_resume_refuses_another_method_or_model(tiny_model_dir, other_tiny_model
         lorarlhf.align(str(other_tiny_model_dir), data, method="dpo", output_dir=tmp_path / "run", resume=True)
 
 
+@pytest.mark.kernels
 def test_an_earlier_run_is_never_replaced_by_accident(tiny_model_dir, tmp_path):
     data = yes_no_pairs(8)
     options = dict(method="dpo", quantize=None, steps=2, samples=0)

@@ -77,6 +77,7 @@ def test_synthetic_rule_with_noisy_annotators_reaches_the_noise_ceiling(tiny_mod
     assert run.metrics["rm/eval_margin"] > 0
 
 
+@pytest.mark.kernels
 def test_training_moves_only_the_reward_role(tiny_model_dir, base_checksum, pairs):
     hydra = build(tiny_model_dir)
     batch = hydra.encode(*pairs)

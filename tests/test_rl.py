@@ -111,6 +111,7 @@ def nan_reward(prompts, responses):
 # --------------------------------------------------------------------------- PPO and GRPO learn
 
 
+@pytest.mark.kernels
 def test_grpo_raises_the_reward_with_bounded_kl(peaked_model_dir, stat_seed, measured):
     hydra = build(peaked_model_dir, seed=stat_seed, quantize="nf4")
     eval_seed = 1000 * (stat_seed + 1)  # 32 fresh sampling seeds per test seed
@@ -135,6 +136,7 @@ def test_grpo_raises_the_reward_with_bounded_kl(peaked_model_dir, stat_seed, mea
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # gc.get_objects meets torch's deprecated module attributes
+@pytest.mark.kernels
 def test_ppo_raises_the_reward_and_leaves_reference_reward_and_base_alone(
     peaked_model_dir, base_checksum, stat_seed, measured
 ):
@@ -190,6 +192,7 @@ def _is_tensor(obj) -> bool:
         return False
 
 
+@pytest.mark.kernels
 def test_ppo_with_a_shared_critic(peaked_model_dir):
     hydra = build(peaked_model_dir, quantize=None, critic="shared")
     assert hydra.roles == ("reference", "actor", "reward", "critic")
@@ -200,6 +203,7 @@ def test_ppo_with_a_shared_critic(peaked_model_dir):
     assert len(run.history) == 6 and all(torch.isfinite(torch.tensor(r["rl/value_loss"])) for r in run.history)
 
 
+@pytest.mark.kernels
 def test_seeded_runs_are_reproducible(peaked_model_dir):
     config = GRPOConfig(steps=4, lr=1e-2, batch_size=2, group_size=4, max_new_tokens=6, seed=7)
     runs = [train_grpo(build(peaked_model_dir, quantize=None), PROMPTS, config, reward_fn=lowercase, progress=False)]
@@ -214,6 +218,7 @@ def test_seeded_runs_are_reproducible(peaked_model_dir):
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
+@pytest.mark.kernels
 def test_gradient_accumulation_gives_the_gradient_of_the_whole_minibatch(peaked_model_dir, method):
     """Micro-batches of unequal response lengths: the accumulated gradient equals the one-shot gradient."""
     grads = []
@@ -232,6 +237,7 @@ def test_gradient_accumulation_gives_the_gradient_of_the_whole_minibatch(peaked_
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.kernels
 def test_dropout_is_off_so_the_first_update_is_exactly_on_policy(tmp_path):
     path = save_tiny_model(tmp_path, initializer_range=0.3, attention_dropout=0.3)
     hydra = build(path, quantize=None, lora_dropout=0.2)
@@ -242,6 +248,7 @@ def test_dropout_is_off_so_the_first_update_is_exactly_on_policy(tmp_path):
     assert not any(m.p for m in hydra.modules() if isinstance(m, torch.nn.Dropout))
 
 
+@pytest.mark.kernels
 def test_prompts_too_long_for_max_length_are_dropped_and_reported(peaked_model_dir, caplog):
     hydra = build(peaked_model_dir, quantize=None)
     long_prompt = "x" * 100
@@ -259,6 +266,7 @@ def test_ppo_refuses_a_critic_mode_the_hydra_was_not_built_with(peaked_model_dir
         train_ppo(hydra, PROMPTS, PPOConfig(steps=1, critic="shared"), reward_fn=lowercase, progress=False)
 
 
+@pytest.mark.kernels
 def test_non_finite_rewards_are_skipped_then_stop_the_run(peaked_model_dir):
     calls = []
 
@@ -290,6 +298,7 @@ def test_non_finite_rewards_are_skipped_then_stop_the_run(peaked_model_dir):
 # --------------------------------------------------------------------------- align()
 
 
+@pytest.mark.kernels
 def test_align_grpo_with_a_reward_function(peaked_model_dir, tmp_path):
     result = lorarlhf.align(
         str(peaked_model_dir), PROMPTS, method="grpo", reward_fn=lowercase, output_dir=tmp_path / "run",
@@ -302,6 +311,7 @@ def test_align_grpo_with_a_reward_function(peaked_model_dir, tmp_path):
     assert HydraModel.load(tmp_path / "run").roles == result.model.roles
 
 
+@pytest.mark.kernels
 def test_align_ppo_on_preferences_trains_the_reward_model_first(peaked_model_dir, tmp_path):
     pairs = [{"prompt": f"Q{i}:", "chosen": "good answer", "rejected": "bad"} for i in range(8)]
     result = lorarlhf.align(

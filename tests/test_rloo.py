@@ -53,6 +53,7 @@ def mean_reward(hydra, role, seed, n=32):
         ("reinforce_pp", 0.001, 0.4),
     ],
 )
+@pytest.mark.kernels
 def test_the_method_raises_a_column_reward_on_fresh_samples(
     peaked_model_dir, tmp_path, stat_seed, measured, method, kl_coef, bar
 ):
@@ -74,6 +75,7 @@ def test_the_method_raises_a_column_reward_on_fresh_samples(
 
 
 @learning_run_once
+@pytest.mark.kernels
 def test_rloo_without_kl_penalty_logs_the_reward_it_learns_from(peaked_model_dir):
     """kl_coef=0: the penalised reward is the reward, and the leave-one-out advantages sum to 0 per prompt."""
     from lorarlhf.methods.rloo import train_rloo

@@ -17,6 +17,8 @@ from lorarlhf.methods.reinforce_pp import ReinforcePPConfig, train_reinforce_pp
 from lorarlhf.methods.rloo import RLOOConfig, train_rloo
 from lorarlhf.model.tiny import save_tiny_model
 
+pytestmark = pytest.mark.kernels  # every test here reaches the kernels
+
 PROMPTS = [f"Say something {i}:" for i in range(8)]
 GROUP_METHODS = {  # methods that sample a group per prompt: (config, trainer)
     "grpo": (GRPOConfig, train_grpo),

@@ -62,6 +62,7 @@ def plain_token_logprobs(model, batch, *, softcap: bool = True) -> torch.Tensor:
     return F.pad(logp * batch.response_mask[:, 1:], (1, 0))
 
 
+@pytest.mark.kernels
 def test_gemma2_loads_and_its_reference_logprobs_equal_transformers(tiny_gemma2_dir):
     hydra = HydraModel.from_pretrained(tiny_gemma2_dir, quantize=None, device="cpu", lora_r=4, lora_alpha=8)
     assert hydra.logit_softcap == CAP and hydra.logit_scale == 1.0
@@ -83,6 +84,7 @@ def test_gemma2_loads_and_its_reference_logprobs_equal_transformers(tiny_gemma2_
     assert torch.equal(hydra.kl_to_reference(batch), torch.zeros(batch.input_ids.shape))
 
 
+@pytest.mark.kernels
 def test_a_dpo_step_on_gemma2_trains_the_actor_through_the_cap(tiny_gemma2_dir):
     torch.manual_seed(0)
     hydra = HydraModel.from_pretrained(tiny_gemma2_dir, quantize=None, device="cpu", lora_r=4, lora_alpha=8)

@@ -104,6 +104,7 @@ def test_the_label_command_takes_thumbs_and_defaults_its_file_to_feedback_jsonl(
     assert not args.thumbs
 
 
+@pytest.mark.kernels
 def test_a_thumbs_file_trains_with_kto(tiny_model_dir, tmp_path):
     import lorarlhf
 

@@ -61,6 +61,7 @@ def test_a_reward_function_asking_for_a_missing_column_fails_naming_it():
     check_reward_columns(reward_functions(numeric_answer), {"answer": []})
 
 
+@pytest.mark.kernels
 def test_grpo_gives_each_reward_call_the_answers_of_its_prompts(tiny_model_dir, tmp_path, monkeypatch):
     rows = [{"prompt": r["question"], "answer": r["answer"]} for r in GSM8K_ROWS]
     answer_of = {row["prompt"]: row["answer"] for row in rows}
