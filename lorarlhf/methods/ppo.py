@@ -23,7 +23,6 @@ actor and critic are updated with PPO's clipped objectives (Schulman et al. 2017
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -37,6 +36,7 @@ from lorarlhf.model.tokenization import TokenizedBatch
 from lorarlhf.training import distributed
 from lorarlhf.training.rl_loop import (
     RLLoop,
+    first_forward_outputs,
     in_chunks,
     last_token_scores,
     rows_of,
@@ -256,14 +256,10 @@ class PPORollout:
         """The targets from the update's forward of `rows`, detached: the whole rollout in one piece, or, when
         memory ran out and the update came in micro-batches, a no-grad pass over all of it first (the
         advantages are whitened over the whole rollout, so no micro-batch can go before them)."""
-        rows_total = self.batch.input_ids.shape[0]
-        if len(rows) == rows_total:
-            old = [torch.empty_like(x) for x in (logp, entropy, values)]
-            for buffer, x in zip(old, (logp, entropy, values), strict=True):
-                buffer[rows] = x.detach()
-        else:
-            with torch.no_grad():
-                old = _scoring_passes(self.hydra, self.batch, self.config, math.ceil(rows_total / len(rows)))[1:]
+        whole = partial(_scoring_passes, self.hydra, self.batch, self.config)
+        old = first_forward_outputs(
+            rows, (logp, entropy, values), self.batch.input_ids.shape[0], lambda chunks: whole(chunks)[1:]
+        )
         self.set_old(self.ref_logp, *old)
 
 

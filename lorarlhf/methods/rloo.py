@@ -31,7 +31,6 @@ ReinforceConfig holds the options RLOO shares with REINFORCE++ (methods/reinforc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -41,7 +40,7 @@ import torch
 from lorarlhf.kernels import token_kl
 from lorarlhf.methods.rl_options import RLConfig
 from lorarlhf.training.reinforce_losses import kl_penalised_sequence_rewards, leave_one_out_advantages
-from lorarlhf.training.rl_loop import RLLoop, in_chunks, rows_of
+from lorarlhf.training.rl_loop import RLLoop, first_forward_outputs, in_chunks, rows_of
 from lorarlhf.training.rl_losses import clipped_policy_loss, masked_mean
 from lorarlhf.training.steps import StageRun
 from lorarlhf.validation import check_choice, check_int, check_number
@@ -184,15 +183,8 @@ class ReinforceRollout:
     def from_forward(self, rows: torch.Tensor, logp, entropy) -> None:
         """The targets from the update's forward of `rows`, detached: the whole rollout in one piece, or, when
         memory ran out and the update came in micro-batches, a no-grad pass over all of it first."""
-        rows_total = self.batch.input_ids.shape[0]
-        if len(rows) == rows_total:
-            old = [torch.empty_like(x) for x in (logp, entropy)]
-            for buffer, x in zip(old, (logp, entropy), strict=True):
-                buffer[rows] = x.detach()
-        else:
-            with torch.no_grad():
-                chunks = math.ceil(rows_total / len(rows))
-                old = _scoring_passes(self.hydra, self.batch, self.config, chunks)[1:]
+        whole = partial(_scoring_passes, self.hydra, self.batch, self.config)
+        old = first_forward_outputs(rows, (logp, entropy), self.batch.input_ids.shape[0], lambda c: whole(c)[1:])
         self.set_old(self.ref_logp, *old)
 
     def final_targets(self) -> ReinforceTargets:

@@ -7,6 +7,7 @@ Kept out of the trainers so each trainer file reads as its algorithm: advantages
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import defaultdict
@@ -185,6 +186,20 @@ def in_chunks(batch: TokenizedBatch, chunks: int, fn, **kwargs):
     if isinstance(parts[0], tuple):
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))
     return torch.cat(parts)
+
+
+def first_forward_outputs(rows: torch.Tensor, outputs: tuple, total_rows: int, whole_pass) -> tuple:
+    """The rollout policy's (B, T) outputs, for a rollout used once, from the first update's forward over `rows`:
+    detached and put back in row order when that forward covered every row; otherwise, the update having come
+    in micro-batches (memory ran out), whole_pass(chunks) over the whole rollout without autograd, in slices
+    of that size, since advantages normalised over the rollout need every row before any micro-batch."""
+    if len(rows) == total_rows:
+        placed = tuple(torch.empty_like(x) for x in outputs)
+        for buffer, x in zip(placed, outputs, strict=True):
+            buffer[rows] = x.detach()
+        return placed
+    with torch.no_grad():
+        return tuple(whole_pass(math.ceil(total_rows / len(rows))))
 
 
 def fit_prompts(chat, prompts: list, config) -> list[int]:
