@@ -256,23 +256,19 @@ def peer(row: str, model_dir: str, args) -> dict:
                 peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"), callbacks=[StepTimer()],
             )  # fmt: skip
             trainer.train()
-        elif row == "dpo":
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            config = trl.DPOConfig(output_dir=out, **common, beta=0.1, learning_rate=1e-4, max_length=512)
-            trainer = trl.DPOTrainer(
+        elif row in ("dpo", "reward"):  # the same pairs; DPO on the causal LM, the reward model on a scalar head
+            if row == "dpo":
+                model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+                config = trl.DPOConfig(output_dir=out, **common, beta=0.1, learning_rate=1e-4, max_length=512)
+                trainer_class, task = trl.DPOTrainer, "CAUSAL_LM"
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+                model.config.pad_token_id = tokenizer.pad_token_id
+                config = trl.RewardConfig(output_dir=out, **common, learning_rate=1e-4, max_length=512)
+                trainer_class, task = trl.RewardTrainer, "SEQ_CLS"
+            trainer = trainer_class(
                 model=model, args=config, train_dataset=Dataset.from_list(pair_records(64)),
-                processing_class=tokenizer, peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"),
-                callbacks=[StepTimer()],
-            )  # fmt: skip
-            trainer.train()
-        elif row == "reward":
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
-            model.config.pad_token_id = tokenizer.pad_token_id
-            config = trl.RewardConfig(output_dir=out, **common, learning_rate=1e-4, max_length=512)
-            trainer = trl.RewardTrainer(
-                model=model, args=config, train_dataset=Dataset.from_list(pair_records(64)),
-                processing_class=tokenizer, peft_config=LoraConfig(**LORA, task_type="SEQ_CLS"),
-                callbacks=[StepTimer()],
+                processing_class=tokenizer, peft_config=LoraConfig(**LORA, task_type=task), callbacks=[StepTimer()],
             )  # fmt: skip
             trainer.train()
         else:  # generation: transformers' generate on the same LoRA-wrapped model
