@@ -188,7 +188,7 @@ class ReinforceRollout:
         self.set_old(self.ref_logp, *old)
 
     def final_targets(self) -> ReinforceTargets:
-        """The targets, for the record; from a pass now when no update ran its forward (a non-finite loss)."""
+        """The targets, for the record; from a no-grad pass now if no update ran its forward."""
         if self.targets is None:
             with torch.no_grad():
                 self.set_old(self.ref_logp, *_scoring_passes(self.hydra, self.batch, self.config, 1)[1:])
