@@ -27,9 +27,15 @@ import pytest
 from lorarlhf.labelling.app import MIN_PAUSE_MS
 from lorarlhf.labelling.guard import FRAME_ANCESTORS
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") == "1", reason="the browser and the server: runs once, on the PyTorch kernels"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") == "1",
+        reason="the browser and the server: runs once, on the PyTorch kernels",
+    ),
+    # The page's pauses and key handling are timed: beside another test worker, one of these once waited out its
+    # 30 s for a key press to show, so the README's test command runs them on their own, after the others.
+    pytest.mark.browser,
+]
 
 CHROMIUM = os.environ.get("LORARLHF_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
