@@ -71,6 +71,24 @@ def test_outputs_and_gradients_equal_peft(adapter):
     assert max(g.abs().max() for g in grads_plain.values()) > 0
 
 
+def test_the_update_is_written_into_the_base_output():
+    """No second full-size tensor: every fused layer returns its base layer's own output storage."""
+    fused, _ = _twins()
+    base_outputs, layer_outputs = {}, {}
+    for name, module in fused.named_modules():
+        if isinstance(module, FusedLoraLinear):
+            module.base_layer.register_forward_hook(
+                lambda m, i, out, name=name: base_outputs.__setitem__(name, out.untyped_storage().data_ptr())
+            )
+            module.register_forward_hook(
+                lambda m, i, out, name=name: layer_outputs.__setitem__(name, out.untyped_storage().data_ptr())
+            )
+    for name, p in fused.named_parameters():
+        p.requires_grad_("lora_" in name)
+    fused(torch.randint(0, 200, (2, 7), generator=torch.Generator().manual_seed(4))).logits.sum().backward()
+    assert base_outputs and base_outputs == layer_outputs
+
+
 def test_adapters_off_is_the_base_and_merging_is_peft():
     fused, plain = _twins()
     ids = torch.randint(0, 200, (2, 9), generator=torch.Generator().manual_seed(4))

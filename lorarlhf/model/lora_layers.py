@@ -1,11 +1,11 @@
-"""LoRA linear layers whose update is one fused multiply-add on the base output.
+"""LoRA linear layers whose update is one multiply-add into the base output.
 
 peft's LoRA forward computes y = base(x) + (B(A(x))) * s: three tensors of the layer's full output size per call
 (B's output, its scaled copy, the sum; four on a 4-bit base, which clones the base output first) and as many
-passes over memory, then a full-size scaled copy of the gradient in backward. Here y = addmm(base(x), A(x), Bᵀ,
-alpha=s): the same update, one full-size tensor, and only rank-sized tensors in backward. On a 75M-parameter Llama
-on the CPU that is three of the step's full-size allocations per adapted linear, which is most of the allocator's
-churn besides the matmuls themselves.
+passes over memory, then a full-size scaled copy of the gradient in backward. Here base(x).addmm_(A(x), Bᵀ,
+alpha=s): the same update written into the base's own output, so no full-size tensor besides it, and only
+rank-sized tensors in backward. On a 75M-parameter Llama on the CPU that is three of the step's full-size
+allocations per adapted linear, which is most of the allocator's churn besides the matmuls themselves.
 
 The layers are peft's own classes (subclassed, registered through LoraConfig's custom-module mapping), so the
 parameters, their names, merging, and the saved adapter format are peft's. Anything off the plain path (adapters
@@ -40,16 +40,23 @@ def _plain_adapter(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> str | N
     return name if plain else None
 
 
-def _add_update(layer, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-    """result + s·(x Aᵀ) Bᵀ, fused into one addmm when the base output has the adapter's dtype."""
+def _add_update(layer, name: str, x: torch.Tensor) -> torch.Tensor:
+    """base(x) + s·(x Aᵀ) Bᵀ: the update added in place to the base's own output when it has the adapter's dtype.
+
+    The base output is a fresh (rows, out) tensor that no autograd node saves (a linear's backward keeps its input
+    and weight), so addmm_ may write into it: no second full-size tensor, and no copy of the base output into one.
+    """
     lora_b, scaling = layer.lora_B[name], layer.scaling[name]
-    down = nn.functional.linear(x, layer.lora_A[name].weight)  # (..., r)
+    rows = x.reshape(-1, x.shape[-1])
+    result = layer.base_layer(rows)  # (rows, out)
+    down = nn.functional.linear(rows, layer.lora_A[name].weight)  # (rows, r)
     if result.dtype != down.dtype:  # a 4-bit base computing in another dtype: peft's expression
-        return result + (lora_b(down) * scaling).to(result.dtype)
-    fused = torch.addmm(
-        result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), lora_b.weight.t(), alpha=scaling
-    )
-    return fused.view(result.shape)
+        result = result + (lora_b(down) * scaling).to(result.dtype)
+    elif result._is_view() or not result.is_contiguous():  # not ours to write into
+        result = torch.addmm(result, down, lora_b.weight.t(), alpha=scaling)
+    else:
+        result.addmm_(down, lora_b.weight.t(), alpha=scaling)
+    return result.view(*x.shape[:-1], result.shape[-1])
 
 
 class _FusedForward:
@@ -59,7 +66,7 @@ class _FusedForward:
         name = _plain_adapter(self, x, args, kwargs)
         if name is None:
             return super().forward(x, *args, **kwargs)
-        return _add_update(self, name, x, self.base_layer(x))
+        return _add_update(self, name, x)
 
 
 class FusedLoraLinear(_FusedForward, PeftLinear):
