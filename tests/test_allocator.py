@@ -48,12 +48,12 @@ def test_a_bad_setting_is_named():
     assert "LORARLHF_CPU_ALLOCATOR='fast'" in out and "'auto'" in out and "'default'" in out
 
 
-# A 6 MiB block (above the rule's 4 MiB threshold) freed after the heap's dynamic mmap threshold has risen past
-# it: with glibc's defaults it stays resident; with the rule it is unmapped at once.
+# A block above the rule's threshold (4 MiB; 2 MiB for a 4-bit base) freed after the heap's dynamic mmap threshold
+# has risen past it: with glibc's defaults it stays resident; with the rule it is unmapped at once.
 _FREED_BLOCK = """
     import os, lorarlhf, torch
     from lorarlhf.model.allocator import apply_cpu_allocator
-    print(apply_cpu_allocator(torch.device({device!r})))
+    print(apply_cpu_allocator(torch.device({device!r}), quantized={quantized}))
     def rss_kib():
         return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1])
     keep = []
@@ -61,7 +61,7 @@ _FREED_BLOCK = """
         block = torch.ones(16 * 2**20 // 4)
         keep.append(torch.ones(1000))
         del block
-    block = torch.ones(6 * 2**20 // 4)
+    block = torch.ones({mib} * 2**20 // 4)
     held = rss_kib()
     del block
     print(held - rss_kib())
@@ -69,17 +69,35 @@ _FREED_BLOCK = """
 
 
 @linux_glibc
-def test_on_a_cpu_run_a_freed_block_goes_back_to_the_os():
-    applied, released = _run(_FREED_BLOCK.format(device="cpu"), THP_MEM_ALLOC_ENABLE="1").splitlines()
+@pytest.mark.parametrize(("quantized", "mib"), [(False, 6), (True, 3)])
+def test_on_a_cpu_run_a_freed_block_goes_back_to_the_os(quantized, mib):
+    code = _FREED_BLOCK.format(device="cpu", quantized=quantized, mib=mib)
+    applied, released = _run(code, THP_MEM_ALLOC_ENABLE="1").splitlines()
     assert applied == "True"
-    assert int(released) >= 4 * 1024  # KiB: the 6 MiB block's pages
+    assert int(released) >= (mib - 1) * 1024  # KiB: the block's pages
 
 
 @linux_glibc
 def test_without_the_rule_the_freed_block_stays_resident():
-    applied, released = _run(_FREED_BLOCK.format(device="cpu"), LORARLHF_CPU_ALLOCATOR="default").splitlines()
+    code = _FREED_BLOCK.format(device="cpu", quantized=False, mib=6)
+    applied, released = _run(code, LORARLHF_CPU_ALLOCATOR="default").splitlines()
     assert applied == "False"
     assert int(released) < 1024
+
+
+@linux_glibc
+def test_a_4bit_base_lowers_the_threshold_and_nothing_raises_it():
+    code = """
+        import lorarlhf, torch
+        from lorarlhf.model.allocator import apply_cpu_allocator, fixed_mmap_threshold
+        cpu = torch.device("cpu")
+        steps = [fixed_mmap_threshold()]
+        for quantized in (False, True, False):
+            apply_cpu_allocator(cpu, quantized=quantized)
+            steps.append(fixed_mmap_threshold() >> 20)
+        print(steps)
+    """
+    assert _run(code, THP_MEM_ALLOC_ENABLE="1") == "[None, 4, 2, 2]"
 
 
 def test_the_threshold_waits_for_huge_pages_and_skips_a_gpu():
@@ -95,3 +113,16 @@ def test_the_threshold_waits_for_huge_pages_and_skips_a_gpu():
         print(apply_cpu_allocator(torch.device("cuda")))
     """
     assert _run(gpu, THP_MEM_ALLOC_ENABLE="1") == "False"
+
+
+@linux_glibc
+@pytest.mark.parametrize(("quantize", "mib"), [(None, 4), ("nf4", 2)])
+def test_loading_a_model_on_the_cpu_fixes_its_threshold(tiny_model_dir, quantize, mib):
+    code = f"""
+        import lorarlhf
+        from lorarlhf import HydraModel
+        from lorarlhf.model.allocator import fixed_mmap_threshold
+        HydraModel.from_pretrained({str(tiny_model_dir)!r}, quantize={quantize!r}, device="cpu", roles=("actor",))
+        print(fixed_mmap_threshold() >> 20)
+    """
+    assert _run(code, THP_MEM_ALLOC_ENABLE="1") == str(mib)

@@ -14,8 +14,13 @@ when THP_MEM_ALLOC_ENABLE=1 is set before torch is imported, +10-20%. A 4 MiB th
 tokens x hidden blocks, the most numerous, in the heap. On a 64.5M-parameter Llama (~1,000 tokens a batch, hidden
 768: 3 MiB blocks) the reward-model, DPO and GRPO steps then took 6.5-6.8, 8.8 and 12.3 s, as with glibc's
 defaults (6.4-6.9, 9.2, 12.0 s) and against 7.8-7.9, 11.5 and 13.3 s with a 2 MiB threshold, at 515-580 MiB
-above the imports (690-730 with the defaults, 430-485 with 2 MiB). The rule takes huge pages and the threshold
-both together or neither:
+above the imports (690-730 with the defaults, 430-485 with 2 MiB).
+
+A 4-bit base keeps the 2 MiB threshold: bitsandbytes dequantizes each weight at every CPU matmul, a weight-sized
+block per call (2.25 MiB for a 768 x 768 projection), and in the heap those blocks fragment it (that GRPO step on
+an NF4 base: 677-716 MiB at 4 MiB, 525 at 2 MiB). NF4 on a CPU is only ever chosen to save memory.
+
+The rule takes huge pages and the threshold both together or neither:
 
 - `import lorarlhf` before torch sets THP_MEM_ALLOC_ENABLE=1 (unless the environment already sets it) when
   the kernel offers transparent huge pages;
@@ -36,9 +41,10 @@ log = logging.getLogger("lorarlhf.model")
 ALLOCATOR_ENV = "LORARLHF_CPU_ALLOCATOR"
 TORCH_THP_ENV = "THP_MEM_ALLOC_ENABLE"
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+QUANTIZED_MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 _THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-_applied = False
+_threshold: int | None = None  # what this process's mmap threshold is fixed at
 
 
 def allocator_rule_on() -> bool:
@@ -68,13 +74,17 @@ def torch_uses_huge_pages() -> bool:
     return os.environ.get(TORCH_THP_ENV) == "1"
 
 
-def apply_cpu_allocator(device) -> bool:
-    """On a CPU run, fix glibc's mmap threshold when PyTorch's huge pages are on; whether it is now fixed."""
-    global _applied
-    if _applied:
+def apply_cpu_allocator(device, *, quantized: bool = False) -> bool:
+    """On a CPU run, fix glibc's mmap threshold when PyTorch's huge pages are on; whether it is now fixed.
+
+    quantized: the base is 4-bit (the lower threshold). A later call may lower a process's threshold, never raise it.
+    """
+    global _threshold
+    wanted = QUANTIZED_MMAP_THRESHOLD_BYTES if quantized else MMAP_THRESHOLD_BYTES
+    if _threshold is not None and _threshold <= wanted:
         return True
     if getattr(device, "type", device) != "cpu" or not allocator_rule_on() or not torch_uses_huge_pages():
-        return False
+        return _threshold is not None
     import ctypes
     import ctypes.util
 
@@ -83,13 +93,18 @@ def apply_cpu_allocator(device) -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        if not libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
-            return False
+        if not libc.mallopt(_M_MMAP_THRESHOLD, wanted):
+            return _threshold is not None
     except (OSError, AttributeError):  # not glibc
         return False
-    _applied = True
+    _threshold = wanted
     log.info(
         "CPU run: blocks of %d MiB and more are mapped on their own and returned when freed; set %s=default "
-        "to keep the C library's defaults", MMAP_THRESHOLD_BYTES >> 20, ALLOCATOR_ENV,
+        "to keep the C library's defaults", wanted >> 20, ALLOCATOR_ENV,
     )  # fmt: skip
     return True
+
+
+def fixed_mmap_threshold() -> int | None:
+    """The mmap threshold this process fixed, in bytes; None while the C library's dynamic one applies."""
+    return _threshold

@@ -150,7 +150,7 @@ def _load_base_model(name_or_path, quantize, device, dtype, trust_remote_code) -
         raise ValueError(_remote_code_hint(name_or_path, error)) from error
     logit_scale(config)  # refuse an unsupported LM head before loading any weights
     apply_cpu_threads(config, device)
-    apply_cpu_allocator(device)
+    apply_cpu_allocator(device, quantized=quantize == "nf4")
     kwargs = {"dtype": dtype, "device_map": {"": device}, "use_safetensors": True}
     if quantize == "nf4":
         kwargs["quantization_config"] = bnb_config(dtype)
