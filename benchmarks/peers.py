@@ -306,7 +306,15 @@ def load_average() -> list[float]:
 
 # lorarlhf's CPU allocator rule (lorarlhf.model.allocator) as environment variables, for TRL's process in the
 # "trl-allocator" variant: how much of the memory difference is the allocator and how much the rest.
-SAME_ALLOCATOR = {"THP_MEM_ALLOC_ENABLE": "1", "MALLOC_MMAP_THRESHOLD_": str(2 * 1024 * 1024)}
+ALLOCATOR_VARIABLES = ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_")
+
+
+def same_allocator(row: str) -> dict[str, str]:
+    """The environment that gives TRL's process lorarlhf's rule for this row (the lower threshold on a 4-bit base)."""
+    from lorarlhf.model.allocator import MMAP_THRESHOLD_BYTES, QUANTIZED_MMAP_THRESHOLD_BYTES
+
+    threshold = QUANTIZED_MMAP_THRESHOLD_BYTES if row == "grpo-nf4" else MMAP_THRESHOLD_BYTES
+    return {"THP_MEM_ALLOC_ENABLE": "1", "MALLOC_MMAP_THRESHOLD_": str(threshold)}
 
 
 def run_worker(python: str, side: str, row: str, model_dir: Path, args, extra=(), env_extra=None) -> dict:
@@ -315,7 +323,7 @@ def run_worker(python: str, side: str, row: str, model_dir: Path, args, extra=()
     before = load_average()
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    for name in SAME_ALLOCATOR:  # each side starts from a plain environment; its library's own rules apply
+    for name in ALLOCATOR_VARIABLES:  # each side starts from a plain environment; its library's own rules apply
         env.pop(name, None)
     env.update(env_extra or {})
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=HERE, env=env)
@@ -403,7 +411,7 @@ def main():
             row_args.steps = args.steps if args.steps is not None else defaults[row][1]
             sides = [("lorarlhf", sys.executable, (), None), ("trl", args.peer_python, (), None)]
             if row != "generation" and args.variants:
-                sides.append(("trl-allocator", args.peer_python, (), SAME_ALLOCATOR))
+                sides.append(("trl-allocator", args.peer_python, (), same_allocator(row)))
                 sides.append(("lorarlhf-plain-allocator", sys.executable, (), {"LORARLHF_CPU_ALLOCATOR": "default"}))
             if row == "generation" and args.variants:
                 sides.append(("lorarlhf-merged", sys.executable, ("--merge",), None))

@@ -11,10 +11,10 @@ tokens x intermediate) is its own mapping and goes back to the OS when freed, so
 live tensors much more closely (467 MiB on that step with a 2 MiB threshold). Mapping fresh memory costs page
 faults: with 4 KiB pages that was +40% of the step, with 2 MiB transparent huge pages, which PyTorch requests
 when THP_MEM_ALLOC_ENABLE=1 is set before torch is imported, +10-20%. A 4 MiB threshold leaves the smaller
-tokens x hidden blocks, the most numerous, in the heap. On a 64.5M-parameter Llama (~1,000 tokens a batch, hidden
-768: 3 MiB blocks) the reward-model, DPO and GRPO steps then took 6.5-6.8, 8.8 and 12.3 s, as with glibc's
-defaults (6.4-6.9, 9.2, 12.0 s) and against 7.8-7.9, 11.5 and 13.3 s with a 2 MiB threshold, at 515-580 MiB
-above the imports (690-730 with the defaults, 430-485 with 2 MiB).
+tokens x hidden blocks, the most numerous, in the heap. On the 75M-parameter Llama of benchmarks/peers.py
+(~1,000 tokens a batch, hidden 768: 3 MiB blocks) the reward-model, DPO and GRPO steps then took 6.5-6.8, 8.8
+and 12.3 s, as with glibc's defaults (6.4-6.9, 9.2, 12.0 s) and against 7.8-7.9, 11.5 and 13.3 s with a 2 MiB
+threshold, at 515-580 MiB above the imports (690-730 with the defaults, 430-485 with 2 MiB).
 
 A 4-bit base keeps the 2 MiB threshold: bitsandbytes dequantizes each weight at every CPU matmul, a weight-sized
 block per call (2.25 MiB for a 768 x 768 projection), and in the heap those blocks fragment it (that GRPO step on
@@ -24,7 +24,7 @@ The rule takes huge pages and the threshold both together or neither:
 
 - `import lorarlhf` before torch sets THP_MEM_ALLOC_ENABLE=1 (unless the environment already sets it) when
   the kernel offers transparent huge pages;
-- a CPU run then fixes the mmap threshold, once per process, when PyTorch's huge pages are on.
+- a CPU run then fixes the mmap threshold when PyTorch's huge pages are on (a later 4-bit load may lower it).
 
 LORARLHF_CPU_ALLOCATOR=default leaves both alone; GPU runs never touch them (CUDA memory has its own allocator).
 """
