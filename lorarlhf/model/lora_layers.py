@@ -79,8 +79,10 @@ def _fused_linear_4bit() -> type[nn.Module]:
     from peft.tuners.lora.bnb import Linear4bit as PeftLinear4bit
 
     class FusedLoraLinear4bit(_FusedForward, PeftLinear4bit):
-        """peft's LoRA layer on a 4-bit base, with the plain forward fused; addmm writes a new tensor, so the
-        defensive clone of the base output that peft takes is not needed."""
+        """peft's LoRA layer on a 4-bit base, with the plain forward fused. peft clones the base output before
+        adding to it; here the update goes into it in place, which is safe because bitsandbytes' 4-bit matmul
+        returns a fresh tensor and its backward keeps only the packed weight (a view takes the out-of-place
+        addmm instead)."""
 
     return FusedLoraLinear4bit
 
