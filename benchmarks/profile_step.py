@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--row", default="grpo-fp32", choices=("grpo-fp32", "dpo", "reward"))
+    parser.add_argument("--row", default="grpo-fp32", choices=("grpo-fp32", "grpo-nf4", "dpo", "reward"))
     parser.add_argument("--shape", default="64m", choices=("64m", "112m"))
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
@@ -74,14 +74,15 @@ def run(row: str, model_dir: Path, on_step) -> None:
     from lorarlhf import HydraModel
 
     roles = ("reward",) if row == "reward" else ("actor",)
+    quantize = "nf4" if row == "grpo-nf4" else None
     hydra = HydraModel.from_pretrained(
-        model_dir, quantize=None, lora_r=16, lora_alpha=32, device="cpu", roles=roles, gradient_checkpointing=True
+        model_dir, quantize=quantize, lora_r=16, lora_alpha=32, device="cpu", roles=roles, gradient_checkpointing=True
     )
-    if row == "grpo-fp32":
+    if row.startswith("grpo"):
         from lorarlhf.methods.grpo import GRPOConfig, train_grpo
 
         config = GRPOConfig(steps=2, batch_size=4, group_size=4, max_new_tokens=32, kl_coef=BETA, lr=1e-5,
-                            loss_type="token", quantize=None, gradient_checkpointing=True)  # fmt: skip
+                            loss_type="token", quantize=quantize, gradient_checkpointing=True)  # fmt: skip
         train_grpo(hydra, prompts_for(64), config, reward_fn=lowercase, on_step=on_step, progress=False)
     else:
         from lorarlhf.data import load_preferences

@@ -31,6 +31,7 @@ from torch import nn
 
 from lorarlhf.kernels import LOGITS_CHUNK_BYTES
 from lorarlhf.methods.table import method_named
+from lorarlhf.model.memory import available_memory_bytes
 from lorarlhf.validation import check_int
 
 GiB = 2**30
@@ -567,18 +568,6 @@ def cpu_settings(
                 f"~{need / GiB:.2f} GiB; pass gradient_checkpointing=False to trade that memory for ~13% of each step"
             )
     return CpuSettings(quantize=quantize, gradient_checkpointing=gradient_checkpointing, notes=notes)
-
-
-def available_memory_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo (Linux); None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def settle_cpu_settings(run_config, method: str, model, *, explicit: set[str]) -> CpuSettings:

@@ -148,3 +148,37 @@ def test_a_models_own_code_runs_only_with_trust_remote_code(tmp_path, tiny_model
     with pytest.raises(ValueError, match="needs its own Python code to load; lorarlhf runs it only with trust_remote"):
         HydraModel.from_pretrained(model_dir, quantize=None)
     assert not marker.exists()
+
+
+def _mappings_of(path: Path) -> list[tuple[int, int]]:
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path)):
+            start, end = line.split()[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory maps (Linux)")
+@pytest.mark.parametrize("quantize", ["nf4", None])
+def test_a_4bit_model_keeps_nothing_of_its_checkpoint_mapped(tmp_path, quantize):
+    """The weights left in full precision by quantization are copied out of the memory-mapped checkpoint, so that
+    the file's pages, all read once to quantize, are not held resident for them; an unquantized model's weights
+    are the mapping itself and stay views of it."""
+    import gc
+
+    from lorarlhf.model.tiny import save_tiny_model
+
+    checkpoint = save_tiny_model(tmp_path / "model", seed=0) / "model.safetensors"
+    hydra = HydraModel.from_pretrained(checkpoint.parent, quantize=quantize, device="cpu", roles=("actor",))
+    gc.collect()
+    mapped = _mappings_of(checkpoint.resolve())
+    inside = [
+        name
+        for name, tensor in (*hydra.named_parameters(), *hydra.named_buffers())
+        if any(start <= tensor.data_ptr() < end for start, end in mapped)
+    ]
+    if quantize == "nf4":
+        assert mapped == [] and inside == []
+    else:
+        assert mapped and "peft.base_model.model.model.embed_tokens.weight" in inside

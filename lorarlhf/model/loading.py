@@ -178,6 +178,7 @@ def _load_base_model(name_or_path, quantize, device, dtype, trust_remote_code) -
         quantize_experts(model, kwargs["quantization_config"])  # MoE experts: 3-D parameters, skipped too
         report_coverage(model, name_or_path)
         _keep_cpu_4bit_differentiable(model)
+        _copy_out_of_checkpoint(model)
     model.requires_grad_(False)
     return model
 
@@ -231,6 +232,19 @@ def _keep_cpu_4bit_differentiable(model: PreTrainedModel) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def _copy_out_of_checkpoint(model: PreTrainedModel) -> None:
+    """Give a 4-bit model's full-precision CPU tensors memory of their own, out of the checkpoint's mapping.
+
+    transformers loads CPU tensors as views of the memory-mapped safetensors file. After quantization those left
+    in full precision (embeddings, norms, the LM head) still point into it, which keeps the whole mapping, and
+    every page that quantization read, resident: 240 MiB of the 64.5M Llama's 258 MB file held for 48 MiB of
+    such tensors. Once they are copied, the mapping closes with its last view.
+    """
+    for tensor in (*model.parameters(), *model.buffers()):  # each shared (tied) tensor once
+        if tensor.device.type == "cpu" and getattr(tensor, "quant_state", None) is None:
+            tensor.data = tensor.data.clone()
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, verbose: bool | None = None):

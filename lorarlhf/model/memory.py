@@ -53,6 +53,18 @@ def module_bytes(module: nn.Module) -> int:
     return parameter_bytes(module.parameters())
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_memory_gb(device: torch.device) -> float:
     """Peak memory of this process so far: CUDA allocations on a GPU, resident set size on CPU."""
     if device.type == "cuda":
