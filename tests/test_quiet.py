@@ -95,3 +95,43 @@ def test_a_gpu_run_is_left_alone(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     threads.apply_cpu_threads(tiny_llama_config(), torch.device("cuda"))
     assert calls == []
+
+
+def test_a_4bit_load_in_a_fresh_process_writes_nothing_to_stderr(tmp_path):
+    """bitsandbytes is imported by the load itself, and on a CPU with AVX512-BF16 it logs a warning as it is."""
+    import os
+    import subprocess
+    import sys
+
+    path = save_tiny_model(tmp_path / "tiny")
+    code = f"from lorarlhf import HydraModel; HydraModel.from_pretrained({str(path)!r}, quantize='nf4', device='cpu')"
+    env = {k: v for k, v in os.environ.items() if k != "LORARLHF_VERBOSE"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+def test_only_the_kernel_notice_is_filtered(monkeypatch):
+    import logging
+
+    from lorarlhf.model.quiet import BNB_CPU_LOGGER, BNB_KERNEL_NOTICE
+
+    logger, seen = logging.getLogger(BNB_CPU_LOGGER), []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        monkeypatch.delenv("LORARLHF_VERBOSE", raising=False)
+        logger.warning(BNB_KERNEL_NOTICE + ": %s. Please make sure", "No module named 'kernels'")
+        logger.warning("another warning")
+        monkeypatch.setenv("LORARLHF_VERBOSE", "1")
+        logger.warning(BNB_KERNEL_NOTICE + ": shown when verbose")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another warning", BNB_KERNEL_NOTICE + ": shown when verbose"]

@@ -5,10 +5,16 @@ loads and saves; datasets draws a bar per file it reads. During our own calls th
 needs, and in a terminal they bury lorarlhf's report. `quiet()` turns them off for the duration of a call
 and restores each library's settings after it, so a user's own transformers calls are not changed.
 `verbose=True` or LORARLHF_VERBOSE=1 in the environment shows them again.
+
+`hide_bitsandbytes_kernel_notice()` drops one warning that bitsandbytes logs as it is imported (peft imports
+it) on a CPU with AVX512-BF16: "Failed to load CPU gemm_4bit_forward from kernels-community ... pip install
+kernels". That kernel is for a packed inference layout which lorarlhf turns off (lorarlhf.model.loading), so
+the advice would not help; every other bitsandbytes message still shows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -16,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 VERBOSE_ENV = "LORARLHF_VERBOSE"
+BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+BNB_KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
 
 
 def is_verbose(verbose: bool | None = None) -> bool:
@@ -23,6 +31,17 @@ def is_verbose(verbose: bool | None = None) -> bool:
     if verbose is not None:
         return bool(verbose)
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _not_the_kernel_notice(record: logging.LogRecord) -> bool:
+    return is_verbose() or not str(record.msg).startswith(BNB_KERNEL_NOTICE)
+
+
+def hide_bitsandbytes_kernel_notice() -> None:
+    """Filter bitsandbytes' kernels-community notice out of its CPU backend's logger (once; before its import)."""
+    logger = logging.getLogger(BNB_CPU_LOGGER)
+    if _not_the_kernel_notice not in logger.filters:
+        logger.addFilter(_not_the_kernel_notice)
 
 
 @contextmanager
