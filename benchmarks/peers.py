@@ -1,6 +1,6 @@
 """lorarlhf against TRL 1.16, row by row, on the same machine, the same config-built Llama and the same sizes.
 
-    python benchmarks/peers.py --peer-python /work/trl-venv/bin/python                 # every row
+    python benchmarks/peers.py --peer-python ../trl-venv/bin/python                 # every row
     python benchmarks/peers.py --peer-python ... --rows grpo-fp32,dpo --repeats 3 --shape 112m
 
 Rows: one GRPO step with an fp32 base and with an NF4 base (4 prompts x 4 samples, 32 new tokens, beta 0.04),

@@ -161,5 +161,7 @@ def test_out_of_memory_in_an_update_of_a_rollout_used_once_gives_the_same_update
     # Generation ran out first: the update comes in micro-batches of 4 rows from the start.
     assert "out of memory in generation; retrying with micro-batches 2x smaller" in caplog.text
     assert "out of memory in the reference and rollout-policy passes" in caplog.text
+    # The same update up to float32 summation order, which Adam's normalisation can amplify in an entry whose
+    # gradient is near zero (one of 512 differed by 2.6e-5 on one CPU); a wrong update would be off by ~lr (1e-2).
     for a, b in zip(*weights, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
