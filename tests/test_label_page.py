@@ -137,6 +137,16 @@ class Page:
         )
         assert self.progress().startswith((f"{count} of", "All"))
 
+    def wait_for_ranking(self, order: str):
+        """Until the ranking line ends with `order`; a timeout says what it showed instead."""
+        try:
+            self.page.wait_for_function(
+                f"document.querySelector('#ranking')?.innerText.trim().endsWith({json.dumps(order)})", timeout=15_000
+            )
+        except Exception as error:
+            shown = self.page.evaluate("document.querySelector('#ranking')?.innerText")
+            raise AssertionError(f"the ranking shows {shown!r}, not ending with {order!r}") from error
+
     def press(self, key: str):
         self.page.keyboard.press(key)
 
@@ -191,9 +201,11 @@ def test_labelling_with_clicks_and_keys_reloading_and_continuing(browser, candid
         assert prompt == "Name a prime number." and sorted(shown) == sorted(CANDIDATES[2]["responses"])
         page.page.locator("#reason textarea").fill("the third one explains")
         page.press("Escape")  # out of the reason box, so keys label again
+        page.page.locator("#rank-3").wait_for(state="visible")  # a key does nothing before its button shows
         page.press("3")
+        page.wait_for_ranking("3")
         page.press("1")
-        page.page.wait_for_function("document.querySelector('#ranking')?.innerText.endsWith('3 › 1 › 2')")
+        page.wait_for_ranking("3 › 1 › 2")
         page.page.wait_for_timeout(500)  # let the buttons' transitions settle for the picture
         page.page.screenshot(path=str(tmp_path / "labelling-page.png"), full_page=True)
         if os.environ.get("LORARLHF_UPDATE_SCREENSHOT"):

@@ -359,14 +359,14 @@ class HydraModel(nn.Module):
         if adapter is None or torch.is_grad_enabled() or not layers or not self._merges_for_sampling(layers):
             yield self
             return
-        restore = []  # (lora layer, its 4-bit base layer, None) or (lora layer, base layer, original weight)
+        restore = []  # (lora layer, its 4-bit child layer, None) or (lora layer, base layer, original weight)
         try:
             for layer in layers:
                 base = layer.get_base_layer()
                 if _is_4bit(base):  # a plain Linear of the dequantized, merged weight stands in for it
                     weight = _dequantized(base, self.causal_lm.get_input_embeddings().weight.dtype)
                     weight += layer.get_delta_weight(adapter).to(weight.dtype)
-                    restore.append((layer, base, None))
+                    restore.append((layer, layer.base_layer, None))  # the layer's own child, put back as it was
                     layer.base_layer = _frozen_linear(weight, base.bias)
                 else:
                     original = base.weight
