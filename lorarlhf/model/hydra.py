@@ -360,11 +360,12 @@ class HydraModel(nn.Module):
             yield self
             return
         restore = []  # (lora layer, its 4-bit child layer, None) or (lora layer, base layer, original weight)
+        compute_dtype = self.causal_lm.get_input_embeddings().weight.dtype  # what the hidden states are in
         try:
             for layer in layers:
                 base = layer.get_base_layer()
                 if _is_4bit(base):  # a plain Linear of the dequantized, merged weight stands in for it
-                    weight = _dequantized(base, self.causal_lm.get_input_embeddings().weight.dtype)
+                    weight = _dequantized(base, compute_dtype)
                     weight += layer.get_delta_weight(adapter).to(weight.dtype)
                     restore.append((layer, layer.base_layer, None))  # the layer's own child, put back as it was
                     layer.base_layer = _frozen_linear(weight, base.bias)
@@ -393,8 +394,8 @@ class HydraModel(nn.Module):
             return self.merge_sampling
         if self.quantize is None or self.device.type != "cpu":
             return False
-        copy_bytes = sum(layer.get_base_layer().weight.quant_state.shape.numel() * 4 for layer in layers
-                         if _is_4bit(layer.get_base_layer()))  # fmt: skip
+        bases = [layer.get_base_layer() for layer in layers]
+        copy_bytes = 4 * sum(base.weight.quant_state.shape.numel() for base in bases if _is_4bit(base))
         available = available_memory_bytes()
         return available is not None and copy_bytes <= available * MERGE_MEMORY_SHARE
 
